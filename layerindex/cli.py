@@ -1,0 +1,320 @@
+"""The ``layerindex`` command. Each command parses options, makes one library call, formats."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from layerindex.errors import LayerIndexError
+from layerindex.output import output_options
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_NOT_FOUND = 1
+EXIT_ERROR = 2
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(function: F) -> F:
+    """Every LayerIndexError becomes ``Error: …`` and exit 2: a user never sees a traceback."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except LayerIndexError as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            fail("interrupted; nothing of an unfinished layer was kept", 130)
+        except BrokenPipeError:
+            # `layerindex ls … | head`: the reader left; that is not an error.
+            sys.stderr.close()
+            sys.exit(0)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class Context:
+    def __init__(self, db_url: str | None) -> None:
+        self._db_url = db_url
+
+    @property
+    def db_url(self) -> str:
+        from layerindex.database import default_url
+
+        return self._db_url or default_url()
+
+    def engine(self) -> Any:
+        from layerindex.database import open_database
+
+        return open_database(self.db_url)
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--db",
+    metavar="URL",
+    help="SQLAlchemy database URL [env LAYERINDEX_DB; default "
+    "sqlite:///$XDG_DATA_HOME/layerindex/index.db].",
+)
+@click.option("-v", "--verbose", count=True, help="Log progress (-v) and HTTP requests (-vv).")
+@click.version_option(package_name="layerindex")
+@click.pass_context
+def cli(ctx: click.Context, db: str | None, verbose: int) -> None:
+    """Which layer of which container image holds a file, without pulling images."""
+    if verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        logger = logging.getLogger("layerindex")
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO if verbose == 1 else logging.DEBUG)
+    ctx.obj = Context(db)
+
+
+def _parse_refs(texts: Iterable[str]) -> list[Any]:
+    from layerindex.reference import parse_reference
+
+    return [parse_reference(t) for t in texts]
+
+
+@cli.command()
+@click.argument("refs", nargs=-1, required=True, metavar="REF...")
+@click.option(
+    "--platform",
+    default="linux/amd64",
+    show_default=True,
+    help="os/arch[/variant] to pick from a multi-platform image, or 'all'.",
+)
+@click.option(
+    "--insecure-registry",
+    "insecure",
+    multiple=True,
+    metavar="HOST[:PORT]",
+    help="Use plain HTTP for this registry (repeatable; env LAYERINDEX_INSECURE_REGISTRIES). "
+    "Loopback registries always may.",
+)
+@click.option("--hash-files", is_flag=True, help="Record each regular file's sha256.")
+@pass_context
+@handle_errors
+def index(
+    context: Context,
+    refs: tuple[str, ...],
+    platform: str,
+    insecure: tuple[str, ...],
+    hash_files: bool,
+) -> None:
+    """Index images now: fetch each layer once, record every path.
+
+    Prints one line per image: reference, manifest digest, platform, layers indexed / already
+    known / skipped / failed, entries. Exits 1 if any image failed (the others are indexed).
+    """
+    from layerindex.credentials import default_keychain
+    from layerindex.registry import RegistryClient
+
+    from layerindex.crawler import Crawler
+    from layerindex.store import Store
+
+    references = _parse_refs(refs)  # a malformed reference fails before any network call
+    env_insecure = os.environ.get("LAYERINDEX_INSECURE_REGISTRIES", "")
+    insecure_hosts = {h.strip() for h in (*insecure, *env_insecure.split(",")) if h.strip()}
+    crawler = Crawler(
+        RegistryClient(keychain=default_keychain(), insecure=insecure_hosts),
+        Store(context.engine()),
+        platform=platform,
+        hash_files=hash_files,
+    )
+    failed = False
+    for ref in references:
+        for outcome in crawler.index(ref):
+            click.echo(
+                f"{outcome.reference}  {outcome.manifest_digest or '-'}  "
+                f"{outcome.platform or '-'}  layers: {outcome.indexed} indexed, "
+                f"{outcome.known} known, {outcome.skipped} skipped, {outcome.failed} failed  "
+                f"entries: {outcome.entries}"
+            )
+            for error in outcome.errors:
+                click.echo(f"Error: {error}", err=True)
+            failed = failed or not outcome.ok
+    if failed:
+        sys.exit(EXIT_NOT_FOUND)
+
+
+FIND_COLUMNS = (
+    "image",
+    "manifest_digest",
+    "platform",
+    "layer_index",
+    "layer_digest",
+    "path",
+    "size",
+    "type",
+    "mode",
+    "link_target",
+    "state",
+    "changed_by_layer",
+)
+
+
+@cli.command()
+@click.argument("path")
+@click.option("--image", "image_refs", multiple=True, metavar="REF", help="Only these images.")
+@output_options
+@pass_context
+@handle_errors
+def find(context: Context, path: str, image_refs: tuple[str, ...], output_format: str) -> None:
+    """Every indexed image and layer holding PATH, and what became of it.
+
+    STATE is 'present' for the layer that provides PATH in the image's final filesystem,
+    'overwritten' or 'deleted' (by a whiteout) for earlier layers, with the layer that did it.
+    Exits 0 when found, 1 when not, 2 on error.
+    """
+    from layerindex.entries import query_path
+    from layerindex.finder import Finder
+    from layerindex.output import human_size, octal_mode, short_digest, write_rows
+
+    refs = _parse_refs(image_refs)
+    rows = Finder(context.engine()).find(query_path(path), refs)
+    for row in rows:
+        row["state_text"] = row["state"] + (
+            f" by layer {row['changed_by_layer']}" if row["changed_by_layer"] is not None else ""
+        )
+    written = write_rows(
+        rows,
+        output_format,
+        FIND_COLUMNS,
+        table_columns=(
+            "image",
+            "platform",
+            "layer_index",
+            "layer_digest",
+            "type",
+            "size",
+            "mode",
+            "state_text",
+            "path",
+        ),
+        formatters={"layer_digest": short_digest, "size": human_size, "mode": octal_mode},
+    )
+    if not written:
+        click.echo(f"{path}: not found in any indexed image", err=True)
+        sys.exit(EXIT_NOT_FOUND)
+
+
+@cli.command()
+@output_options
+@pass_context
+@handle_errors
+def images(context: Context, output_format: str) -> None:
+    """The indexed images."""
+    from layerindex.finder import Finder
+    from layerindex.output import short_digest, write_rows
+
+    write_rows(
+        Finder(context.engine()).images(),
+        output_format,
+        ("image", "manifest_digest", "platform", "layers", "entries", "indexed_at"),
+        formatters={"manifest_digest": short_digest},
+    )
+
+
+@cli.command()
+@click.argument("ref")
+@output_options
+@pass_context
+@handle_errors
+def layers(context: Context, ref: str, output_format: str) -> None:
+    """The layers of an indexed image, base first."""
+    from layerindex.finder import Finder
+    from layerindex.output import human_size, short_digest, write_rows
+
+    (reference,) = _parse_refs([ref])
+    write_rows(
+        Finder(context.engine()).layers(reference),
+        output_format,
+        (
+            "image",
+            "platform",
+            "layer_index",
+            "layer_digest",
+            "media_type",
+            "size",
+            "entries",
+            "status",
+        ),
+        table_columns=(
+            "platform",
+            "layer_index",
+            "layer_digest",
+            "media_type",
+            "size",
+            "entries",
+            "status",
+        ),
+        formatters={"layer_digest": short_digest, "size": human_size},
+    )
+
+
+@cli.command(name="ls")
+@click.argument("target", metavar="LAYER_DIGEST|REF")
+@click.argument("prefix", required=False, default="/", metavar="[PATH_PREFIX]")
+@output_options
+@pass_context
+@handle_errors
+def ls(context: Context, target: str, prefix: str, output_format: str) -> None:
+    """List a layer's entries, or an image's final filesystem (whiteouts applied)."""
+    from layerindex.entries import query_path
+    from layerindex.finder import Finder
+    from layerindex.output import human_size, octal_mode, write_rows
+
+    finder = Finder(context.engine())
+    formatters = {"size": human_size, "mode": octal_mode}
+    base = ("type", "mode", "uid", "gid", "size", "path", "link_target")
+    if target.startswith("sha256:"):
+        rows = finder.ls_layer(target, query_path(prefix))
+        write_rows(rows, output_format, base, formatters=formatters)
+    else:
+        (reference,) = _parse_refs([target])
+        rows = finder.ls_image(reference, query_path(prefix))
+        write_rows(
+            rows,
+            output_format,
+            ("image", "platform", "layer_index", *base),
+            table_columns=("platform", "layer_index", *base),
+            formatters=formatters,
+        )
+
+
+@cli.group()
+def db() -> None:
+    """Database schema: show the revision, upgrade."""
+
+
+@db.command()
+@pass_context
+@handle_errors
+def upgrade(context: Context) -> None:
+    """Upgrade the database schema to this layerindex's revision."""
+    from layerindex.database import upgrade as upgrade_database
+
+    before, after = upgrade_database(context.db_url)
+    if before == after:
+        click.echo(f"already at {after}")
+    else:
+        click.echo(f"upgraded {before or 'empty database'} -> {after}")
+
+
+def main() -> None:
+    cli(prog_name="layerindex")

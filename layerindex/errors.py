@@ -1,0 +1,66 @@
+"""Every error layerindex raises on purpose.
+
+    LayerIndexError                 base: the CLI catches it once and prints "Error: ..."
+    ├── InvalidReference            a malformed image reference (before any network call)
+    ├── RegistryError               the registry said no, or said something unusable
+    │   ├── AuthError               401/403, or a token endpoint that refused us
+    │   ├── NotFound                404: unknown repository, tag, manifest or blob
+    │   ├── RateLimited             429 (carries retry_after seconds when the server said)
+    │   └── UnsupportedManifest     schema 1, an unknown media type, no matching platform
+    ├── LayerFormatError            bytes that are not a readable (compressed) tar
+    ├── DigestMismatch              bytes whose sha256 is not the digest they were asked by
+    ├── SchemaOutOfDate             a database at an older Alembic revision
+    └── UsageError                  bad query input: a malformed glob, regex, digest or option
+
+Messages are for people: say what was wrong, where (image, layer, path) and what to do next.
+"""
+
+from __future__ import annotations
+
+
+class LayerIndexError(Exception):
+    """Base of every error layerindex raises on purpose."""
+
+
+class InvalidReference(LayerIndexError):
+    """An image reference that cannot be parsed."""
+
+
+class RegistryError(LayerIndexError):
+    """A registry answered with an error or with something we cannot use."""
+
+
+class AuthError(RegistryError):
+    """Authentication failed or was required and no credentials were found."""
+
+
+class NotFound(RegistryError):
+    """The registry does not have the repository, tag, manifest or blob."""
+
+
+class RateLimited(RegistryError):
+    """The registry answered 429 Too Many Requests."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class UnsupportedManifest(RegistryError):
+    """A manifest we refuse: Docker schema 1, an unknown media type, no matching platform."""
+
+
+class LayerFormatError(LayerIndexError):
+    """A layer whose bytes are not a readable gzip, zstd or plain tar stream."""
+
+
+class DigestMismatch(LayerIndexError):
+    """Bytes whose sha256 differs from the digest they were requested by."""
+
+
+class SchemaOutOfDate(LayerIndexError):
+    """The database is at an older schema revision than this layerindex."""
+
+
+class UsageError(LayerIndexError):
+    """Bad input to a query or command: malformed glob, regex, digest or option value."""

@@ -1,0 +1,145 @@
+"""The database schema (SQLAlchemy Core). Alembic owns it: every change here gets a migration.
+
+Sizes matter (millions of entries): a path is stored once, split into an interned directory and an
+interned basename, and an entry row is a handful of small integers keyed by the layer *content*
+(``diffs``: the uncompressed tar, by ``diff_id``), so one tar shipped as gzip in one image and zstd
+in another is indexed once.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+repositories = Table(
+    "repositories",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("registry", Text, nullable=False),  # as users write it: "docker.io", "ghcr.io"
+    Column("name", Text, nullable=False),  # "library/alpine"
+    UniqueConstraint("registry", "name"),
+)
+
+# One row per (repository, tag, digest the tag pointed to): the tag's history.
+tags = Table(
+    "tags",
+    metadata,
+    Column("repository_id", Integer, ForeignKey("repositories.id"), primary_key=True),
+    Column("tag", Text, primary_key=True),
+    Column("digest", Text, primary_key=True),  # an image manifest or an index digest
+    Column("first_seen", DateTime(timezone=True), nullable=False),
+    Column("last_seen", DateTime(timezone=True), nullable=False),
+)
+
+# One row per platform-specific image manifest in a repository.
+images = Table(
+    "images",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("repository_id", Integer, ForeignKey("repositories.id"), nullable=False),
+    Column("digest", Text, nullable=False),
+    Column("reference", Text, nullable=False),  # the reference as last indexed: "alpine:3.20"
+    Column("index_digest", Text),  # the image index / manifest list it was reached through
+    Column("media_type", Text, nullable=False),
+    Column("platform", Text, nullable=False),  # "linux/arm64/v8"
+    Column("config_digest", Text, nullable=False),
+    Column("created", Text),  # the config's "created", as written
+    Column("manifest", Text, nullable=False),  # raw manifest JSON (small; for inspect --raw)
+    Column("config", Text, nullable=False),  # raw config JSON
+    Column("indexed_at", DateTime(timezone=True)),  # NULL until every layer is indexed or skipped
+    UniqueConstraint("repository_id", "digest"),
+)
+
+# Layer blobs, by compressed digest. diff_ref is set in the same transaction as its entries.
+layers = Table(
+    "layers",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("digest", Text, nullable=False, unique=True),
+    Column("diff_id", Text),  # from the image config's rootfs.diff_ids
+    Column("media_type", Text, nullable=False),
+    Column("size", BigInteger, nullable=False),  # compressed bytes, from the manifest
+    Column("compression", Text),  # detected from the bytes: gzip, zstd, tar
+    Column("diff_ref", Integer, ForeignKey("diffs.id")),  # set = indexed
+    Column("skip_reason", Text),  # set = deliberately not indexed (foreign layer)
+    Column("last_error", Text),  # the last failure, kept until a later attempt succeeds
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_attempt", DateTime(timezone=True)),
+)
+Index(None, layers.c.diff_id)
+
+image_layers = Table(
+    "image_layers",
+    metadata,
+    Column("image_id", Integer, ForeignKey("images.id"), primary_key=True),
+    Column("position", Integer, primary_key=True),  # 0 = base
+    Column("layer_id", Integer, ForeignKey("layers.id"), nullable=False),
+)
+Index(None, image_layers.c.layer_id)
+
+# Indexed layer contents (uncompressed tar streams), by diff_id.
+diffs = Table(
+    "diffs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("diff_id", Text, nullable=False, unique=True),
+    Column("size", BigInteger, nullable=False),  # uncompressed bytes
+    Column("entry_count", Integer, nullable=False),
+    Column("indexed_at", DateTime(timezone=True), nullable=False),
+)
+
+dirs = Table(
+    "dirs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("path", Text, nullable=False, unique=True),  # "/usr/bin"
+)
+
+names = Table(
+    "names",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", Text, nullable=False, unique=True),  # "kubectl"
+)
+
+# One row per path in a layer's tar. Whiteouts are rows of type "whiteout" at the deleted path;
+# an opaque marker is a row of type "opaque" at "<dir>/.wh..wh..opq".
+entries = Table(
+    "entries",
+    metadata,
+    Column("diff_ref", Integer, ForeignKey("diffs.id"), primary_key=True),
+    Column("dir_id", Integer, ForeignKey("dirs.id"), primary_key=True),
+    Column("name_id", Integer, ForeignKey("names.id"), primary_key=True),
+    Column("type", SmallInteger, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("mode", Integer, nullable=False),
+    Column("uid", Integer, nullable=False),
+    Column("gid", Integer, nullable=False),
+    Column("mtime", BigInteger, nullable=False),
+    Column("link_target", Text),
+    Column("sha256", Text),
+    sqlite_with_rowid=False,
+)
+# find by path / by basename: (name, dir) first, so "--name kubectl" is a prefix scan.
+Index("ix_entries_name_dir", entries.c.name_id, entries.c.dir_id)

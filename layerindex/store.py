@@ -1,0 +1,380 @@
+"""Writing to the index: images, their layers, and each layer's entries in one transaction."""
+
+from __future__ import annotations
+
+import datetime as dt
+import posixpath
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy import Engine, Table, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from layerindex.entries import OPAQUE_MARKER, Entry, EntryType
+from layerindex.schema import (
+    diffs,
+    dirs,
+    entries,
+    image_layers,
+    images,
+    layers,
+    names,
+    repositories,
+    tags,
+)
+
+# Entry types as stored: a small integer per row instead of a string.
+TYPE_CODES: dict[EntryType, int] = {t: i for i, t in enumerate(EntryType)}
+TYPE_NAMES: dict[int, EntryType] = {i: t for t, i in TYPE_CODES.items()}
+
+BATCH_ROWS = 5000
+INTERN_CACHE_MAX = 200_000  # ids kept in memory per table; memory stays bounded on any corpus
+SQL_IN_CHUNK = 500  # bound parameters per IN (...) lookup
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def split_path(path: str) -> tuple[str, str]:
+    """``/usr/bin/x`` → (``/usr/bin``, ``x``); ``/`` → (``/``, ``""``)."""
+    head, tail = posixpath.split(path)
+    return head, tail
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    """A layer as an image manifest lists it."""
+
+    digest: str
+    media_type: str
+    size: int
+    diff_id: str | None
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """A platform-specific image manifest, with what the index keeps of it."""
+
+    registry: str
+    repository: str
+    digest: str
+    reference: str
+    index_digest: str | None
+    media_type: str
+    platform: str
+    config_digest: str
+    created: str | None
+    manifest: str
+    config: str
+    layers: Sequence[LayerRecord]
+
+
+class WalkedLayer(Protocol):
+    """What index_layer needs of a walker (layerindex.walker.LayerWalker)."""
+
+    compression: str
+    uncompressed_size: int
+
+    def __iter__(self) -> Iterator[Entry]: ...
+
+
+@dataclass(frozen=True)
+class LayerState:
+    id: int
+    digest: str
+    diff_id: str | None
+    indexed: bool
+    skip_reason: str | None
+
+
+class Interner:
+    """Ids of interned strings (directory paths or basenames), created on first use."""
+
+    def __init__(self, table: Table, column: str) -> None:
+        self.table = table
+        self.column = table.c[column]
+        self.cache: dict[str, int] = {}
+
+    def ids(self, connection: Connection, values: Iterable[str]) -> dict[str, int]:
+        wanted = set(values)
+        found = {v: self.cache[v] for v in wanted if v in self.cache}
+        missing = wanted - found.keys()
+        if missing:
+            found.update(self._lookup(connection, missing))
+            new = missing - found.keys()
+            if new:
+                stmt = _insert(connection, self.table).on_conflict_do_nothing()
+                connection.execute(stmt, [{self.column.key: v} for v in new])
+                found.update(self._lookup(connection, new))
+            if len(self.cache) > INTERN_CACHE_MAX:
+                self.cache.clear()
+            # Only ids that were committed before may outlive a rolled-back transaction; the
+            # caller clears the cache on rollback (see Store.index_layer).
+            self.cache.update((v, found[v]) for v in missing)
+        return found
+
+    def _lookup(self, connection: Connection, values: set[str]) -> Iterator[tuple[str, int]]:
+        ordered = sorted(values)
+        for start in range(0, len(ordered), SQL_IN_CHUNK):
+            chunk = ordered[start : start + SQL_IN_CHUNK]
+            rows = connection.execute(
+                select(self.column, self.table.c.id).where(self.column.in_(chunk))
+            )
+            yield from ((value, ident) for value, ident in rows)
+
+
+def _insert(connection: Connection, table: Table) -> Any:
+    """INSERT with ON CONFLICT support, for whichever of SQLite and PostgreSQL this is."""
+    if connection.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+class Store:
+    """The write side of the index. One per process; not shared between threads."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dirs = Interner(dirs, "path")
+        self.names = Interner(names, "name")
+
+    # -- images ---------------------------------------------------------------------------------
+
+    def record_tag(self, registry: str, repository: str, tag: str, digest: str) -> None:
+        """Note that ``tag`` points at ``digest`` now (the tag's history keeps every digest)."""
+        now = utcnow()
+        with self.engine.begin() as connection:
+            repository_id = self._repository_id(connection, registry, repository)
+            stmt = _insert(connection, tags).values(
+                repository_id=repository_id, tag=tag, digest=digest, first_seen=now, last_seen=now
+            )
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["repository_id", "tag", "digest"], set_={"last_seen": now}
+            )
+            connection.execute(stmt)
+
+    def record_image(self, image: ImageRecord) -> tuple[int, list[LayerState]]:
+        """Upsert the image and its layer list; returns its id and each layer's state."""
+        with self.engine.begin() as connection:
+            repository_id = self._repository_id(connection, image.registry, image.repository)
+            values = {
+                "reference": image.reference,
+                "index_digest": image.index_digest,
+                "media_type": image.media_type,
+                "platform": image.platform,
+                "config_digest": image.config_digest,
+                "created": image.created,
+                "manifest": image.manifest,
+                "config": image.config,
+            }
+            stmt = _insert(connection, images).values(
+                repository_id=repository_id, digest=image.digest, **values
+            )
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["repository_id", "digest"], set_=values
+            )
+            connection.execute(stmt)
+            image_id = connection.execute(
+                select(images.c.id).where(
+                    images.c.repository_id == repository_id, images.c.digest == image.digest
+                )
+            ).scalar_one()
+            for layer in image.layers:
+                stmt = _insert(connection, layers).values(
+                    digest=layer.digest,
+                    diff_id=layer.diff_id,
+                    media_type=layer.media_type,
+                    size=layer.size,
+                    attempts=0,
+                )
+                connection.execute(stmt.on_conflict_do_nothing())
+            by_digest = {
+                row.digest: row
+                for row in connection.execute(
+                    select(layers).where(layers.c.digest.in_([lr.digest for lr in image.layers]))
+                )
+            }
+            connection.execute(image_layers.delete().where(image_layers.c.image_id == image_id))
+            if image.layers:
+                connection.execute(
+                    image_layers.insert(),
+                    [
+                        {"image_id": image_id, "position": i, "layer_id": by_digest[lr.digest].id}
+                        for i, lr in enumerate(image.layers)
+                    ],
+                )
+            states = [
+                LayerState(
+                    id=row.id,
+                    digest=row.digest,
+                    diff_id=row.diff_id,
+                    indexed=row.diff_ref is not None,
+                    skip_reason=row.skip_reason,
+                )
+                for row in (by_digest[lr.digest] for lr in image.layers)
+            ]
+        return image_id, states
+
+    def finish_image(self, image_id: int) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(images).where(images.c.id == image_id).values(indexed_at=utcnow())
+            )
+
+    @staticmethod
+    def _repository_id(connection: Connection, registry: str, name: str) -> int:
+        stmt = _insert(connection, repositories).values(registry=registry, name=name)
+        connection.execute(stmt.on_conflict_do_nothing())
+        return int(
+            connection.execute(
+                select(repositories.c.id).where(
+                    repositories.c.registry == registry, repositories.c.name == name
+                )
+            ).scalar_one()
+        )
+
+    # -- layers ---------------------------------------------------------------------------------
+
+    def link_known_diff(self, layer: LayerState) -> bool:
+        """Point ``layer`` at already indexed contents with its diff_id; True if there were any.
+
+        The same tar shipped under another compression has another digest but the same diff_id:
+        its rows are already here, so nothing is downloaded.
+        """
+        if layer.diff_id is None:
+            return False
+        with self.engine.begin() as connection:
+            diff_ref = connection.execute(
+                select(diffs.c.id).where(diffs.c.diff_id == layer.diff_id)
+            ).scalar_one_or_none()
+            if diff_ref is None:
+                return False
+            connection.execute(
+                update(layers)
+                .where(layers.c.id == layer.id)
+                .values(diff_ref=diff_ref, last_error=None)
+            )
+        return True
+
+    def index_layer(self, layer: LayerState, walk: WalkedLayer) -> int:
+        """Store every entry of ``walk`` and mark the layer indexed, all in one transaction.
+
+        ``walk`` raises on a corrupt layer or a digest mismatch (at the latest when it ends):
+        then nothing of the layer is committed, and the next run tries it again.
+        """
+        try:
+            with self.engine.begin() as connection:
+                diff_ref = connection.execute(
+                    diffs.insert().values(
+                        diff_id=layer.diff_id or layer.digest,
+                        size=0,
+                        entry_count=0,
+                        indexed_at=utcnow(),
+                    )
+                ).inserted_primary_key[0]
+                count = 0
+                batch: list[Entry] = []
+                for entry in walk:
+                    batch.append(entry)
+                    if len(batch) >= BATCH_ROWS:
+                        count += self._write_entries(connection, diff_ref, batch)
+                        batch = []
+                count += self._write_entries(connection, diff_ref, batch)
+                connection.execute(
+                    update(diffs)
+                    .where(diffs.c.id == diff_ref)
+                    .values(size=walk.uncompressed_size, entry_count=count, indexed_at=utcnow())
+                )
+                connection.execute(
+                    update(layers)
+                    .where(layers.c.id == layer.id)
+                    .values(
+                        diff_ref=diff_ref,
+                        compression=walk.compression,
+                        last_error=None,
+                        attempts=layers.c.attempts + 1,
+                        last_attempt=utcnow(),
+                    )
+                )
+        except BaseException:
+            # Ids interned inside the rolled-back transaction no longer exist.
+            self.dirs.cache.clear()
+            self.names.cache.clear()
+            raise
+        return count
+
+    def _write_entries(self, connection: Connection, diff_ref: int, batch: list[Entry]) -> int:
+        if not batch:
+            return 0
+        keyed: dict[tuple[str, str], Entry] = {}
+        for entry in batch:
+            if entry.type is EntryType.OPAQUE:
+                # Stored at the marker's own path, so a directory and its opaque mark coexist.
+                keyed[(entry.path, OPAQUE_MARKER)] = entry
+            else:
+                keyed[split_path(entry.path)] = entry  # a path written twice: the last wins
+        dir_ids = self.dirs.ids(connection, (d for d, _ in keyed))
+        name_ids = self.names.ids(connection, (n for _, n in keyed))
+        rows = [
+            {
+                "diff_ref": diff_ref,
+                "dir_id": dir_ids[d],
+                "name_id": name_ids[n],
+                "type": TYPE_CODES[e.type],
+                "size": e.size,
+                "mode": e.mode,
+                "uid": e.uid,
+                "gid": e.gid,
+                "mtime": e.mtime,
+                "link_target": e.link_target,
+                "sha256": e.sha256,
+            }
+            for (d, n), e in keyed.items()
+        ]
+        stmt = _insert(connection, entries)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["diff_ref", "dir_id", "name_id"],
+            set_={
+                c: stmt.excluded[c] for c in rows[0] if c not in ("diff_ref", "dir_id", "name_id")
+            },
+        )
+        connection.execute(stmt, rows)
+        return len(rows)
+
+    def record_skip(self, layer: LayerState, reason: str) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(layers).where(layers.c.id == layer.id).values(skip_reason=reason)
+            )
+
+    def record_failure(self, layer: LayerState, message: str) -> None:
+        """Keep the error visible (``layerindex layers``) until an attempt succeeds."""
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(layers)
+                .where(layers.c.id == layer.id)
+                .values(
+                    last_error=message,
+                    attempts=layers.c.attempts + 1,
+                    last_attempt=utcnow(),
+                )
+            )
+
+    def count_entries(self) -> int:
+        with self.engine.connect() as connection:
+            return int(connection.execute(select(func.count()).select_from(entries)).scalar_one())
+
+    def image_entry_count(self, image_id: int) -> int:
+        """Entries in the image's indexed layers (each layer counted once per position)."""
+        with self.engine.connect() as connection:
+            total = connection.execute(
+                select(func.coalesce(func.sum(diffs.c.entry_count), 0))
+                .select_from(image_layers)
+                .join(layers, layers.c.id == image_layers.c.layer_id)
+                .join(diffs, diffs.c.id == layers.c.diff_ref)
+                .where(image_layers.c.image_id == image_id)
+            ).scalar_one()
+        return int(total)
