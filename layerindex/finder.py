@@ -25,7 +25,7 @@ from layerindex.schema import (
     repositories,
     tags,
 )
-from layerindex.store import TYPE_CODES, TYPE_NAMES, split_path
+from layerindex.store import TYPE_CODES, TYPE_NAMES, split_path, stored_path
 
 Row = dict[str, Any]
 
@@ -165,13 +165,7 @@ class Finder:
                 select(names.c.id, names.c.name).where(names.c.id.in_({n for _, n in ids}))
             ).tuples()
         )
-        out = {}
-        for d, n in ids:
-            if name[n] == OPAQUE_MARKER:
-                out[(d, n)] = dir_path[d]
-            else:
-                out[(d, n)] = dir_path[d].rstrip("/") + "/" + name[n]
-        return out
+        return {(d, n): stored_path(dir_path[d], name[n]) for d, n in ids}
 
     def images(self) -> list[Row]:
         layer_count = (
@@ -313,10 +307,7 @@ class Finder:
         by_diff: dict[int, list[tuple[str, EntryType, Row]]] = defaultdict(list)
         for r in connection.execute(query):
             entry_type = TYPE_NAMES[r.type]
-            if entry_type is EntryType.OPAQUE:
-                path = r.dir
-            else:
-                path = r.dir.rstrip("/") + "/" + r.name
+            path = stored_path(r.dir, r.name)
             if prefix != "/" and not _has_prefix(path, prefix):
                 continue
             details = {

@@ -32,6 +32,7 @@ TYPE_NAMES: dict[int, EntryType] = {i: t for t, i in TYPE_CODES.items()}
 BATCH_ROWS = 5000
 INTERN_CACHE_MAX = 200_000  # ids kept in memory per table; memory stays bounded on any corpus
 SQL_IN_CHUNK = 500  # bound parameters per IN (...) lookup
+ENTRY_KEY = ["diff_ref", "dir_id", "name_id"]
 
 
 def utcnow() -> dt.datetime:
@@ -42,6 +43,13 @@ def split_path(path: str) -> tuple[str, str]:
     """``/usr/bin/x`` → (``/usr/bin``, ``x``); ``/`` → (``/``, ``""``)."""
     head, tail = posixpath.split(path)
     return head, tail
+
+
+def stored_path(directory: str, name: str) -> str:
+    """The path an entry row stands for; an opaque marker's is the directory it makes opaque."""
+    if name == OPAQUE_MARKER:
+        return directory
+    return directory.rstrip("/") + "/" + name
 
 
 @dataclass(frozen=True)
