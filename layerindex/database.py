@@ -25,10 +25,13 @@ def default_url() -> str:
     return f"sqlite:///{Path(data_home) / 'layerindex' / 'index.db'}"
 
 
+# migrations/ ships inside the wheel as layerindex.migrations; no alembic.ini is needed.
+MIGRATIONS_DIR = Path(migrations.__file__).parent
+
+
 def _alembic_config(connection: Connection | None = None) -> Config:
-    # Built in code so migrations/ ships inside the wheel (as layerindex.migrations) with no .ini.
     config = Config()
-    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
     if connection is not None:
         config.attributes["connection"] = connection
     return config
@@ -88,6 +91,11 @@ def open_database(url: str) -> Engine:
     head = head_revision()
     if revision == head:
         return engine
+    if revision is None:
+        raise SchemaOutOfDate(
+            f"{engine.url!r} has tables but no layerindex schema revision: it is not a "
+            "layerindex database; give another --db"
+        )
     script = ScriptDirectory.from_config(_alembic_config())
     known = {rev.revision for rev in script.walk_revisions()}
     if revision in known:
