@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from layerindex.reference import Reference
 from sqlalchemy import Engine, and_, func, or_, select, tuple_
 from sqlalchemy.engine import Connection
 
@@ -27,6 +26,9 @@ from layerindex.schema import (
 )
 from layerindex.store import TYPE_CODES, TYPE_NAMES, split_path, stored_path
 
+if TYPE_CHECKING:
+    from layerindex.reference import Reference
+
 Row = dict[str, Any]
 
 
@@ -40,15 +42,15 @@ class ImageKey:
 
 def _ids(connection: Connection, pairs: Sequence[tuple[str, str]]) -> list[tuple[int, int]]:
     """(dir_id, name_id) of the paths that are interned at all."""
-    dir_ids = dict(
+    dir_ids = _pairs(
         connection.execute(
             select(dirs.c.path, dirs.c.id).where(dirs.c.path.in_({d for d, _ in pairs}))
-        ).tuples()
+        )
     )
-    name_ids = dict(
+    name_ids = _pairs(
         connection.execute(
             select(names.c.name, names.c.id).where(names.c.name.in_({n for _, n in pairs}))
-        ).tuples()
+        )
     )
     return [(dir_ids[d], name_ids[n]) for d, n in pairs if d in dir_ids and n in name_ids]
 
@@ -155,15 +157,15 @@ class Finder:
         connection: Connection, ids: Sequence[tuple[int, int]]
     ) -> dict[tuple[int, int], str]:
         """Path text of (dir_id, name_id) pairs; an opaque marker maps to its directory."""
-        dir_path = dict(
+        dir_path = _pairs(
             connection.execute(
                 select(dirs.c.id, dirs.c.path).where(dirs.c.id.in_({d for d, _ in ids}))
-            ).tuples()
+            )
         )
-        name = dict(
+        name = _pairs(
             connection.execute(
                 select(names.c.id, names.c.name).where(names.c.id.in_({n for _, n in ids}))
-            ).tuples()
+            )
         )
         return {(d, n): stored_path(dir_path[d], name[n]) for d, n in ids}
 
@@ -319,6 +321,10 @@ class Finder:
             }
             by_diff[r.diff_ref].append((path, entry_type, details))
         return [by_diff.get(d, []) if d is not None else [] for d in diff_refs]
+
+
+def _pairs(rows: Iterable[Any]) -> dict[Any, Any]:
+    return {key: value for key, value in rows}
 
 
 def _has_prefix(path: str, prefix: str) -> bool:

@@ -1,0 +1,205 @@
+"""The store and finder on SQLite and PostgreSQL, fed entries directly (no registry)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import pytest
+from sqlalchemy import func, select
+
+from layerindex.database import open_database
+from layerindex.entries import Entry, EntryType
+from layerindex.errors import LayerFormatError
+from layerindex.finder import Finder
+from layerindex.schema import diffs, dirs, entries, layers, names
+from layerindex.store import ImageRecord, LayerRecord, Store
+
+
+@dataclass
+class Walked:
+    """Entries as a walker yields them; ``fail_after`` raises mid-layer like a corrupt blob."""
+
+    rows: Sequence[Entry]
+    fail_after: int | None = None
+    compression: str = "gzip"
+    uncompressed_size: int = 10240
+
+    def __iter__(self) -> Iterator[Entry]:
+        for i, entry in enumerate(self.rows):
+            if self.fail_after is not None and i == self.fail_after:
+                raise LayerFormatError("truncated gzip stream")
+            yield entry
+
+
+def e(
+    path: str, kind: EntryType = EntryType.FILE, size: int = 3, target: str | None = None
+) -> Entry:
+    return Entry(path, kind, size, 0o755, 0, 0, 1700000000, target)
+
+
+def image(digest: str, layer_digests: Sequence[str], reference: str = "app:1") -> ImageRecord:
+    return ImageRecord(
+        registry="registry.test",
+        repository="team/app",
+        digest=digest,
+        reference=reference,
+        index_digest=None,
+        media_type="application/vnd.oci.image.manifest.v1+json",
+        platform="linux/amd64",
+        config_digest="sha256:" + "c" * 64,
+        created=None,
+        manifest="{}",
+        config="{}",
+        layers=[
+            LayerRecord(d, "application/vnd.oci.image.layer.v1.tar+gzip", 100, "diff-" + d)
+            for d in layer_digests
+        ],
+    )
+
+
+def index_image(store: Store, record: ImageRecord, contents: Sequence[Sequence[Entry]]) -> None:
+    image_id, states = store.record_image(record)
+    for state, rows in zip(states, contents, strict=True):
+        if not state.indexed and not store.link_known_diff(state):
+            store.index_layer(state, Walked(rows))
+    store.finish_image(image_id)
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    engine = open_database(db_url)
+    yield Store(engine)
+    engine.dispose()
+
+
+def count(store: Store, table: object) -> int:
+    with store.engine.connect() as connection:
+        return int(connection.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+def test_find_reports_present_overwritten_and_deleted(store: Store) -> None:
+    index_image(
+        store,
+        image("sha256:i1", ["sha256:l0", "sha256:l1", "sha256:l2"]),
+        [
+            [e("/usr", EntryType.DIR, 0), e("/usr/bin/kubectl", size=1), e("/etc/motd")],
+            [e("/usr/bin/kubectl", size=2), e("/etc/.keep")],
+            [e("/etc/motd", EntryType.WHITEOUT, 0)],
+        ],
+    )
+    finder = Finder(store.engine)
+    rows = finder.find("/usr/bin/kubectl")
+    assert [(r["layer_index"], r["size"], r["state"], r["changed_by_layer"]) for r in rows] == [
+        (0, 1, "overwritten", 1),
+        (1, 2, "present", None),
+    ]
+    assert rows[1]["layer_digest"] == "sha256:l1"
+    assert rows[1]["image"] == "app:1"
+    motd = finder.find("/etc/motd")
+    assert [(r["layer_index"], r["state"], r["changed_by_layer"]) for r in motd] == [
+        (0, "deleted", 2)
+    ]
+    assert finder.find("/usr/bin/nothing") == []
+
+
+def test_opaque_directory_deletes_lower_contents(store: Store) -> None:
+    index_image(
+        store,
+        image("sha256:i1", ["sha256:l0", "sha256:l1"]),
+        [
+            [e("/opt", EntryType.DIR, 0), e("/opt/old")],
+            [e("/opt", EntryType.DIR, 0), e("/opt", EntryType.OPAQUE, 0), e("/opt/new")],
+        ],
+    )
+    finder = Finder(store.engine)
+    assert [(r["state"], r["changed_by_layer"]) for r in finder.find("/opt/old")] == [
+        ("deleted", 1)
+    ]
+    assert [r["state"] for r in finder.find("/opt/new")] == ["present"]
+    # The directory and its opaque marker coexist in one layer.
+    assert [(r["layer_index"], r["type"]) for r in finder.find("/opt")] == [
+        (0, "dir"),
+        (1, "dir"),
+    ]
+
+
+def test_paths_are_interned_once_across_layers(store: Store) -> None:
+    shared = [e("/usr/bin/a"), e("/usr/bin/b"), e("/usr/lib/a")]
+    index_image(store, image("sha256:i1", ["sha256:l0"]), [shared])
+    index_image(store, image("sha256:i2", ["sha256:l9"]), [[*shared, e("/usr/bin/c")]])
+    assert count(store, entries) == 7
+    assert count(store, dirs) == 2  # /usr/bin, /usr/lib
+    assert count(store, names) == 3  # a, b, c
+
+
+def test_layer_shared_by_images_is_indexed_once(store: Store) -> None:
+    index_image(store, image("sha256:i1", ["sha256:base"]), [[e("/bin/sh")]])
+    _, states = store.record_image(image("sha256:i2", ["sha256:base", "sha256:top"], "app:2"))
+    assert [s.indexed for s in states] == [True, False]
+    assert count(store, diffs) == 1
+
+
+def test_same_diff_id_under_another_digest_is_linked_not_downloaded(store: Store) -> None:
+    index_image(store, image("sha256:i1", ["sha256:gz"]), [[e("/bin/sh")]])
+    record = image("sha256:i2", ["sha256:zst"])
+    record = ImageRecord(
+        **{
+            **record.__dict__,
+            "layers": [
+                LayerRecord(
+                    "sha256:zst",
+                    "application/vnd.oci.image.layer.v1.tar+zstd",
+                    90,
+                    "diff-sha256:gz",
+                )
+            ],
+        }
+    )
+    _, states = store.record_image(record)
+    assert store.link_known_diff(states[0]) is True
+    assert count(store, diffs) == 1
+    assert [r["layer_digest"] for r in Finder(store.engine).find("/bin/sh")] == [
+        "sha256:gz",
+        "sha256:zst",
+    ]
+
+
+def test_failed_layer_commits_no_rows_and_stays_unindexed(store: Store) -> None:
+    _, states = store.record_image(image("sha256:i1", ["sha256:bad"]))
+    rows = [e(f"/data/f{i}") for i in range(12000)]  # more than one batch is written first
+    with pytest.raises(LayerFormatError):
+        store.index_layer(states[0], Walked(rows, fail_after=11000))
+    store.record_failure(states[0], "truncated gzip stream")
+    assert count(store, entries) == 0
+    assert count(store, diffs) == 0
+    with store.engine.connect() as connection:
+        row = connection.execute(select(layers.c.diff_ref, layers.c.last_error)).one()
+    assert tuple(row) == (None, "truncated gzip stream")
+    # The next run retries it; interned ids from the rolled-back transaction are not reused.
+    assert store.index_layer(states[0], Walked(rows)) == 12000
+    assert count(store, entries) == 12000
+
+
+def test_duplicate_path_in_one_layer_keeps_the_last(store: Store) -> None:
+    index_image(
+        store, image("sha256:i1", ["sha256:l0"]), [[e("/etc/x", size=1), e("/etc/x", size=9)]]
+    )
+    assert [r["size"] for r in Finder(store.engine).find("/etc/x")] == [9]
+
+
+def test_ls_image_shows_the_final_filesystem(store: Store) -> None:
+    index_image(
+        store,
+        image("sha256:i1", ["sha256:l0", "sha256:l1"]),
+        [
+            [e("/etc", EntryType.DIR, 0), e("/etc/a"), e("/etc/b")],
+            [e("/etc/b", EntryType.WHITEOUT, 0), e("/etc/c", EntryType.SYMLINK, 0, "a")],
+        ],
+    )
+    finder = Finder(store.engine)
+    rows = list(finder.ls_layer("sha256:l1"))
+    assert [(r["path"], r["type"]) for r in rows] == [("/etc/b", "whiteout"), ("/etc/c", "symlink")]
+    assert [
+        (r["path"], r["type"], r["link_target"]) for r in finder.ls_layer("sha256:l1", "/etc/c")
+    ] == [("/etc/c", "symlink", "a")]
