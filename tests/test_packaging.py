@@ -1,0 +1,60 @@
+"""migrations/ sits at the top level but must ship in the wheel: build it, install it, run it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_built_wheel_carries_migrations_and_creates_a_database(tmp_path: Path) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = (tmp_path / "dist").glob("layerindex-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "layerindex/migrations/env.py" in names
+    assert "layerindex/migrations/versions/0001_initial_schema.py" in names
+    assert "layerindex/migrations/script.py.mako" in names
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run(
+        [venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-deps", wheel],
+        check=True,
+        capture_output=True,
+    )
+    db = tmp_path / "index.db"
+    result = subprocess.run(
+        [venv / "bin" / "layerindex", "--db", f"sqlite:///{db}", "db", "upgrade"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,  # not the source tree: the installed wheel must stand alone
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == "upgraded empty database -> 0001_initial_schema\n"
+    where = subprocess.run(
+        [venv / "bin" / "python", "-c", "import layerindex.migrations as m; print(m.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
+    assert where.stdout.startswith(str(venv))
