@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from importlib.resources import files
 from pathlib import Path
 
 from alembic import command
@@ -13,7 +14,6 @@ from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
-from layerindex import migrations
 from layerindex.errors import LayerIndexError, SchemaOutOfDate, UsageError
 
 
@@ -26,7 +26,7 @@ def default_url() -> str:
 
 
 # migrations/ ships inside the wheel as layerindex.migrations; no alembic.ini is needed.
-MIGRATIONS_DIR = Path(migrations.__file__).parent
+MIGRATIONS_DIR = Path(str(files("layerindex.migrations")))
 
 
 def _alembic_config(connection: Connection | None = None) -> Config:

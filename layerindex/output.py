@@ -9,7 +9,7 @@ import csv
 import functools
 import json
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import click
@@ -41,7 +41,7 @@ def write_rows(
     columns: Sequence[str],
     *,
     table_columns: Sequence[str] | None = None,
-    formatters: dict[str, Callable[[Any], str]] | None = None,
+    formatters: Mapping[str, Callable[[Any], str]] | None = None,
 ) -> int:
     """Write ``rows`` to stdout in ``output_format``; returns how many were written.
 

@@ -276,13 +276,15 @@ class Store:
         try:
             with self.engine.begin() as connection:
                 diff_ref = connection.execute(
-                    diffs.insert().values(
+                    diffs.insert()
+                    .values(
                         diff_id=layer.diff_id or layer.digest,
                         size=0,
                         entry_count=0,
                         indexed_at=utcnow(),
                     )
-                ).inserted_primary_key[0]
+                    .returning(diffs.c.id)
+                ).scalar_one()
                 count = 0
                 batch: list[Entry] = []
                 for entry in walk:
