@@ -1,0 +1,486 @@
+"""A Registry HTTP API v2 client: ping, token/basic auth, manifests, blobs, tag lists.
+
+One client per run, shared by worker threads (a ``requests.Session`` per thread, locks around the
+caches). Every HTTP exchange goes through ``_request``, the one place a retry policy will wrap.
+``Authorization`` is sent only to the host (and port and scheme) it was meant for: redirects are
+followed by hand and a blob redirect to a CDN goes without it (S3 refuses two auth mechanisms;
+ggcr ``transport/bearer.go`` does the same).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import BinaryIO
+from urllib.parse import urlencode, urljoin, urlsplit
+
+import requests
+
+from layerindex import __version__
+from layerindex.auth import (
+    Challenge,
+    TokenCache,
+    choose_challenge,
+    parse_challenges,
+    parse_token_answer,
+)
+from layerindex.credentials import Credentials, Keychain, default_keychain
+from layerindex.errors import (
+    AuthError,
+    DigestMismatch,
+    NotFound,
+    RateLimited,
+    RegistryError,
+)
+from layerindex.manifest import ACCEPT_MANIFESTS
+from layerindex.manifest import FetchedManifest as FetchedManifest
+from layerindex.reference import DOCKER_HUB, Reference, digest_problem
+from layerindex.transport import (
+    BlobStream,
+    Transport,
+    decompress,
+    is_json,
+    is_loopback,
+    read_body,
+    retry_after,
+    server_message,
+)
+
+log = logging.getLogger("layerindex")
+
+MANIFEST_MAX_BYTES = 4 * 1024 * 1024  # manifests are kilobytes; a bigger body is not a manifest
+TAG_PAGE_MAX_BYTES = 16 * 1024 * 1024
+ERROR_BODY_MAX_BYTES = 64 * 1024
+TAG_PAGE_SIZE = 1000  # ECR refuses n > 1000 (ggcr#1091)
+MAX_REDIRECTS = 5
+BLOB_BUFFER = 1024 * 1024
+_CHUNK = 64 * 1024
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_ADDRESS_IN_REPR = re.compile(r"<[^<>]* object at 0x[0-9a-fA-F]+>:?\s*")
+
+
+def _hash(algorithm: str, data: bytes) -> str:
+    return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+
+
+def _digest_of(data: bytes, like: str) -> str:
+    """The digest of ``data`` with the algorithm of ``like`` ("sha512:…" → sha512)."""
+    return _hash(like.partition(":")[0], data)
+
+
+def _login_hint(registry: str) -> str:
+    target = "" if registry == DOCKER_HUB else f" {registry}"
+    return f"`docker login{target}` or `podman login {registry}`"
+
+
+@dataclass
+class _Host:
+    """What the ping of one registry API host taught us."""
+
+    base_url: str  # "https://ghcr.io"
+    challenge: Challenge | None  # None: the registry asks for no auth
+
+
+class RegistryClient:
+    """Registry API v2 over requests; see the module docstring for the rules it keeps."""
+
+    def __init__(
+        self,
+        keychain: Keychain | None = None,
+        *,
+        insecure: Iterable[str] = (),
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        user_agent: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.keychain = keychain if keychain is not None else default_keychain()
+        self.insecure = frozenset(h.strip().lower() for h in insecure if h.strip())
+        self.timeout = (connect_timeout, read_timeout)
+        self.user_agent = user_agent or f"layerindex/{__version__}"
+        self.tokens = TokenCache(clock)
+        self.transport = Transport(timeout=self.timeout, user_agent=self.user_agent)
+        self._lock = threading.Lock()
+        self._hosts: dict[str, _Host] = {}
+        self._credentials: dict[tuple[str, str], Credentials | None] = {}
+
+    # --- HTTP ------------------------------------------------------------------------------------
+
+    def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        authorization: str | None = None,
+        data: Mapping[str, str] | None = None,
+        stream: bool = False,
+    ) -> requests.Response:
+        """Every HTTP exchange of the client passes here: the place for a retry policy."""
+        return self.transport.request(
+            method, url, headers=headers, authorization=authorization, data=data, stream=stream
+        )
+
+    # --- auth ------------------------------------------------------------------------------------
+
+    def _base_url(self, api_host: str) -> str:
+        plain = api_host.lower() in self.insecure or is_loopback(api_host)
+        return f"{'http' if plain else 'https'}://{api_host}"
+
+    def _host(self, ref: Reference) -> _Host:
+        """Ping ``/v2/`` once per registry host to learn whether and how it wants auth."""
+        with self._lock:
+            known = self._hosts.get(ref.api_host)
+        if known is not None:
+            return known
+        base_url = self._base_url(ref.api_host)
+        response = self._request("GET", f"{base_url}/v2/", stream=True)
+        with response:
+            if response.status_code == 401:
+                challenge = choose_challenge(
+                    parse_challenges(response.headers.get("WWW-Authenticate", ""))
+                )
+                if challenge is None:
+                    raise AuthError(
+                        f"{ref.api_host} asks for authentication with a scheme layerindex "
+                        "does not support (neither Bearer nor Basic)"
+                    )
+            elif response.status_code == 404:
+                raise RegistryError(
+                    f"{ref.api_host} does not serve the Registry API v2 (GET /v2/ answered 404)"
+                )
+            else:
+                self._check(response, ref, f"the API root of {ref.api_host}", "")
+                challenge = None
+        host = _Host(base_url, challenge)
+        with self._lock:
+            self._hosts[ref.api_host] = host
+        return host
+
+    def _credentials_for(self, ref: Reference) -> Credentials | None:
+        key = (ref.registry, ref.repository)
+        with self._lock:
+            if key in self._credentials:
+                return self._credentials[key]
+        found = self.keychain.resolve(ref.registry, ref.repository)
+        with self._lock:
+            self._credentials[key] = found
+        return found
+
+    def _authorization(
+        self, host: _Host, ref: Reference, scopes: tuple[str, ...], *, fresh: bool = False
+    ) -> str | None:
+        challenge = host.challenge
+        if challenge is None:
+            return None
+        creds = self._credentials_for(ref)
+        if challenge.scheme == "basic":
+            if creds is None or creds.username is None or creds.password is None:
+                return None
+            pair = f"{creds.username}:{creds.password}".encode()
+            return "Basic " + base64.b64encode(pair).decode("ascii")
+        return "Bearer " + self._token(ref, challenge, scopes, creds, fresh=fresh)
+
+    def _token(
+        self,
+        ref: Reference,
+        challenge: Challenge,
+        scopes: tuple[str, ...],
+        creds: Credentials | None,
+        *,
+        fresh: bool,
+    ) -> str:
+        realm = challenge.params.get("realm")
+        if not realm:
+            raise AuthError(f"{ref.api_host} asked for a Bearer token but named no realm")
+        service = challenge.params.get("service", "")
+        key = (ref.api_host, realm, service, scopes)
+        if not fresh:
+            cached = self.tokens.get(key)
+            if cached is not None:
+                return cached
+        realm_host = urlsplit(realm).netloc
+        if creds is not None and creds.username is not None and creds.password is not None:
+            pair = f"{creds.username}:{creds.password}".encode()
+            query = [("service", service), *(("scope", s) for s in scopes)]
+            response = self._request(
+                "GET",
+                realm + ("&" if "?" in realm else "?") + _urlencode(query),
+                authorization="Basic " + base64.b64encode(pair).decode("ascii"),
+                stream=True,
+            )
+        elif creds is not None and creds.identity_token is not None:
+            response = self._request(
+                "POST",
+                realm,
+                data={
+                    "grant_type": "refresh_token",
+                    "refresh_token": creds.identity_token,
+                    "service": service,
+                    "scope": " ".join(scopes),
+                    "client_id": "layerindex",
+                },
+                stream=True,
+            )
+        else:
+            query = [("service", service), *(("scope", s) for s in scopes)]
+            response = self._request(
+                "GET", realm + ("&" if "?" in realm else "?") + _urlencode(query), stream=True
+            )
+        with response:
+            if response.status_code in (401, 403):
+                who = "the credentials" if creds is not None else "an anonymous token"
+                raise AuthError(
+                    f"the token service {realm_host} refused {who} for {ref.repo_key} "
+                    f"({response.status_code}); log in with {_login_hint(ref.registry)}"
+                )
+            self._check(response, ref, f"a token for {ref.repo_key} from {realm_host}", "")
+            body = read_body(response, ERROR_BODY_MAX_BYTES, f"token answer from {realm_host}")
+        token = parse_token_answer(body, self.tokens.clock())
+        if token is None:
+            raise AuthError(f"the token service {realm_host} answered without a usable token")
+        self.tokens.put(key, token)
+        return token.value
+
+    def _auth_error(self, ref: Reference, challenge: Challenge | None, status: int) -> AuthError:
+        creds = self._credentials_for(ref)
+        scope_note = (
+            ", insufficient_scope"
+            if challenge and challenge.params.get("error") == "insufficient_scope"
+            else ""
+        )
+        if creds is None:
+            return AuthError(
+                f"{ref.repo_key}: the registry requires authentication ({status}{scope_note}) "
+                f"and no credentials were found for {ref.registry}; log in with "
+                f"{_login_hint(ref.registry)}, or check the repository exists (registries "
+                "such as Docker Hub answer 401 for a repository that does not exist)"
+            )
+        return AuthError(
+            f"{ref.repo_key}: the registry refused the credentials for {ref.registry} "
+            f"({status}{scope_note}); the account may not be allowed to pull this repository "
+            f"or it may not exist; check {_login_hint(ref.registry)}"
+        )
+
+    def _registry_request(
+        self,
+        ref: Reference,
+        method: str,
+        path: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        stream: bool = True,
+    ) -> requests.Response:
+        """A request to ``ref``'s registry with auth; a 401 gets one fresh token and one retry."""
+        host = self._host(ref)
+        url = path if "://" in path else host.base_url + path
+        scopes: tuple[str, ...] = (f"repository:{ref.repository}:pull",)
+        authorization = self._authorization(host, ref, scopes)
+        response = self._request(
+            method, url, headers=headers, authorization=authorization, stream=stream
+        )
+        if response.status_code != 401:
+            return response
+        challenge = choose_challenge(parse_challenges(response.headers.get("WWW-Authenticate", "")))
+        response.close()
+        if challenge is None:
+            raise self._auth_error(ref, None, 401)
+        if challenge.scheme == "bearer":
+            # The registry may want a different or wider scope than we asked (containers/image
+            # needsRetryWithUpdatedScope); ask for ours and its.
+            scopes = tuple(dict.fromkeys((*scopes, *challenge.scopes)))
+        with self._lock:
+            host.challenge = challenge
+        retry = self._authorization(host, ref, scopes, fresh=True)
+        if retry is None or retry == authorization:
+            raise self._auth_error(ref, challenge, 401)
+        response = self._request(method, url, headers=headers, authorization=retry, stream=stream)
+        if response.status_code == 401:
+            final = choose_challenge(parse_challenges(response.headers.get("WWW-Authenticate", "")))
+            response.close()
+            raise self._auth_error(ref, final or challenge, 401)
+        return response
+
+    # --- answers ---------------------------------------------------------------------------------
+
+    def _check(self, response: requests.Response, ref: Reference, what: str, missing: str) -> None:
+        """Raise the error a non-2xx status means; ``missing`` says what a 404 did not find."""
+        status = response.status_code
+        if status < 300:
+            return
+        body = read_body(response, ERROR_BODY_MAX_BYTES, what) if status != 429 else b""
+        said = server_message(body)
+        host = urlsplit(response.url).netloc if response.url else ref.api_host
+        if status == 404:
+            raise NotFound(f"{said}: {missing}" if said and missing else missing or f"{what}: 404")
+        if status == 429:
+            seconds = retry_after(response.headers.get("Retry-After"))
+            wait = f"; retry after {seconds:.0f} s" if seconds is not None else ""
+            hint = "; logging in raises Docker Hub's limit" if ref.registry == DOCKER_HUB else ""
+            raise RateLimited(
+                f"{ref.registry} rate limit reached (429) fetching {what}{wait}{hint}", seconds
+            )
+        if status in (401, 403):
+            raise AuthError(
+                f"{host} refused access to {what} ({status}{': ' + said if said else ''})"
+            )
+        reason = f" {response.reason}" if response.reason else ""
+        detail = f": {said}" if said else ""
+        raise RegistryError(f"{host} answered {status}{reason} for {what}{detail}")
+
+    def _manifest_path(self, ref: Reference, manifest_ref: str) -> str:
+        return f"/v2/{ref.repository}/manifests/{manifest_ref}"
+
+    def _manifest_missing(self, ref: Reference) -> str:
+        if ref.digest is not None:
+            return f"manifest {ref.digest} not found in {ref.repo_key}"
+        return f"tag {ref.manifest_ref} not found in {ref.repo_key}"
+
+    def get_manifest(self, ref: Reference) -> FetchedManifest:
+        """The manifest ``ref`` names, its digest checked against ``ref`` and the registry's."""
+        what = f"manifest of {ref.familiar()}"
+        response = self._registry_request(
+            ref,
+            "GET",
+            self._manifest_path(ref, ref.manifest_ref),
+            headers={"Accept": ", ".join(ACCEPT_MANIFESTS), "Accept-Encoding": "identity"},
+        )
+        with response:
+            self._check(response, ref, what, self._manifest_missing(ref))
+            body = read_body(response, MANIFEST_MAX_BYTES, what)
+            content_type = response.headers.get("Content-Type", "")
+            encoding = response.headers.get("Content-Encoding", "").lower()
+            registry_digest = response.headers.get("Docker-Content-Digest")
+        if encoding in ("gzip", "x-gzip", "deflate") and not is_json(body):
+            body = decompress(body, MANIFEST_MAX_BYTES, what)
+        if not is_json(body):
+            looks_html = "html" in content_type.lower() or body.lstrip()[:1] == b"<"
+            kind = "an HTML page" if looks_html else f"something that is not JSON ({content_type})"
+            raise RegistryError(
+                f"{ref.familiar()}: the registry returned {kind} instead of a manifest"
+            )
+        digest = _hash("sha256", body)
+        if ref.digest is not None:
+            actual = _digest_of(body, ref.digest)
+            if actual != ref.digest:
+                raise DigestMismatch(
+                    f"{ref.familiar()}: the registry served a manifest whose digest is {actual}"
+                )
+            digest = ref.digest
+        if registry_digest and digest_problem(registry_digest) is None:
+            actual = _digest_of(body, registry_digest)
+            if actual != registry_digest:
+                raise DigestMismatch(
+                    f"{ref.familiar()}: Docker-Content-Digest says {registry_digest} but the "
+                    f"manifest's digest is {actual}"
+                )
+        media_type = content_type.split(";", 1)[0].strip()
+        return FetchedManifest(body, media_type, digest, ref.familiar())
+
+    def head_manifest(self, ref: Reference) -> str | None:
+        """The digest a HEAD reports (Docker Hub does not count HEADs as pulls), or None when
+        the registry leaves ``Docker-Content-Digest`` out."""
+        response = self._registry_request(
+            ref,
+            "HEAD",
+            self._manifest_path(ref, ref.manifest_ref),
+            headers={"Accept": ", ".join(ACCEPT_MANIFESTS)},
+        )
+        with response:
+            if response.status_code == 404:  # a HEAD has no error body to read
+                raise NotFound(self._manifest_missing(ref))
+            self._check(response, ref, f"manifest of {ref.familiar()}", "")
+            digest = response.headers.get("Docker-Content-Digest")
+        if digest is None or digest_problem(digest) is not None:
+            return None
+        return digest
+
+    def _blob_response(self, ref: Reference, digest: str) -> requests.Response:
+        problem = digest_problem(digest)
+        if problem is not None:
+            raise RegistryError(f"{ref.familiar()}: bad blob digest: {problem}")
+        response = self._registry_request(
+            ref,
+            "GET",
+            f"/v2/{ref.repository}/blobs/{digest}",
+            # Stored bytes, please: a transport encoding would change what we hash.
+            headers={"Accept-Encoding": "identity"},
+        )
+        if response.status_code >= 300:
+            with response:
+                self._check(
+                    response,
+                    ref,
+                    f"blob {digest} of {ref.familiar()}",
+                    f"blob {digest} not found in {ref.repo_key}",
+                )
+        return response
+
+    def get_blob_bytes(self, ref: Reference, digest: str, max_size: int) -> bytes:
+        """A small blob (an image config), at most ``max_size`` bytes, digest verified."""
+        what = f"blob {digest} of {ref.familiar()}"
+        with self._blob_response(ref, digest) as response:
+            body = read_body(response, max_size, what)
+            encoding = response.headers.get("Content-Encoding", "").lower()
+        actual = _digest_of(body, digest)
+        if actual != digest and encoding in ("gzip", "x-gzip", "deflate"):
+            # A server that transport-encoded anyway: the stored bytes are inside.
+            decoded = decompress(body, max_size, what)
+            if _digest_of(decoded, digest) == digest:
+                return decoded
+        if actual != digest:
+            raise DigestMismatch(f"{what}: the bytes received have digest {actual}")
+        return body
+
+    @contextmanager
+    def open_blob(self, ref: Reference, digest: str) -> Iterator[BinaryIO]:
+        """Stream a blob's stored (compressed) bytes; the caller reads in chunks and verifies
+        the digest. Nothing is buffered beyond one read."""
+        response = self._blob_response(ref, digest)
+        host = urlsplit(response.url).netloc if response.url else ref.api_host
+        stream = io.BufferedReader(
+            BlobStream(response, f"blob {digest} of {ref.familiar()} from {host}"), BLOB_BUFFER
+        )
+        try:
+            yield stream
+        finally:
+            stream.close()
+
+    def list_tags(self, ref: Reference) -> Iterator[str]:
+        """Every tag of ``ref``'s repository, following ``Link: <…>; rel="next"`` pages."""
+        url = f"/v2/{ref.repository}/tags/list?n={TAG_PAGE_SIZE}"
+        seen: set[str] = set()
+        while url and url not in seen:
+            seen.add(url)
+            response = self._registry_request(
+                ref, "GET", url, headers={"Accept": "application/json"}
+            )
+            with response:
+                self._check(
+                    response, ref, f"tags of {ref.repo_key}", f"repository {ref.repo_key} not found"
+                )
+                body = read_body(response, TAG_PAGE_MAX_BYTES, f"tags of {ref.repo_key}")
+                next_link = response.links.get("next", {}).get("url")
+                page_url = response.url
+            try:
+                document = json.loads(body)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise RegistryError(f"{ref.repo_key}: the tag list is not JSON") from None
+            tags = document.get("tags") if isinstance(document, Mapping) else None
+            for tag in tags or ():
+                if isinstance(tag, str):
+                    yield tag
+            url = urljoin(page_url, next_link) if next_link else ""
+
+
+def _urlencode(pairs: Iterable[tuple[str, str]]) -> str:
+    return urlencode([(k, v) for k, v in pairs if v])

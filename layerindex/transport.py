@@ -1,0 +1,244 @@
+"""HTTP for the registry client: one session per thread, redirects by hand, safe logging.
+
+``Authorization`` is sent only to the origin (scheme, host, port) of the first URL: a redirect to
+another host (a CDN, S3) goes without it -- S3 answers 400 to two auth mechanisms and a token must
+not leak (ggcr ``transport/bearer.go`` does the same). Logged URLs lose their query strings, where
+CDN signatures live.
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import json
+import logging
+import re
+import threading
+import time
+import zlib
+from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import requests
+import urllib3
+
+from layerindex.errors import RegistryError
+
+log = logging.getLogger("layerindex")
+
+MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_CHUNK = 64 * 1024
+_ADDRESS_IN_REPR = re.compile(r"<[^<>]* object at 0x[0-9a-fA-F]+>:?\s*")
+
+Origin = tuple[str, str, int]  # (scheme, lower-case host, port): where a credential may go
+
+
+def origin_of(url: str) -> Origin:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
+def loggable_url(url: str) -> str:
+    """``url`` without user info, query or fragment: redirect URLs carry signatures there."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}{parts.path}"
+
+
+def is_loopback(host: str) -> bool:
+    """localhost, 127.0.0.0/8 and ::1 (with or without a port): plain HTTP, as Docker allows."""
+    name = host.lower()
+    if name.startswith("["):
+        name = name[1:].partition("]")[0]
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _keep_headers(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    # Passed as ``auth`` so requests never adds ~/.netrc credentials over our Authorization.
+    return request
+
+
+def describe(exc: BaseException) -> str:
+    """A connection error in words, without URLs (they may carry signed query strings)."""
+    reason: object = exc
+    inner = exc.args[0] if exc.args else None
+    if isinstance(inner, urllib3.exceptions.MaxRetryError) and inner.reason is not None:
+        reason = inner.reason
+    text = _ADDRESS_IN_REPR.sub("", str(reason))
+    return re.sub(r"\s*\(Caused by .*\)$", "", text).strip() or type(exc).__name__
+
+
+def retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def server_message(body: bytes) -> str | None:
+    """The first message of a registry error body ``{"errors": [{"code", "message"}]}``."""
+    try:
+        document = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    errors = document.get("errors") if isinstance(document, Mapping) else None
+    if isinstance(errors, list) and errors and isinstance(errors[0], Mapping):
+        message = errors[0].get("message") or errors[0].get("code")
+        return str(message) if message else None
+    return None
+
+
+class BlobStream(io.RawIOBase):
+    """The compressed bytes of a blob, as stored: no Content-Encoding decoding, and a cut
+    connection is a RegistryError naming the host and how far it got."""
+
+    def __init__(self, response: requests.Response, where: str) -> None:
+        super().__init__()
+        self._response = response
+        self._raw = response.raw
+        self._where = where
+        self.bytes_read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        try:
+            chunk = self._raw.read(len(view), decode_content=False)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise RegistryError(
+                f"{self._where}: connection lost after {self.bytes_read} bytes: {describe(exc)}"
+            ) from None
+        view[: len(chunk)] = chunk
+        self.bytes_read += len(chunk)
+        return len(chunk)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._response.close()
+        super().close()
+
+
+class Transport:
+    """requests with our rules; thread-safe (a Session per thread)."""
+
+    def __init__(self, *, timeout: tuple[float, float], user_agent: str) -> None:
+        self.timeout = timeout
+        self.user_agent = user_agent
+        self._local = threading.local()
+
+    def _session(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers["User-Agent"] = self.user_agent
+            self._local.session = session
+        return session
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        authorization: str | None = None,
+        data: Mapping[str, str] | None = None,
+        stream: bool = False,
+    ) -> requests.Response:
+        """One HTTP exchange, redirects followed by hand. ``authorization`` goes only to the
+        origin of ``url``, never to a host a redirect leads to."""
+        allowed = origin_of(url)
+        for _hop in range(MAX_REDIRECTS + 1):
+            hop_headers = dict(headers or {})
+            if authorization is not None and origin_of(url) == allowed:
+                hop_headers["Authorization"] = authorization
+            host = urlsplit(url).netloc.rpartition("@")[2]
+            try:
+                response = self._session().request(
+                    method,
+                    url,
+                    headers=hop_headers,
+                    data=data,
+                    stream=stream,
+                    allow_redirects=False,
+                    timeout=self.timeout,
+                    auth=_keep_headers,
+                )
+            except requests.Timeout as exc:
+                raise RegistryError(f"timed out talking to {host}: {describe(exc)}") from None
+            except requests.RequestException as exc:
+                raise RegistryError(f"cannot connect to {host}: {describe(exc)}") from None
+            log.debug(
+                "%s %s -> %d (%s bytes)",
+                method,
+                loggable_url(url),
+                response.status_code,
+                response.headers.get("Content-Length", "?"),
+            )
+            location = response.headers.get("Location")
+            if response.status_code not in _REDIRECTS or not location:
+                return response
+            response.close()
+            url = urljoin(url, location)
+            if response.status_code == 303 or (
+                response.status_code in (301, 302) and method == "POST"
+            ):
+                method, data = "GET", None
+        raise RegistryError(f"too many redirects (more than {MAX_REDIRECTS}) from {host}")
+
+
+def read_body(response: requests.Response, limit: int, what: str) -> bytes:
+    """The body as sent (no Content-Encoding decoding), at most ``limit`` bytes."""
+    length = response.headers.get("Content-Length", "")
+    if length.isdigit() and int(length) > limit:
+        raise RegistryError(f"{what} is {int(length)} bytes, more than the {limit} allowed")
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        while chunk := response.raw.read(_CHUNK, decode_content=False):
+            total += len(chunk)
+            if total > limit:
+                raise RegistryError(f"{what} is more than the {limit} bytes allowed")
+            chunks.append(chunk)
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise RegistryError(f"{what}: connection lost: {describe(exc)}") from None
+    return b"".join(chunks)
+
+
+def is_json(body: bytes) -> bool:
+    try:
+        json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return True
+
+
+def decompress(body: bytes, limit: int, what: str) -> bytes:
+    """Undo a gzip/deflate transport encoding, at most ``limit`` bytes out."""
+    try:
+        decoder = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header, detected
+        out = decoder.decompress(body, limit + 1)
+    except zlib.error:
+        return body
+    if len(out) > limit:
+        raise RegistryError(f"{what} is more than the {limit} bytes allowed")
+    return out
