@@ -9,13 +9,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from layerindex import manifest
+from layerindex.errors import LayerIndexError, UnsupportedManifest
 from layerindex.reference import Reference
 from layerindex.registry import RegistryClient
-from layerindex.walker import LayerWalker
-
-from layerindex import manifest
-from layerindex.errors import LayerIndexError
 from layerindex.store import ImageRecord, LayerRecord, LayerState, Store
+from layerindex.walker import LayerWalker
 
 log = logging.getLogger("layerindex")
 
@@ -65,6 +64,7 @@ class Crawler:
             parsed = manifest.parse_manifest(fetched)
             if ref.tag is not None:
                 self.store.record_tag(ref.registry, ref.repository, ref.tag, fetched.digest)
+            targets: list[tuple[manifest.ImageManifest | manifest.ImageIndex, str | None]]
             if isinstance(parsed, manifest.ImageIndex):
                 children = manifest.select_platforms(parsed, self.platform)
                 targets = [
@@ -85,7 +85,7 @@ class Crawler:
             outcome = ImageOutcome(reference=ref.familiar(), manifest_digest=image.digest)
             try:
                 if not isinstance(image, manifest.ImageManifest):
-                    raise manifest.UnsupportedManifest(
+                    raise UnsupportedManifest(
                         f"{ref.familiar()}: index entry {image.digest} is itself an index"
                     )
                 self._index_image(ref, image, index_digest, outcome)
