@@ -121,10 +121,9 @@ def index(
     Prints one line per image: reference, manifest digest, platform, layers indexed / already
     known / skipped / failed, entries. Exits 1 if any image failed (the others are indexed).
     """
+    from layerindex.crawler import Crawler
     from layerindex.credentials import default_keychain
     from layerindex.registry import RegistryClient
-
-    from layerindex.crawler import Crawler
     from layerindex.store import Store
 
     references = _parse_refs(refs)  # a malformed reference fails before any network call
@@ -149,6 +148,10 @@ def index(
                 click.echo(f"Error: {error}", err=True)
             failed = failed or not outcome.ok
     if failed:
+        click.echo(
+            "Nothing of a failed layer was kept; the next `layerindex index` retries it.",
+            err=True,
+        )
         sys.exit(EXIT_NOT_FOUND)
 
 

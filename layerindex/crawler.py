@@ -150,7 +150,7 @@ class Crawler:
                 )
                 count = self.store.index_layer(layer, walker)
         except LayerIndexError as exc:
-            message = str(exc) if layer.digest in str(exc) else f"{where}: {exc}"
+            message = str(exc) if where in str(exc) else f"{where}: {exc}"
             log.warning("%s", message)
             self.store.record_failure(layer, message)
             outcome.failed += 1

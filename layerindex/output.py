@@ -16,7 +16,16 @@ import click
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-FORMATS = ("table", "json", "nl", "csv")
+# Table headings where the field name is not what a person wants to read.
+TITLES = {
+    "layer_index": "LAYER",
+    "layer_digest": "DIGEST",
+    "manifest_digest": "DIGEST",
+    "state_text": "STATE",
+    "media_type": "MEDIA TYPE",
+    "link_target": "TARGET",
+    "indexed_at": "INDEXED",
+}
 
 
 def output_options(function: F) -> F:
@@ -46,7 +55,7 @@ def write_rows(
     """Write ``rows`` to stdout in ``output_format``; returns how many were written.
 
     ``columns`` are the machine-readable fields (json, nl, csv); ``table_columns`` those a person
-    sees, formatted by ``formatters``.
+    sees, formatted by ``formatters``, headed by their TITLES.
     """
     out = sys.stdout
     count = 0
@@ -70,7 +79,7 @@ def write_rows(
     else:
         shown = list(table_columns or columns)
         fmt = formatters or {}
-        cells = [[c.upper() for c in shown]]
+        cells = [[TITLES.get(c, c.upper()) for c in shown]]
         for row in rows:
             cells.append([fmt[c](row.get(c)) if c in fmt else _plain(row.get(c)) for c in shown])
             count += 1

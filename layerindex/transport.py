@@ -75,6 +75,9 @@ def describe(exc: BaseException) -> str:
     inner = exc.args[0] if exc.args else None
     if isinstance(inner, urllib3.exceptions.MaxRetryError) and inner.reason is not None:
         reason = inner.reason
+    if isinstance(exc, urllib3.exceptions.ProtocolError) and len(exc.args) == 2:
+        # ('Connection broken: IncompleteRead(…)', IncompleteRead(…)): say it once.
+        reason = exc.args[0]
     text = _ADDRESS_IN_REPR.sub("", str(reason))
     return re.sub(r"\s*\(Caused by .*\)$", "", text).strip() or type(exc).__name__
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import re
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -243,6 +244,11 @@ class _ProxyHTTPServer(ThreadingHTTPServer):
     ) -> None:
         self.owner = owner
         super().__init__(address, handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up on a cut or hanging response is what the rules are for.
+        if not isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            super().handle_error(request, client_address)
 
 
 class _ProxyHandler(BaseHTTPRequestHandler):
