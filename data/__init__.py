@@ -1,0 +1,1 @@
+"""The image list shipped with layerindex (images.txt)."""

@@ -1,0 +1,107 @@
+"""Image lists for scheduled crawls: one reference a line, ``#`` comments, tag filters.
+
+alpine:3.20                          one image
+ghcr.io/org/app@sha256:…             one image, pinned
+bitnami/kubectl:/^1\\.3[0-9]\\./     every tag of the repository matching the regex
+python --tags 3                      the 3 newest tags (version order) of the repository
+python:/-slim$/ --tags 2             the 2 newest tags that match
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from layerindex.errors import InvalidReference, UsageError
+from layerindex.reference import Reference, parse_reference
+
+_TAG_FILTER = re.compile(r"^(?P<repo>[^\s]+?):/(?P<regex>.*)/$")
+_NEWEST = re.compile(r"^(?P<head>.*?)\s+--tags\s+(?P<count>\d+)$")
+
+
+@dataclass(frozen=True)
+class ListEntry:
+    """One line of an image list: a reference, or a repository with a tag filter."""
+
+    text: str  # the line as written (without comment), for messages and run records
+    reference: Reference  # for a filtered repository: the repository with tag "latest"
+    tag_pattern: re.Pattern[str] | None = None
+    newest: int | None = None
+
+    @property
+    def expands(self) -> bool:
+        return self.tag_pattern is not None or self.newest is not None
+
+
+def parse_line(line: str, where: str = "") -> ListEntry | None:
+    """A line of an image list; None for blank lines and comments."""
+    text = _strip_comment(line)
+    if not text:
+        return None
+    newest = None
+    if match := _NEWEST.match(text):
+        text_head, newest = match["head"].strip(), int(match["count"])
+        if newest < 1:
+            raise UsageError(f"{where}: --tags needs a count of at least 1")
+    else:
+        text_head = text
+    pattern = None
+    if match := _TAG_FILTER.match(text_head):
+        try:
+            pattern = re.compile(match["regex"])
+        except re.error as exc:
+            raise UsageError(f"{where}: bad tag regex /{match['regex']}/: {exc}") from None
+        text_head = match["repo"]
+    try:
+        reference = parse_reference(text_head)
+    except InvalidReference as exc:
+        raise UsageError(f"{where}: {exc}") from None
+    if (pattern is not None or newest is not None) and reference.digest is not None:
+        raise UsageError(f"{where}: a tag filter needs a repository, not a digest")
+    return ListEntry(text, reference, pattern, newest)
+
+
+def _strip_comment(line: str) -> str:
+    # "#" starts a comment at the start of a line or after whitespace; a regex may contain "#".
+    return re.split(r"(?:^|\s)#", line, maxsplit=1)[0].strip()
+
+
+def read_list(path: Path) -> list[ListEntry]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise UsageError(f"cannot read image list {path}: {exc.strerror}") from None
+    entries = []
+    for number, line in enumerate(lines, 1):
+        entry = parse_line(line, f"{path}:{number}")
+        if entry is not None:
+            entries.append(entry)
+    return entries
+
+
+def version_key(tag: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key putting ``1.10`` after ``1.9``: digit runs compare as numbers."""
+    return tuple(
+        (0, int(part)) if part.isdigit() else (1, part) for part in re.findall(r"\d+|\D+", tag)
+    )
+
+
+def expand(
+    entry: ListEntry, list_tags: Callable[[Reference], Iterable[str]]
+) -> Iterator[Reference]:
+    """The references a list entry stands for (tags listed from the registry when filtered)."""
+    if not entry.expands:
+        yield entry.reference
+        return
+    tags = [
+        t
+        for t in list_tags(entry.reference)
+        if entry.tag_pattern is None or entry.tag_pattern.search(t)
+    ]
+    tags.sort(key=version_key)
+    if entry.newest is not None:
+        tags = tags[-entry.newest :]
+    for tag in tags:
+        yield Reference(entry.reference.registry, entry.reference.repository, tag=tag)
