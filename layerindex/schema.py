@@ -86,6 +86,9 @@ layers = Table(
     Column("last_error", Text),  # the last failure, kept until a later attempt succeeds
     Column("attempts", Integer, nullable=False, default=0),
     Column("last_attempt", DateTime(timezone=True)),
+    # A worker fetching the layer holds a lease; a killed worker's lease expires.
+    Column("lease_owner", Text),
+    Column("lease_until", DateTime(timezone=True)),
 )
 Index(None, layers.c.diff_id)
 
@@ -143,3 +146,40 @@ entries = Table(
 )
 # find by path / by basename: (name, dir) first, so "--name kubectl" is a prefix scan.
 Index("ix_entries_name_dir", entries.c.name_id, entries.c.dir_id)
+
+# --- scheduled crawls ----------------------------------------------------------------------------
+
+# One row per crawl run: what it did, for `layerindex runs`.
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("status", Text, nullable=False),  # running, ok, failed, interrupted
+    Column("worker", Text, nullable=False),  # host:pid
+    Column("images", Integer, nullable=False, default=0),
+    Column("images_unchanged", Integer, nullable=False, default=0),
+    Column("images_failed", Integer, nullable=False, default=0),
+    Column("layers_indexed", Integer, nullable=False, default=0),
+    Column("layers_known", Integer, nullable=False, default=0),
+    Column("layers_skipped", Integer, nullable=False, default=0),
+    Column("layers_failed", Integer, nullable=False, default=0),
+    Column("bytes", BigInteger, nullable=False, default=0),  # blob bytes downloaded
+    Column("errors", Text),  # JSON: [{"image": …, "error": …}]
+)
+
+# One row per reference a crawl keeps fresh: when it was checked, its failures and back-off,
+# and the lease a worker holds while it checks it.
+targets = Table(
+    "targets",
+    metadata,
+    Column("reference", Text, primary_key=True),  # canonical: "docker.io/library/alpine:3.20"
+    Column("last_checked", DateTime(timezone=True)),
+    Column("last_digest", Text),
+    Column("failures", Integer, nullable=False, default=0),  # in a row
+    Column("last_error", Text),
+    Column("next_attempt", DateTime(timezone=True)),  # back-off after failures
+    Column("lease_owner", Text),
+    Column("lease_until", DateTime(timezone=True)),
+)
