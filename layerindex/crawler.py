@@ -2,23 +2,53 @@
 
 A failure stays with what failed: a bad layer is recorded and the image's other layers go on; a
 bad image is reported and the run's other images go on. Nothing of a failed layer is committed.
+Layers are fetched under a lease (one fetcher per layer across threads, processes and machines)
+and, with a pool, several at once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
 
 from layerindex import manifest
 from layerindex.errors import LayerIndexError, UnsupportedManifest
+from layerindex.platforms import parse_platform
 from layerindex.reference import Reference
 from layerindex.registry import RegistryClient
-from layerindex.store import ImageRecord, LayerRecord, LayerState, Store
+from layerindex.store import ImageRecord, LayerRecord, LayerState, Store, utcnow
 from layerindex.walker import LayerWalker
 
 log = logging.getLogger("layerindex")
 
 CONFIG_MAX_BYTES = 8 * 1024 * 1024
+LEASE_SECONDS = 300.0  # a killed fetcher's layer is taken over after this
+LEASE_WAIT_POLL = 0.5
+BACKOFF_FIRST = dt.timedelta(minutes=1)
+BACKOFF_MAX = dt.timedelta(hours=6)
+
+
+def backoff(failures: int) -> dt.timedelta:
+    """How long to leave something alone after ``failures`` failures in a row (1 min, doubling)."""
+    if failures <= 0:
+        return dt.timedelta(0)
+    delay: dt.timedelta = BACKOFF_FIRST * 2 ** min(failures - 1, 20)
+    return min(BACKOFF_MAX, delay)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass
@@ -33,6 +63,8 @@ class ImageOutcome:
     skipped: int = 0  # foreign / non-distributable layers
     failed: int = 0
     entries: int = 0  # entries in the image's layers
+    bytes: int = 0  # blob bytes downloaded
+    unchanged: bool = False  # a re-crawl found the tag where it was, fully indexed
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -40,30 +72,59 @@ class ImageOutcome:
         return not self.errors
 
 
+@dataclass
+class _LayerResult:
+    kind: str  # indexed, known, failed
+    bytes: int = 0
+    error: str | None = None
+
+
 class Crawler:
     def __init__(
         self,
         client: RegistryClient,
-        store: Store,
+        engine: Engine,
         *,
         platform: str = "linux/amd64",
         hash_files: bool = False,
+        layer_pool: Executor | None = None,
+        respect_backoff: bool = False,
     ) -> None:
         self.client = client
-        self.store = store
+        self.engine = engine
         self.platform = platform
         self.hash_files = hash_files
+        self.layer_pool = layer_pool
+        self.respect_backoff = respect_backoff
+        self._local = threading.local()
+        # SQLite has one writer at a time: threads take turns instead of timing out on its lock.
+        self._write_lock: contextlib.AbstractContextManager[object] = (
+            threading.RLock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
+        )
 
-    def index(self, ref: Reference) -> list[ImageOutcome]:
+    @property
+    def store(self) -> Store:
+        """A Store per thread: its interning caches belong to one transaction at a time."""
+        store: Store | None = getattr(self._local, "store", None)
+        if store is None:
+            store = self._local.store = Store(self.engine)
+        return store
+
+    def index(self, ref: Reference, *, incremental: bool = False) -> list[ImageOutcome]:
         """Index every image ``ref`` names (one per selected platform).
 
-        Image-level errors (the manifest cannot be had) come back as a failed outcome.
+        ``incremental``: first ask with a HEAD (which Docker Hub does not count as a pull) and
+        stop there when the digest is one already fully indexed. Image-level errors come back
+        as a failed outcome.
         """
         try:
+            if incremental and (unchanged := self._unchanged(ref)):
+                return unchanged
             fetched = self.client.get_manifest(ref)
             parsed = manifest.parse_manifest(fetched)
             if ref.tag is not None:
-                self.store.record_tag(ref.registry, ref.repository, ref.tag, fetched.digest)
+                with self._write_lock:
+                    self.store.record_tag(ref.registry, ref.repository, ref.tag, fetched.digest)
             targets: list[tuple[manifest.ImageManifest | manifest.ImageIndex, str | None]]
             if isinstance(parsed, manifest.ImageIndex):
                 children = manifest.select_platforms(parsed, self.platform)
@@ -94,6 +155,36 @@ class Crawler:
             outcomes.append(outcome)
         return outcomes
 
+    def _unchanged(self, ref: Reference) -> list[ImageOutcome]:
+        """Outcomes for a reference whose digest is fully indexed already; else []."""
+        digest = ref.digest or self.client.head_manifest(ref)
+        if digest is None:
+            return []
+        stored = self.store.images_for(ref.registry, ref.repository, digest)
+        if self.platform != "all":
+            wanted = [parse_platform(p) for p in self.platform.split(",")]
+            stored = [
+                s for s in stored if any(parse_platform(s.platform).matches(w) for w in wanted)
+            ]
+            if len(stored) < len(wanted):
+                return []
+        if not stored or not all(s.complete for s in stored):
+            return []
+        if ref.tag is not None:
+            with self._write_lock:
+                self.store.record_tag(ref.registry, ref.repository, ref.tag, digest)
+        return [
+            ImageOutcome(
+                reference=ref.familiar(),
+                manifest_digest=s.digest,
+                platform=s.platform,
+                known=s.layers,
+                entries=self.store.image_entry_count(s.id),
+                unchanged=True,
+            )
+            for s in stored
+        ]
+
     def _index_image(
         self,
         ref: Reference,
@@ -104,43 +195,110 @@ class Crawler:
         config_bytes = self.client.get_blob_bytes(ref, image.config.digest, CONFIG_MAX_BYTES)
         config = manifest.parse_config(config_bytes, image, where=ref.familiar())
         outcome.platform = config.platform
-        image_id, states = self.store.record_image(
-            ImageRecord(
-                registry=ref.registry,
-                repository=ref.repository,
-                digest=image.digest,
-                reference=ref.familiar(),
-                index_digest=index_digest,
-                media_type=image.media_type,
-                platform=config.platform,
-                config_digest=image.config.digest,
-                created=config.created,
-                manifest=image.raw.decode("utf-8"),
-                config=config_bytes.decode("utf-8"),
-                layers=[
-                    LayerRecord(d.digest, d.media_type, d.size, diff_id)
-                    for d, diff_id in zip(image.layers, config.diff_ids, strict=True)
-                ],
+        with self._write_lock:
+            image_id, states = self.store.record_image(
+                ImageRecord(
+                    registry=ref.registry,
+                    repository=ref.repository,
+                    digest=image.digest,
+                    reference=ref.familiar(),
+                    index_digest=index_digest,
+                    media_type=image.media_type,
+                    platform=config.platform,
+                    config_digest=image.config.digest,
+                    created=config.created,
+                    manifest=image.raw.decode("utf-8"),
+                    config=config_bytes.decode("utf-8"),
+                    layers=[
+                        LayerRecord(d.digest, d.media_type, d.size, diff_id)
+                        for d, diff_id in zip(image.layers, config.diff_ids, strict=True)
+                    ],
+                )
             )
-        )
+        pending = []
         for descriptor, state in zip(image.layers, states, strict=True):
             if state.indexed:
                 outcome.known += 1
             elif reason := manifest.is_foreign(descriptor):
-                self.store.record_skip(state, reason)
+                with self._write_lock:
+                    self.store.record_skip(state, reason)
                 outcome.skipped += 1
-            elif self.store.link_known_diff(state):
+            else:
+                pending.append(state)
+        if self.layer_pool is None:
+            results = [self._layer(ref, state) for state in pending]
+        else:
+            futures = [self.layer_pool.submit(self._layer, ref, state) for state in pending]
+            results = [f.result() for f in futures]
+        for result in results:
+            if result.kind == "indexed":
+                outcome.indexed += 1
+            elif result.kind == "known":
                 outcome.known += 1
             else:
-                self._index_layer(ref, state, outcome)
+                outcome.failed += 1
+            outcome.bytes += result.bytes
+            if result.error:
+                outcome.errors.append(result.error)
         outcome.entries = self.store.image_entry_count(image_id)
         if not outcome.failed:
-            self.store.finish_image(image_id)
+            with self._write_lock:
+                self.store.finish_image(image_id)
 
-    def _index_layer(self, ref: Reference, layer: LayerState, outcome: ImageOutcome) -> None:
+    def _layer(self, ref: Reference, layer: LayerState) -> _LayerResult:
+        """Index one layer, unless its contents are known or another fetcher has it."""
         where = f"image {ref.familiar()} layer {layer.digest}"
+        if self.respect_backoff and layer.last_error and layer.last_attempt:
+            retry_at = layer.last_attempt + backoff(layer.attempts)
+            if retry_at > utcnow():
+                return _LayerResult(
+                    "failed",
+                    error=f"{where}: left alone until {retry_at:%Y-%m-%d %H:%M:%S}Z after "
+                    f"{layer.attempts} failed attempts; last error: {layer.last_error}",
+                )
+        store = self.store
+        with self._write_lock:
+            if store.link_known_diff(layer):
+                return _LayerResult("known")
+        owner = f"{worker_name()}:{threading.get_ident()}"
+        while True:
+            with self._write_lock:
+                if store.claim_layer(layer, owner, LEASE_SECONDS):
+                    break
+            # Someone else is fetching it: wait for them (or for their lease to run out).
+            if store.layer_indexed(layer):
+                return _LayerResult("known")
+            time.sleep(LEASE_WAIT_POLL)
         try:
-            with self.client.open_blob(ref, layer.digest) as stream:
+            with self._heartbeat(layer, owner):
+                return self._fetch_and_walk(ref, layer, where)
+        finally:
+            with self._write_lock:
+                store.release_lease(layer, owner)
+
+    @contextlib.contextmanager
+    def _heartbeat(self, layer: LayerState, owner: str) -> Iterator[None]:
+        """Keep the lease alive while a long layer downloads."""
+        stop = threading.Event()
+
+        def renew() -> None:
+            store = Store(self.engine)
+            while not stop.wait(LEASE_SECONDS / 3):
+                with contextlib.suppress(Exception), self._write_lock:
+                    store.renew_lease(layer, owner, LEASE_SECONDS)
+
+        thread = threading.Thread(target=renew, name="layerindex-lease", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def _fetch_and_walk(self, ref: Reference, layer: LayerState, where: str) -> _LayerResult:
+        store = self.store
+        try:
+            with self.client.open_blob(ref, layer.digest) as stream, self._write_lock:
                 walker = LayerWalker(
                     stream,
                     digest=layer.digest,
@@ -148,13 +306,18 @@ class Crawler:
                     hash_files=self.hash_files,
                     where=where,
                 )
-                count = self.store.index_layer(layer, walker)
+                count = store.index_layer(layer, walker)
+        except IntegrityError:
+            # Another fetcher indexed the same contents (same diff_id) under another digest.
+            with self._write_lock:
+                if store.link_known_diff(layer):
+                    return _LayerResult("known")
+            raise
         except LayerIndexError as exc:
             message = str(exc) if where in str(exc) else f"{where}: {exc}"
             log.warning("%s", message)
-            self.store.record_failure(layer, message)
-            outcome.failed += 1
-            outcome.errors.append(message)
-            return
+            with self._write_lock:
+                store.record_failure(layer, message)
+            return _LayerResult("failed", error=message)
         log.info("%s: %d entries", where, count)
-        outcome.indexed += 1
+        return _LayerResult("indexed", bytes=walker.compressed_size)

@@ -49,6 +49,13 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def aware_utc(value: dt.datetime | None) -> dt.datetime | None:
+    """SQLite hands timestamps back without their UTC zone; PostgreSQL keeps it."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value
+
+
 def split_path(path: str) -> tuple[str, str]:
     """``/usr/bin/x`` → (``/usr/bin``, ``x``); ``/`` → (``/``, ``""``)."""
     head, _, tail = path.rpartition("/")
@@ -106,6 +113,18 @@ class LayerState:
     diff_id: str | None
     indexed: bool
     skip_reason: str | None
+    attempts: int = 0  # failed or successful fetches so far
+    last_attempt: dt.datetime | None = None
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    id: int
+    digest: str
+    platform: str
+    layers: int
+    complete: bool
 
 
 class Interner:
@@ -146,7 +165,7 @@ def _mark(connection: Connection) -> str:
     return "?" if connection.dialect.paramstyle == "qmark" else "%s"
 
 
-def _insert(connection: Connection, table: Table) -> Any:
+def dialect_insert(connection: Connection, table: Table) -> Any:
     """INSERT with ON CONFLICT support, for whichever of SQLite and PostgreSQL this is."""
     if connection.dialect.name == "postgresql":
         return postgresql.insert(table)
@@ -168,7 +187,7 @@ class Store:
         now = utcnow()
         with self.engine.begin() as connection:
             repository_id = self._repository_id(connection, registry, repository)
-            stmt = _insert(connection, tags).values(
+            stmt = dialect_insert(connection, tags).values(
                 repository_id=repository_id, tag=tag, digest=digest, first_seen=now, last_seen=now
             )
             stmt = stmt.on_conflict_do_update(
@@ -190,7 +209,7 @@ class Store:
                 "manifest": image.manifest,
                 "config": image.config,
             }
-            stmt = _insert(connection, images).values(
+            stmt = dialect_insert(connection, images).values(
                 repository_id=repository_id, digest=image.digest, **values
             )
             stmt = stmt.on_conflict_do_update(
@@ -203,7 +222,7 @@ class Store:
                 )
             ).scalar_one()
             for layer in image.layers:
-                stmt = _insert(connection, layers).values(
+                stmt = dialect_insert(connection, layers).values(
                     digest=layer.digest,
                     diff_id=layer.diff_id,
                     media_type=layer.media_type,
@@ -233,6 +252,9 @@ class Store:
                     diff_id=row.diff_id,
                     indexed=row.diff_ref is not None,
                     skip_reason=row.skip_reason,
+                    attempts=row.attempts,
+                    last_attempt=aware_utc(row.last_attempt),
+                    last_error=row.last_error,
                 )
                 for row in (by_digest[lr.digest] for lr in image.layers)
             ]
@@ -246,7 +268,7 @@ class Store:
 
     @staticmethod
     def _repository_id(connection: Connection, registry: str, name: str) -> int:
-        stmt = _insert(connection, repositories).values(registry=registry, name=name)
+        stmt = dialect_insert(connection, repositories).values(registry=registry, name=name)
         connection.execute(stmt.on_conflict_do_nothing())
         return int(
             connection.execute(
@@ -394,3 +416,79 @@ class Store:
                 .where(image_layers.c.image_id == image_id)
             ).scalar_one()
         return int(total)
+
+    def images_for(self, registry: str, repository: str, digest: str) -> list[StoredImage]:
+        """The images known for a manifest or index digest, and whether each is complete."""
+        layer_count = (
+            select(func.count())
+            .where(image_layers.c.image_id == images.c.id)
+            .correlate(images)
+            .scalar_subquery()
+        )
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(
+                    images.c.id,
+                    images.c.digest,
+                    images.c.platform,
+                    images.c.indexed_at,
+                    layer_count.label("layers"),
+                )
+                .join(repositories, repositories.c.id == images.c.repository_id)
+                .where(
+                    repositories.c.registry == registry,
+                    repositories.c.name == repository,
+                    (images.c.digest == digest) | (images.c.index_digest == digest),
+                )
+                .order_by(images.c.platform)
+            ).all()
+        return [
+            StoredImage(r.id, r.digest, r.platform, r.layers, r.indexed_at is not None)
+            for r in rows
+        ]
+
+    # -- leases: one fetcher per layer, across threads, processes and machines -----------------
+
+    def claim_layer(self, layer: LayerState, owner: str, seconds: float) -> bool:
+        """Take the layer's lease unless it is indexed or another live lease holds it.
+
+        One conditional UPDATE: atomic on SQLite and PostgreSQL alike (an equivalent of
+        SELECT … FOR UPDATE SKIP LOCKED for a single known row).
+        """
+        now = utcnow()
+        with self.engine.begin() as connection:
+            result = connection.execute(
+                update(layers)
+                .where(
+                    layers.c.id == layer.id,
+                    layers.c.diff_ref.is_(None),
+                    layers.c.lease_until.is_(None)
+                    | (layers.c.lease_until < now)
+                    | (layers.c.lease_owner == owner),
+                )
+                .values(lease_owner=owner, lease_until=now + dt.timedelta(seconds=seconds))
+            )
+        return result.rowcount == 1
+
+    def renew_lease(self, layer: LayerState, owner: str, seconds: float) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(layers)
+                .where(layers.c.id == layer.id, layers.c.lease_owner == owner)
+                .values(lease_until=utcnow() + dt.timedelta(seconds=seconds))
+            )
+
+    def release_lease(self, layer: LayerState, owner: str) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(layers)
+                .where(layers.c.id == layer.id, layers.c.lease_owner == owner)
+                .values(lease_owner=None, lease_until=None)
+            )
+
+    def layer_indexed(self, layer: LayerState) -> bool:
+        with self.engine.connect() as connection:
+            diff_ref = connection.execute(
+                select(layers.c.diff_ref).where(layers.c.id == layer.id)
+            ).scalar_one()
+        return diff_ref is not None
