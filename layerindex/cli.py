@@ -7,6 +7,8 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterable
+from importlib.resources import files
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -18,6 +20,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_NOT_FOUND = 1
 EXIT_ERROR = 2
+# data/ sits at the top level (the design card) and ships in the wheel as layerindex.data.
+DEFAULT_IMAGE_LIST = Path(str(files("layerindex.data").joinpath("images.txt")))
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
@@ -84,6 +88,33 @@ def cli(ctx: click.Context, db: str | None, verbose: int) -> None:
     ctx.obj = Context(db)
 
 
+def _client(insecure: Iterable[str]) -> Any:
+    """A registry client with the user's credentials and insecure registries."""
+    from layerindex.credentials import default_keychain
+    from layerindex.registry import RegistryClient
+
+    env_insecure = os.environ.get("LAYERINDEX_INSECURE_REGISTRIES", "")
+    hosts = {h.strip() for h in (*insecure, *env_insecure.split(",")) if h.strip()}
+    return RegistryClient(keychain=default_keychain(), insecure=hosts)
+
+
+insecure_option = click.option(
+    "--insecure-registry",
+    "insecure",
+    multiple=True,
+    metavar="HOST[:PORT]",
+    help="Use plain HTTP for this registry (repeatable; env LAYERINDEX_INSECURE_REGISTRIES). "
+    "Loopback registries always may.",
+)
+platform_option = click.option(
+    "--platform",
+    default="linux/amd64",
+    show_default=True,
+    help="os/arch[/variant] to pick from a multi-platform image, or 'all'.",
+)
+hash_option = click.option("--hash-files", is_flag=True, help="Record each regular file's sha256.")
+
+
 def _parse_refs(texts: Iterable[str]) -> list[Any]:
     from layerindex.reference import parse_reference
 
@@ -92,21 +123,9 @@ def _parse_refs(texts: Iterable[str]) -> list[Any]:
 
 @cli.command()
 @click.argument("refs", nargs=-1, required=True, metavar="REF...")
-@click.option(
-    "--platform",
-    default="linux/amd64",
-    show_default=True,
-    help="os/arch[/variant] to pick from a multi-platform image, or 'all'.",
-)
-@click.option(
-    "--insecure-registry",
-    "insecure",
-    multiple=True,
-    metavar="HOST[:PORT]",
-    help="Use plain HTTP for this registry (repeatable; env LAYERINDEX_INSECURE_REGISTRIES). "
-    "Loopback registries always may.",
-)
-@click.option("--hash-files", is_flag=True, help="Record each regular file's sha256.")
+@platform_option
+@insecure_option
+@hash_option
 @pass_context
 @handle_errors
 def index(
@@ -122,28 +141,19 @@ def index(
     known / skipped / failed, entries. Exits 1 if any image failed (the others are indexed).
     """
     from layerindex.crawler import Crawler
-    from layerindex.credentials import default_keychain
-    from layerindex.registry import RegistryClient
-    from layerindex.store import Store
+    from layerindex.progress import image_line
 
     references = _parse_refs(refs)  # a malformed reference fails before any network call
-    env_insecure = os.environ.get("LAYERINDEX_INSECURE_REGISTRIES", "")
-    insecure_hosts = {h.strip() for h in (*insecure, *env_insecure.split(",")) if h.strip()}
     crawler = Crawler(
-        RegistryClient(keychain=default_keychain(), insecure=insecure_hosts),
-        Store(context.engine()),
+        _client(insecure),
+        context.engine(),
         platform=platform,
         hash_files=hash_files,
     )
     failed = False
     for ref in references:
         for outcome in crawler.index(ref):
-            click.echo(
-                f"{outcome.reference}  {outcome.manifest_digest or '-'}  "
-                f"{outcome.platform or '-'}  layers: {outcome.indexed} indexed, "
-                f"{outcome.known} known, {outcome.skipped} skipped, {outcome.failed} failed  "
-                f"entries: {outcome.entries}"
-            )
+            click.echo(image_line(outcome))
             for error in outcome.errors:
                 click.echo(f"Error: {error}", err=True)
             failed = failed or not outcome.ok
@@ -317,6 +327,141 @@ def upgrade(context: Context) -> None:
         click.echo(f"already at {after}")
     else:
         click.echo(f"upgraded {before or 'empty database'} -> {after}")
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``30m``, ``6h``, ``1d`` (or plain seconds) → seconds."""
+    value, unit = (text[:-1], text[-1]) if text[-1:] in DURATION_UNITS else (text, "s")
+    try:
+        seconds = float(value) * DURATION_UNITS[unit]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a duration like 30m, 6h or 1d") from None
+    if seconds <= 0:
+        raise click.BadParameter("the interval must be positive")
+    return seconds
+
+
+@cli.command()
+@click.option(
+    "--images",
+    "images_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The image list (one reference a line; see README) [default: the list shipped in "
+    "data/images.txt].",
+)
+@platform_option
+@insecure_option
+@hash_option
+@click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(1, 64),
+    default=lambda: max(2, min(8, 2 * (os.cpu_count() or 1))),
+    show_default="2 x cores, 2 to 8",
+    help="Images and layers in flight at once.",
+)
+@click.option("--every", metavar="DURATION", help="Run forever: crawl, wait (e.g. 6h), again.")
+@click.option("--max-runs", type=click.IntRange(1), help="With --every: stop after N runs.")
+@click.option(
+    "--worker",
+    is_flag=True,
+    help="Share the crawl with other workers on the same (PostgreSQL) database.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Print errors only.")
+@pass_context
+@handle_errors
+def crawl(
+    context: Context,
+    images_file: Path | None,
+    platform: str,
+    insecure: tuple[str, ...],
+    hash_files: bool,
+    jobs: int,
+    every: str | None,
+    max_runs: int | None,
+    worker: bool,
+    quiet: bool,
+) -> None:
+    """Keep an index of many images fresh (for cron, a systemd timer or --every).
+
+    Each tag is checked with one HEAD request; only new digests are downloaded. Runs are
+    recorded (see `layerindex runs`); a failing image or layer is retried with a growing
+    back-off. Exits 1 if the run had failures.
+    """
+    from layerindex.imagelist import read_list
+    from layerindex.job import CrawlJob
+    from layerindex.progress import Progress
+
+    interval = parse_duration(every) if every else None
+    path = images_file or DEFAULT_IMAGE_LIST
+    read_list(path)  # a bad list fails now, before anything runs
+    progress = Progress(quiet=quiet)
+    job = CrawlJob(
+        context.engine(),
+        _client(insecure),
+        platform=platform,
+        hash_files=hash_files,
+        jobs=jobs,
+        worker=worker,
+        on_image=progress.image,
+        on_total=progress.set_total,
+    )
+    if interval is None:
+        summary = job.run(read_list(path))
+        progress.summary(summary)
+        sys.exit(0 if summary.status == "ok" else EXIT_NOT_FOUND)
+    job.run_forever(lambda: read_list(path), interval, max_runs=max_runs, on_run=progress.summary)
+
+
+@cli.command(name="runs")
+@click.option("--limit", type=click.IntRange(1), default=20, show_default=True)
+@output_options
+@pass_context
+@handle_errors
+def runs_command(context: Context, limit: int, output_format: str) -> None:
+    """Recorded crawl runs, newest first."""
+    from layerindex.output import human_size, write_rows
+    from layerindex.schedule import list_runs
+
+    rows = list_runs(context.engine(), limit)
+    for row in rows:
+        row["error_count"] = len(row["errors"])
+    write_rows(
+        rows,
+        output_format,
+        (
+            "id",
+            "started_at",
+            "finished_at",
+            "status",
+            "worker",
+            "images",
+            "images_unchanged",
+            "images_failed",
+            "layers_indexed",
+            "layers_known",
+            "layers_skipped",
+            "layers_failed",
+            "bytes",
+            "errors",
+        ),
+        table_columns=(
+            "id",
+            "started_at",
+            "status",
+            "images",
+            "images_unchanged",
+            "images_failed",
+            "layers_indexed",
+            "layers_failed",
+            "bytes",
+            "error_count",
+        ),
+        formatters={"bytes": human_size},
+    )
 
 
 def main() -> None:

@@ -7,6 +7,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from layerindex import database
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -32,6 +34,7 @@ def test_built_wheel_carries_migrations_and_creates_a_database(tmp_path: Path) -
     assert "layerindex/migrations/env.py" in names
     assert "layerindex/migrations/versions/0001_initial_schema.py" in names
     assert "layerindex/migrations/script.py.mako" in names
+    assert "layerindex/data/images.txt" in names  # the default list of `layerindex crawl`
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
@@ -49,7 +52,7 @@ def test_built_wheel_carries_migrations_and_creates_a_database(tmp_path: Path) -
         cwd=tmp_path,  # not the source tree: the installed wheel must stand alone
     )
     assert (result.returncode, result.stderr) == (0, "")
-    assert result.stdout == "upgraded empty database -> 0001_initial_schema\n"
+    assert result.stdout == f"upgraded empty database -> {database.head_revision()}\n"
     where = subprocess.run(
         [venv / "bin" / "python", "-c", "import layerindex.migrations as m; print(m.__file__)"],
         capture_output=True,

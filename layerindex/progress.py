@@ -1,0 +1,86 @@
+"""Crawl progress on stderr: a live line on a terminal, one line per image elsewhere (cron)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import TextIO
+
+from layerindex.crawler import ImageOutcome
+from layerindex.job import RunSummary
+from layerindex.output import human_size
+
+
+def image_line(outcome: ImageOutcome) -> str:
+    if outcome.unchanged:
+        state = "unchanged"
+    else:
+        state = (
+            f"layers: {outcome.indexed} indexed, {outcome.known} known, "
+            f"{outcome.skipped} skipped, {outcome.failed} failed"
+        )
+    return (
+        f"{outcome.reference}  {outcome.manifest_digest or '-'}  {outcome.platform or '-'}  "
+        f"{state}  entries: {outcome.entries}"
+    )
+
+
+class Progress:
+    """Receives outcomes from crawler threads; ``quiet`` shows errors only."""
+
+    def __init__(self, stream: TextIO = sys.stderr, *, quiet: bool = False) -> None:
+        self.stream = stream
+        self.quiet = quiet
+        self.live = stream.isatty() and not quiet
+        self.total = 0
+        self.done = 0
+        self.layers = 0
+        self.bytes = 0
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+
+    def set_total(self, total: int) -> None:
+        self.total = total
+        self.started = time.monotonic()
+
+    def image(self, outcome: ImageOutcome) -> None:
+        with self._lock:
+            self.done += 1
+            self.layers += outcome.indexed + outcome.known + outcome.skipped + outcome.failed
+            self.bytes += outcome.bytes
+            if self.live:
+                self.stream.write("\r\x1b[K")
+            if not self.quiet or not outcome.ok:
+                if not self.quiet:
+                    self.stream.write(image_line(outcome) + "\n")
+                for error in outcome.errors:
+                    self.stream.write(f"Error: {error}\n")
+            if self.live:
+                self.stream.write(self.status())
+            self.stream.flush()
+
+    def status(self) -> str:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        rate = self.bytes / elapsed
+        eta = ""
+        if self.done and self.total > self.done:
+            eta = f", ETA {elapsed / self.done * (self.total - self.done):.0f}s"
+        return (
+            f"images {self.done}/{self.total}, layers {self.layers}, "
+            f"{human_size(self.bytes)} at {human_size(rate)}/s{eta}"
+        )
+
+    def summary(self, run: RunSummary) -> None:
+        if self.live:
+            self.stream.write("\r\x1b[K")
+        if self.quiet and run.status == "ok":
+            return
+        t = run.totals
+        self.stream.write(
+            f"run {run.run_id} {run.status} in {run.seconds:.1f}s: {t.images} images "
+            f"({t.images_unchanged} unchanged, {t.images_failed} failed), layers "
+            f"{t.layers_indexed} indexed, {t.layers_known} known, {t.layers_skipped} skipped, "
+            f"{t.layers_failed} failed, {human_size(t.bytes)} downloaded\n"
+        )
+        self.stream.flush()

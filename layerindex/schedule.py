@@ -1,0 +1,156 @@
+"""What scheduled crawls remember: the runs, and each target's last check, failures and lease."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, insert, select, update
+
+from layerindex.crawler import ImageOutcome, backoff
+from layerindex.schema import runs, targets
+from layerindex.store import aware_utc, dialect_insert, utcnow
+
+
+@dataclass
+class RunTotals:
+    images: int = 0
+    images_unchanged: int = 0
+    images_failed: int = 0
+    layers_indexed: int = 0
+    layers_known: int = 0
+    layers_skipped: int = 0
+    layers_failed: int = 0
+    bytes: int = 0
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+
+class RunRecorder:
+    """One row in ``runs``, kept up to date as images finish (thread-safe)."""
+
+    def __init__(self, engine: Engine, worker: str) -> None:
+        self.engine = engine
+        self.worker = worker
+        self.totals = RunTotals()
+        self.started_at = utcnow()
+        self._lock = threading.Lock()
+        with engine.begin() as connection:
+            self.run_id = connection.execute(
+                insert(runs)
+                .values(
+                    status="running", worker=worker, started_at=self.started_at, **self._counts()
+                )
+                .returning(runs.c.id)
+            ).scalar_one()
+
+    def _counts(self) -> dict[str, Any]:
+        values = asdict(self.totals)
+        values["errors"] = json.dumps(values["errors"]) if values["errors"] else None
+        return values
+
+    def add(self, outcome: ImageOutcome) -> None:
+        with self._lock:
+            t = self.totals
+            t.images += 1
+            t.images_unchanged += outcome.unchanged
+            t.images_failed += not outcome.ok
+            t.layers_indexed += outcome.indexed
+            t.layers_known += outcome.known
+            t.layers_skipped += outcome.skipped
+            t.layers_failed += outcome.failed
+            t.bytes += outcome.bytes
+            t.errors.extend({"image": outcome.reference, "error": e} for e in outcome.errors)
+            self._save()
+
+    def error(self, image: str, message: str) -> None:
+        with self._lock:
+            self.totals.images_failed += 1
+            self.totals.errors.append({"image": image, "error": message})
+            self._save()
+
+    def finish(self, status: str | None = None) -> str:
+        with self._lock:
+            status = status or ("failed" if self.totals.images_failed else "ok")
+            self._save(status=status, finished_at=utcnow())
+        return status
+
+    def _save(self, **extra: Any) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(runs).where(runs.c.id == self.run_id).values(**self._counts(), **extra)
+            )
+
+
+def list_runs(engine: Engine, limit: int) -> list[dict[str, Any]]:
+    with engine.connect() as connection:
+        rows = connection.execute(select(runs).order_by(runs.c.id.desc()).limit(limit)).all()
+    out = []
+    for row in rows:
+        values = row._asdict()
+        for key in ("started_at", "finished_at"):
+            when = aware_utc(values[key])
+            values[key] = when.isoformat(timespec="seconds") if when else None
+        values["errors"] = json.loads(values["errors"]) if values["errors"] else []
+        out.append(values)
+    return out
+
+
+def claim_target(
+    engine: Engine,
+    reference: str,
+    owner: str,
+    *,
+    seconds: float,
+    checked_before: dt.datetime,
+) -> bool:
+    """Take ``reference`` for this run: not leased by a live worker, not checked since
+    ``checked_before`` (the run's start) and not in back-off after failures."""
+    now = utcnow()
+    with engine.begin() as connection:
+        connection.execute(
+            dialect_insert(connection, targets)
+            .values(reference=reference, failures=0)
+            .on_conflict_do_nothing()
+        )
+        result = connection.execute(
+            update(targets)
+            .where(
+                targets.c.reference == reference,
+                targets.c.lease_until.is_(None) | (targets.c.lease_until < now),
+                targets.c.last_checked.is_(None) | (targets.c.last_checked < checked_before),
+                targets.c.next_attempt.is_(None) | (targets.c.next_attempt <= now),
+            )
+            .values(lease_owner=owner, lease_until=now + dt.timedelta(seconds=seconds))
+        )
+    return result.rowcount == 1
+
+
+def target_done(engine: Engine, reference: str, outcomes: list[ImageOutcome], owner: str) -> None:
+    """Record the check: success resets the back-off, a failure grows it."""
+    now = utcnow()
+    errors = [e for o in outcomes for e in o.errors]
+    digest = next((o.manifest_digest for o in outcomes if o.manifest_digest), None)
+    with engine.begin() as connection:
+        failures = connection.execute(
+            select(targets.c.failures).where(targets.c.reference == reference)
+        ).scalar_one()
+        values: dict[str, Any] = {"last_checked": now, "lease_owner": None, "lease_until": None}
+        if errors:
+            failures += 1
+            values |= {
+                "failures": failures,
+                "last_error": errors[0],
+                "next_attempt": now + backoff(failures),
+            }
+        else:
+            values |= {"failures": 0, "last_error": None, "next_attempt": None}
+        if digest:
+            values["last_digest"] = digest
+        connection.execute(
+            update(targets)
+            .where(targets.c.reference == reference, targets.c.lease_owner == owner)
+            .values(**values)
+        )
