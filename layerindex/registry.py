@@ -110,6 +110,7 @@ class RegistryClient:
         self.tokens = TokenCache(clock)
         self.transport = Transport(timeout=self.timeout, user_agent=self.user_agent)
         self._lock = threading.Lock()
+        self._ping_lock = threading.Lock()
         self._hosts: dict[str, _Host] = {}
         self._credentials: dict[tuple[str, str], Credentials | None] = {}
 
@@ -142,6 +143,12 @@ class RegistryClient:
             known = self._hosts.get(ref.api_host)
         if known is not None:
             return known
+        with self._ping_lock:  # threads starting together ping once, not once each
+            with self._lock:
+                known = self._hosts.get(ref.api_host)
+            return known if known is not None else self._ping(ref)
+
+    def _ping(self, ref: Reference) -> _Host:
         base_url = self._base_url(ref.api_host)
         response = self._request("GET", f"{base_url}/v2/", stream=True)
         with response:
