@@ -141,22 +141,22 @@ def index(
     known / skipped / failed, entries. Exits 1 if any image failed (the others are indexed).
     """
     from layerindex.crawler import Crawler
+    from layerindex.job import crawl_lock
     from layerindex.progress import image_line
 
     references = _parse_refs(refs)  # a malformed reference fails before any network call
+    engine = context.engine()
     crawler = Crawler(
-        _client(insecure),
-        context.engine(),
-        platform=platform,
-        hash_files=hash_files,
+        _client(insecure), engine, platform=platform, hash_files=hash_files, exclusive=True
     )
     failed = False
-    for ref in references:
-        for outcome in crawler.index(ref):
-            click.echo(image_line(outcome))
-            for error in outcome.errors:
-                click.echo(f"Error: {error}", err=True)
-            failed = failed or not outcome.ok
+    with crawl_lock(engine):
+        for ref in references:
+            for outcome in crawler.index(ref):
+                click.echo(image_line(outcome))
+                for error in outcome.errors:
+                    click.echo(f"Error: {error}", err=True)
+                failed = failed or not outcome.ok
     if failed:
         click.echo(
             "Nothing of a failed layer was kept; the next `layerindex index` retries it.",

@@ -40,10 +40,14 @@ BACKOFF_MAX = dt.timedelta(hours=6)
 
 
 def backoff(failures: int) -> dt.timedelta:
-    """How long to leave something alone after ``failures`` failures in a row (1 min, doubling)."""
-    if failures <= 0:
+    """How long to leave something alone after ``failures`` failures in a row.
+
+    The next run always retries after a first failure (most are transient); after that the
+    wait doubles from a minute up to six hours, so a broken image does not eat every run.
+    """
+    if failures <= 1:
         return dt.timedelta(0)
-    delay: dt.timedelta = BACKOFF_FIRST * 2 ** min(failures - 1, 20)
+    delay: dt.timedelta = BACKOFF_FIRST * 2 ** min(failures - 2, 20)
     return min(BACKOFF_MAX, delay)
 
 
@@ -89,6 +93,7 @@ class Crawler:
         hash_files: bool = False,
         layer_pool: Executor | None = None,
         respect_backoff: bool = False,
+        exclusive: bool = False,
     ) -> None:
         self.client = client
         self.engine = engine
@@ -96,6 +101,7 @@ class Crawler:
         self.hash_files = hash_files
         self.layer_pool = layer_pool
         self.respect_backoff = respect_backoff
+        self.exclusive = exclusive  # the caller holds the crawl lock: stale leases are void
         self._local = threading.local()
         # SQLite has one writer at a time: threads take turns instead of timing out on its lock.
         self._write_lock: contextlib.AbstractContextManager[object] = (
@@ -263,7 +269,7 @@ class Crawler:
         owner = f"{worker_name()}:{threading.get_ident()}"
         while True:
             with self._write_lock:
-                if store.claim_layer(layer, owner, LEASE_SECONDS):
+                if store.claim_layer(layer, owner, LEASE_SECONDS, force=self.exclusive):
                     break
             # Someone else is fetching it: wait for them (or for their lease to run out).
             if store.layer_indexed(layer):

@@ -138,6 +138,7 @@ class CrawlJob:
                     hash_files=self.hash_files,
                     layer_pool=layers,
                     respect_backoff=True,
+                    exclusive=not self.worker,
                 )
                 refs = self._expand(entries, recorder)
                 self.on_total(len(refs))
@@ -150,6 +151,7 @@ class CrawlJob:
                         owner,
                         seconds=TARGET_LEASE_SECONDS,
                         checked_before=recorder.started_at,
+                        force=not self.worker,
                     ):
                         return  # another worker has it, or it is in back-off
                     outcomes = crawler.index(ref, incremental=True)

@@ -29,10 +29,10 @@ def image_line(outcome: ImageOutcome) -> str:
 class Progress:
     """Receives outcomes from crawler threads; ``quiet`` shows errors only."""
 
-    def __init__(self, stream: TextIO = sys.stderr, *, quiet: bool = False) -> None:
-        self.stream = stream
+    def __init__(self, stream: TextIO | None = None, *, quiet: bool = False) -> None:
+        self.stream = stream or sys.stderr
         self.quiet = quiet
-        self.live = stream.isatty() and not quiet
+        self.live = self.stream.isatty() and not quiet
         self.total = 0
         self.done = 0
         self.layers = 0

@@ -8,7 +8,7 @@ import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, insert, select, true, update
 
 from layerindex.crawler import ImageOutcome, backoff
 from layerindex.schema import runs, targets
@@ -105,9 +105,11 @@ def claim_target(
     *,
     seconds: float,
     checked_before: dt.datetime,
+    force: bool = False,
 ) -> bool:
     """Take ``reference`` for this run: not leased by a live worker, not checked since
-    ``checked_before`` (the run's start) and not in back-off after failures."""
+    ``checked_before`` (the run's start) and not in back-off after failures. ``force``
+    ignores leases: a crawl holding the crawl lock knows their holders are gone."""
     now = utcnow()
     with engine.begin() as connection:
         connection.execute(
@@ -119,7 +121,9 @@ def claim_target(
             update(targets)
             .where(
                 targets.c.reference == reference,
-                targets.c.lease_until.is_(None) | (targets.c.lease_until < now),
+                true()
+                if force
+                else targets.c.lease_until.is_(None) | (targets.c.lease_until < now),
                 targets.c.last_checked.is_(None) | (targets.c.last_checked < checked_before),
                 targets.c.next_attempt.is_(None) | (targets.c.next_attempt <= now),
             )

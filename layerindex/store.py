@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, Table, func, select, update
+from sqlalchemy import Engine, Table, func, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -449,8 +449,12 @@ class Store:
 
     # -- leases: one fetcher per layer, across threads, processes and machines -----------------
 
-    def claim_layer(self, layer: LayerState, owner: str, seconds: float) -> bool:
-        """Take the layer's lease unless it is indexed or another live lease holds it.
+    def claim_layer(
+        self, layer: LayerState, owner: str, seconds: float, *, force: bool = False
+    ) -> bool:
+        """Take the layer's lease unless it is indexed or another live lease holds it
+        (``force``: whatever lease there is; for a crawl holding the database's crawl lock,
+        any other lease was left by a process that is gone).
 
         One conditional UPDATE: atomic on SQLite and PostgreSQL alike (an equivalent of
         SELECT … FOR UPDATE SKIP LOCKED for a single known row).
@@ -462,7 +466,9 @@ class Store:
                 .where(
                     layers.c.id == layer.id,
                     layers.c.diff_ref.is_(None),
-                    layers.c.lease_until.is_(None)
+                    true()
+                    if force
+                    else layers.c.lease_until.is_(None)
                     | (layers.c.lease_until < now)
                     | (layers.c.lease_owner == owner),
                 )

@@ -174,6 +174,20 @@ class FaultProxy:
         """Pass the answer on with every body byte flipped (same length, other digest)."""
         return self.add(path, _corrupt, method=method, times=times, name="corrupt")
 
+    def stall(
+        self, path: str, *, after: int, seconds: float = 30, times: int = 1, method: str = "GET"
+    ) -> Rule:
+        """Send the headers and ``after`` body bytes, then nothing for ``seconds`` (or until
+        ``reset``): a download stuck in the middle of a layer."""
+
+        def action(handler: _ProxyHandler, fetch: Callable[[], Upstream]) -> None:
+            handler.send(fetch(), body_limit=after)
+            handler.wfile.flush()
+            self._release.wait(seconds)
+            handler.close_connection = True
+
+        return self.add(path, action, method=method, times=times, name=f"stall after {after}")
+
     def hang(
         self, path: str, *, seconds: float = 30, times: int = 1, method: str | None = None
     ) -> Rule:

@@ -1,0 +1,310 @@
+"""Scheduled crawls: image lists, incremental re-crawls, runs, back-off, locks, workers, crashes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from faults import FaultProxy
+from images import make_image, make_layer
+from registry_server import RegistryServer
+from sqlalchemy import create_engine, select, text
+
+from layerindex.cli import cli
+from layerindex.crawler import backoff
+from layerindex.database import open_database
+from layerindex.errors import UsageError
+from layerindex.imagelist import parse_line, version_key
+from layerindex.job import crawl_lock
+from layerindex.schema import tags
+
+ONE = make_image([make_layer({"/bin/one": b"1"}), make_layer({"/etc/one.conf": b"one"}, "zstd")])
+TWO = make_image([make_layer({"/bin/two": b"22"})])
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("LAYERINDEX_DB", f"sqlite:///{tmp_path / 'index.db'}")
+    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+    return tmp_path
+
+
+def crawl(env: Path, *lines: str, extra: tuple[str, ...] = ()) -> Result:
+    image_list = env / "images.txt"
+    image_list.write_text("# test list\n\n" + "\n".join(lines) + "\n")
+    return CliRunner().invoke(
+        cli, ["crawl", "--images", str(image_list), *extra], catch_exceptions=False
+    )
+
+
+def runs(env: Path) -> list[dict[str, object]]:
+    result = CliRunner().invoke(cli, ["runs", "--json"], catch_exceptions=False)
+    rows: list[dict[str, object]] = json.loads(result.stdout)
+    return rows
+
+
+# --- image lists ---------------------------------------------------------------------------
+
+
+def test_list_lines() -> None:
+    assert parse_line("  # a comment") is None
+    assert parse_line("") is None
+    entry = parse_line("alpine:3.20  # pinned")
+    assert entry is not None and str(entry.reference) == "docker.io/library/alpine:3.20"
+    assert not entry.expands
+    filtered = parse_line(r"bitnami/kubectl:/^1\.3[0-9]\./ --tags 2")
+    assert filtered is not None and filtered.newest == 2
+    assert filtered.tag_pattern is not None and filtered.tag_pattern.pattern == r"^1\.3[0-9]\."
+    assert filtered.reference.repository == "bitnami/kubectl"
+
+
+def test_bad_list_lines_say_where() -> None:
+    with pytest.raises(UsageError, match=r"list\.txt:3: bad tag regex /\(/"):
+        parse_line("app:/(/", "list.txt:3")
+    with pytest.raises(UsageError, match=r"list\.txt:4: invalid reference"):
+        parse_line("App:1", "list.txt:4")
+
+
+def test_newest_tags_sort_by_version() -> None:
+    assert sorted(["1.10", "1.9", "1.2", "1.10.1"], key=version_key) == [
+        "1.2",
+        "1.9",
+        "1.10",
+        "1.10.1",
+    ]
+
+
+def test_backoff_grows_after_the_second_failure() -> None:
+    assert [backoff(n) for n in (0, 1, 2, 3, 4)] == [
+        dt.timedelta(0),
+        dt.timedelta(0),
+        dt.timedelta(minutes=1),
+        dt.timedelta(minutes=2),
+        dt.timedelta(minutes=4),
+    ]
+    assert backoff(40) == dt.timedelta(hours=6)
+
+
+# --- crawls against the real registry ------------------------------------------------------
+
+
+def test_rerun_with_nothing_changed_costs_one_head_per_tag_and_no_blob_bytes(
+    registry: RegistryServer, fault_proxy: FaultProxy, env: Path
+) -> None:
+    registry.push("team/one", "1", ONE)
+    registry.push("team/two", "1", TWO)
+    lines = (f"{fault_proxy.host}/team/one:1", f"{fault_proxy.host}/team/two:1")
+    first = crawl(env, *lines)
+    assert first.exit_code == 0, first.output
+    assert first.stderr.splitlines()[-1].startswith("run 1 ok in ") and first.stderr.splitlines()[
+        -1
+    ].endswith(
+        "2 images (0 unchanged, 0 failed), layers 3 indexed, 0 known, 0 skipped, 0 failed, "
+        f"{sum(len(layer.blob) for layer in (*ONE.layers, *TWO.layers))} B downloaded"
+    )
+    fault_proxy.requests.clear()
+    second = crawl(env, *lines)
+    assert second.exit_code == 0, second.output
+    # One ping of the registry per run, then one HEAD per tag: no GET, no blob.
+    assert sorted((r.method, r.path) for r in fault_proxy.requests) == [
+        ("GET", "/v2/"),
+        ("HEAD", "/v2/team/one/manifests/1"),
+        ("HEAD", "/v2/team/two/manifests/1"),
+    ]
+    assert f"{fault_proxy.host}/team/one:1  {ONE.digest}  linux/amd64  unchanged  entries: 2" in (
+        second.stderr
+    )
+    recorded = runs(env)
+    assert [
+        (r["id"], r["status"], r["images"], r["images_unchanged"], r["bytes"]) for r in recorded
+    ] == [
+        (2, "ok", 2, 2, 0),
+        (1, "ok", 2, 0, sum(len(layer.blob) for layer in (*ONE.layers, *TWO.layers))),
+    ]
+
+
+def test_a_moved_tag_is_indexed_and_its_history_kept(registry: RegistryServer, env: Path) -> None:
+    registry.push("team/moving", "stable", ONE)
+    assert crawl(env, f"{registry.host}/team/moving:stable").exit_code == 0
+    registry.push("team/moving", "stable", TWO)
+    result = crawl(env, f"{registry.host}/team/moving:stable")
+    assert "layers: 1 indexed, 0 known" in result.stderr
+    engine = open_database(os.environ["LAYERINDEX_DB"])
+    with engine.connect() as connection:
+        history = connection.execute(
+            select(tags.c.tag, tags.c.digest).order_by(tags.c.first_seen)
+        ).all()
+    engine.dispose()
+    assert [tuple(row) for row in history] == [("stable", ONE.digest), ("stable", TWO.digest)]
+
+
+def test_tag_filters_expand_through_the_tag_list(registry: RegistryServer, env: Path) -> None:
+    for tag in ("1.2", "1.9", "1.10", "2.0", "latest"):
+        registry.push("team/versions", tag, TWO)
+    result = crawl(env, rf"{registry.host}/team/versions:/^1\./ --tags 2")
+    assert result.exit_code == 0, result.output
+    indexed = sorted(line.split()[0] for line in result.stderr.splitlines() if "entries:" in line)
+    assert indexed == [f"{registry.host}/team/versions:1.10", f"{registry.host}/team/versions:1.9"]
+
+
+def test_failures_are_recorded_and_retried_by_the_next_run(
+    registry: RegistryServer, fault_proxy: FaultProxy, env: Path
+) -> None:
+    registry.push("team/one", "1", ONE)
+    ref = f"{fault_proxy.host}/team/one:1"
+    fault_proxy.corrupt(f"/blobs/{ONE.layers[1].digest}", times=1)
+    failed = crawl(env, ref, f"{fault_proxy.host}/team/missing:1")
+    assert failed.exit_code == 1
+    (run,) = runs(env)
+    assert (run["status"], run["images"], run["images_failed"], run["layers_failed"]) == (
+        "failed",
+        2,
+        2,
+        1,
+    )
+    errors = run["errors"]
+    assert isinstance(errors, list) and len(errors) == 2
+    assert {e["image"] for e in errors} == {ref, f"{fault_proxy.host}/team/missing:1"}
+    retried = crawl(env, ref)
+    assert retried.exit_code == 0, retried.output
+    assert "layers: 1 indexed, 1 known, 0 skipped, 0 failed" in retried.stderr
+
+
+def test_second_crawl_on_the_same_sqlite_database_is_refused(
+    registry: RegistryServer, env: Path
+) -> None:
+    registry.push("team/one", "1", ONE)
+    engine = open_database(os.environ["LAYERINDEX_DB"])
+    with crawl_lock(engine):
+        result = crawl(env, f"{registry.host}/team/one:1")
+    engine.dispose()
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: another crawl is running on ")
+    assert f"pid {os.getpid()}" in result.stderr
+
+
+def test_every_runs_again_until_max_runs(registry: RegistryServer, env: Path) -> None:
+    registry.push("team/one", "1", ONE)
+    result = crawl(
+        env, f"{registry.host}/team/one:1", extra=("--every", "0.05s", "--max-runs", "2")
+    )
+    assert result.exit_code == 0, result.output
+    assert [(r["status"], r["images_unchanged"]) for r in runs(env)] == [("ok", 1), ("ok", 0)]
+
+
+# --- processes: crashes and workers ----------------------------------------------------------
+
+MANY = make_layer({f"/data/{i:05d}.txt": b"x" * 900 for i in range(8000)}, "none")
+BIG = make_image([make_layer({"/bin/base": b"base"}), MANY])
+
+
+def crawl_process(db: str, image_list: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "layerindex",
+            "--db",
+            db,
+            "crawl",
+            "--images",
+            str(image_list),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "DOCKER_CONFIG": str(image_list.parent / "docker")},
+    )
+
+
+def finish(process: subprocess.Popen[str]) -> None:
+    out, err = process.communicate(timeout=90)
+    assert process.returncode == 0, (out, err)
+
+
+def snapshot(db: str) -> dict[str, list[tuple[object, ...]]]:
+    """What the index holds, without ids or timestamps: equal for equal contents."""
+    engine = create_engine(db)
+    queries = {
+        "layers": "SELECT l.digest, d.diff_id, d.entry_count, l.last_error FROM layers l "
+        "LEFT JOIN diffs d ON d.id = l.diff_ref ORDER BY l.digest",
+        "entries": "SELECT d.diff_id, di.path, n.name, e.type, e.size FROM entries e "
+        "JOIN diffs d ON d.id = e.diff_ref JOIN dirs di ON di.id = e.dir_id "
+        "JOIN names n ON n.id = e.name_id ORDER BY 1, 2, 3",
+        "images": "SELECT digest, platform, indexed_at IS NOT NULL FROM images ORDER BY digest",
+        "dirs": "SELECT path FROM dirs ORDER BY path",
+    }
+    with engine.connect() as connection:
+        out = {k: [tuple(r) for r in connection.execute(text(q))] for k, q in queries.items()}
+    engine.dispose()
+    return out
+
+
+def wait_for(condition: object, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_kill_9_mid_layer_then_rerun_equals_a_clean_run(
+    registry: RegistryServer, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    registry.push("team/big", "1", BIG)
+    image_list = tmp_path / "images.txt"
+    image_list.write_text(f"{fault_proxy.host}/team/big:1\n")
+    crashed = f"sqlite:///{tmp_path / 'crashed.db'}"
+    clean = f"sqlite:///{tmp_path / 'clean.db'}"
+    open_database(crashed).dispose()
+    # Most of the big layer arrives (thousands of rows written, uncommitted), then it stalls.
+    fault_proxy.stall(f"/blobs/{MANY.digest}", after=len(MANY.blob) * 9 // 10, seconds=60)
+    process = crawl_process(crashed, image_list)
+    wait_for(lambda: fault_proxy.seen(f"/blobs/{MANY.digest}") or process.poll() is not None)
+    assert process.poll() is None, process.communicate()
+    time.sleep(1.0)  # let it walk what it received
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=10)
+    fault_proxy.reset()
+    half = snapshot(crashed)
+    assert [row[0] for row in half["layers"] if row[1] is not None] == [BIG.layers[0].digest]
+    assert half["entries"] == [r for r in half["entries"] if r[0] == BIG.layers[0].diff_id]
+    finish(crawl_process(crashed, image_list))
+    finish(crawl_process(clean, image_list))
+    assert snapshot(crashed) == snapshot(clean)
+    assert len(snapshot(clean)["entries"]) == 8001
+
+
+def test_two_workers_on_postgresql_fetch_each_layer_once(
+    registry: RegistryServer, fault_proxy: FaultProxy, postgres_url: str, tmp_path: Path
+) -> None:
+    images = [
+        make_image([BIG.layers[0], make_layer({f"/srv/{n}/{i}": b"y" * 100 for i in range(300)})])
+        for n in range(6)
+    ]
+    for n, image in enumerate(images):
+        registry.push(f"team/w{n}", "1", image)
+    image_list = tmp_path / "images.txt"
+    image_list.write_text("".join(f"{fault_proxy.host}/team/w{n}:1\n" for n in range(6)))
+    open_database(postgres_url).dispose()
+    workers = [crawl_process(postgres_url, image_list, "--worker", "-j", "2") for _ in range(2)]
+    for worker in workers:
+        finish(worker)
+    layer_digests = {layer.digest for image in images for layer in image.layers}
+    gets = {d: len(fault_proxy.seen(f"/blobs/{d}", "GET")) for d in layer_digests}
+    assert gets == dict.fromkeys(layer_digests, 1)
+    state = snapshot(postgres_url)
+    assert len(state["layers"]) == 7 and all(row[1] is not None for row in state["layers"])
+    assert len(state["entries"]) == 1 + 6 * 300
+    assert all(row[2] for row in state["images"])
