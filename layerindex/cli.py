@@ -370,6 +370,13 @@ def parse_duration(text: str) -> float:
     is_flag=True,
     help="Share the crawl with other workers on the same (PostgreSQL) database.",
 )
+@click.option(
+    "--lease",
+    metavar="DURATION",
+    default="5m",
+    show_default=True,
+    help="With --worker: how long a killed worker's image or layer stays claimed.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print errors only.")
 @pass_context
 @handle_errors
@@ -383,6 +390,7 @@ def crawl(
     every: str | None,
     max_runs: int | None,
     worker: bool,
+    lease: str,
     quiet: bool,
 ) -> None:
     """Keep an index of many images fresh (for cron, a systemd timer or --every).
@@ -406,6 +414,7 @@ def crawl(
         hash_files=hash_files,
         jobs=jobs,
         worker=worker,
+        lease_seconds=parse_duration(lease),
         on_image=progress.image,
         on_total=progress.set_total,
     )
@@ -461,6 +470,27 @@ def runs_command(context: Context, limit: int, output_format: str) -> None:
             "error_count",
         ),
         formatters={"bytes": human_size},
+    )
+
+
+@cli.command(name="tags")
+@click.argument("repository", metavar="REPO[:TAG]")
+@output_options
+@pass_context
+@handle_errors
+def tags_command(context: Context, repository: str, output_format: str) -> None:
+    """The history of a repository's tags: each digest a tag pointed to, first and last seen."""
+    from layerindex.output import short_digest, write_rows
+    from layerindex.schedule import tag_history
+
+    (reference,) = _parse_refs([repository])
+    tag = reference.tag if ":" in repository.rsplit("/", 1)[-1] else None
+    write_rows(
+        tag_history(context.engine(), reference.registry, reference.repository, tag),
+        output_format,
+        ("repository", "tag", "digest", "first_seen", "last_seen"),
+        table_columns=("tag", "digest", "first_seen", "last_seen"),
+        formatters={"digest": short_digest},
     )
 
 

@@ -94,6 +94,7 @@ class Crawler:
         layer_pool: Executor | None = None,
         respect_backoff: bool = False,
         exclusive: bool = False,
+        lease_seconds: float = LEASE_SECONDS,
     ) -> None:
         self.client = client
         self.engine = engine
@@ -102,6 +103,7 @@ class Crawler:
         self.layer_pool = layer_pool
         self.respect_backoff = respect_backoff
         self.exclusive = exclusive  # the caller holds the crawl lock: stale leases are void
+        self.lease_seconds = lease_seconds
         self._local = threading.local()
         # SQLite has one writer at a time: threads take turns instead of timing out on its lock.
         self._write_lock: contextlib.AbstractContextManager[object] = (
@@ -269,7 +271,7 @@ class Crawler:
         owner = f"{worker_name()}:{threading.get_ident()}"
         while True:
             with self._write_lock:
-                if store.claim_layer(layer, owner, LEASE_SECONDS, force=self.exclusive):
+                if store.claim_layer(layer, owner, self.lease_seconds, force=self.exclusive):
                     break
             # Someone else is fetching it: wait for them (or for their lease to run out).
             if store.layer_indexed(layer):
@@ -289,9 +291,9 @@ class Crawler:
 
         def renew() -> None:
             store = Store(self.engine)
-            while not stop.wait(LEASE_SECONDS / 3):
+            while not stop.wait(self.lease_seconds / 3):
                 with contextlib.suppress(Exception), self._write_lock:
-                    store.renew_lease(layer, owner, LEASE_SECONDS)
+                    store.renew_lease(layer, owner, self.lease_seconds)
 
         thread = threading.Thread(target=renew, name="layerindex-lease", daemon=True)
         thread.start()

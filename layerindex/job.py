@@ -22,7 +22,7 @@ from pathlib import Path
 from sqlalchemy import Engine, text
 
 from layerindex import imagelist
-from layerindex.crawler import Crawler, ImageOutcome, worker_name
+from layerindex.crawler import LEASE_SECONDS, Crawler, ImageOutcome, worker_name
 from layerindex.errors import LayerIndexError
 from layerindex.imagelist import ListEntry
 from layerindex.reference import Reference
@@ -31,7 +31,6 @@ from layerindex.schedule import RunRecorder, RunTotals, claim_target, target_don
 
 log = logging.getLogger("layerindex")
 
-TARGET_LEASE_SECONDS = 900.0
 ADVISORY_LOCK_KEY = 0x6C61796572  # "layer"
 
 
@@ -104,6 +103,7 @@ class CrawlJob:
         hash_files: bool = False,
         jobs: int = 4,
         worker: bool = False,
+        lease_seconds: float = LEASE_SECONDS,
         on_image: Callable[[ImageOutcome], None] | None = None,
         on_total: Callable[[int], None] | None = None,
     ) -> None:
@@ -113,6 +113,7 @@ class CrawlJob:
         self.hash_files = hash_files
         self.jobs = max(1, jobs)
         self.worker = worker
+        self.lease_seconds = lease_seconds
         self.on_image = on_image or (lambda _outcome: None)
         self.on_total = on_total or (lambda _n: None)
 
@@ -139,6 +140,7 @@ class CrawlJob:
                     layer_pool=layers,
                     respect_backoff=True,
                     exclusive=not self.worker,
+                    lease_seconds=self.lease_seconds,
                 )
                 refs = self._expand(entries, recorder)
                 self.on_total(len(refs))
@@ -149,7 +151,7 @@ class CrawlJob:
                         self.engine,
                         key,
                         owner,
-                        seconds=TARGET_LEASE_SECONDS,
+                        seconds=self.lease_seconds,
                         checked_before=recorder.started_at,
                         force=not self.worker,
                     ):
