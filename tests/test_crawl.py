@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 from faults import FaultProxy
 from images import make_image, make_layer
 from registry_server import RegistryServer
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, text
 
 from layerindex.cli import cli
 from layerindex.crawler import backoff
@@ -24,7 +24,6 @@ from layerindex.database import open_database
 from layerindex.errors import UsageError
 from layerindex.imagelist import parse_line, version_key
 from layerindex.job import crawl_lock
-from layerindex.schema import tags
 
 ONE = make_image([make_layer({"/bin/one": b"1"}), make_layer({"/etc/one.conf": b"one"}, "zstd")])
 TWO = make_image([make_layer({"/bin/two": b"22"})])
@@ -140,13 +139,14 @@ def test_a_moved_tag_is_indexed_and_its_history_kept(registry: RegistryServer, e
     registry.push("team/moving", "stable", TWO)
     result = crawl(env, f"{registry.host}/team/moving:stable")
     assert "layers: 1 indexed, 0 known" in result.stderr
-    engine = open_database(os.environ["LAYERINDEX_DB"])
-    with engine.connect() as connection:
-        history = connection.execute(
-            select(tags.c.tag, tags.c.digest).order_by(tags.c.first_seen)
-        ).all()
-    engine.dispose()
-    assert [tuple(row) for row in history] == [("stable", ONE.digest), ("stable", TWO.digest)]
+    history = CliRunner().invoke(cli, ["tags", f"{registry.host}/team/moving:stable", "--json"])
+    rows = json.loads(history.stdout)
+    assert [(r["tag"], r["digest"]) for r in rows] == [
+        ("stable", ONE.digest),
+        ("stable", TWO.digest),
+    ]
+    assert all(r["first_seen"] <= r["last_seen"] for r in rows)
+    assert rows[0]["last_seen"] <= rows[1]["first_seen"]
 
 
 def test_tag_filters_expand_through_the_tag_list(registry: RegistryServer, env: Path) -> None:
@@ -307,4 +307,33 @@ def test_two_workers_on_postgresql_fetch_each_layer_once(
     state = snapshot(postgres_url)
     assert len(state["layers"]) == 7 and all(row[1] is not None for row in state["layers"])
     assert len(state["entries"]) == 1 + 6 * 300
+    assert all(row[2] for row in state["images"])
+
+
+def test_a_killed_workers_lease_expires_and_another_worker_finishes(
+    registry: RegistryServer, fault_proxy: FaultProxy, postgres_url: str, tmp_path: Path
+) -> None:
+    registry.push("team/big", "1", BIG)
+    image_list = tmp_path / "images.txt"
+    image_list.write_text(f"{fault_proxy.host}/team/big:1\n")
+    open_database(postgres_url).dispose()
+    fault_proxy.stall(f"/blobs/{MANY.digest}", after=len(MANY.blob) // 2, seconds=60)
+    first = crawl_process(postgres_url, image_list, "--worker", "--lease", "2s")
+    wait_for(lambda: fault_proxy.seen(f"/blobs/{MANY.digest}") or first.poll() is not None)
+    assert first.poll() is None, first.communicate()
+    time.sleep(0.5)
+    first.send_signal(signal.SIGKILL)
+    first.communicate(timeout=10)
+    fault_proxy.reset()
+    engine = create_engine(postgres_url)
+    with engine.connect() as connection:
+        owner = connection.execute(
+            text("SELECT lease_owner FROM layers WHERE digest = :d"), {"d": MANY.digest}
+        ).scalar_one()
+    engine.dispose()
+    assert f":{first.pid}:" in owner  # host:pid:thread of the worker that died
+    time.sleep(2.5)  # the dead worker's leases run out
+    finish(crawl_process(postgres_url, image_list, "--worker", "--lease", "2s"))
+    state = snapshot(postgres_url)
+    assert len(state["entries"]) == 8001
     assert all(row[2] for row in state["images"])
