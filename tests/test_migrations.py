@@ -12,20 +12,22 @@ from sqlalchemy import inspect, text
 
 from layerindex import database
 from layerindex.errors import SchemaOutOfDate
-from layerindex.schema import metadata
+from layerindex.schema import include_name, metadata
 
 
-def test_fresh_database_is_created_at_head_matching_the_models(tmp_path: Path) -> None:
-    engine = database.open_database(f"sqlite:///{tmp_path / 'new' / 'index.db'}")
+def test_fresh_database_is_created_at_head_matching_the_models(db_url: str) -> None:
+    engine = database.open_database(db_url)
     with engine.connect() as connection:
         assert database.current_revision(connection) == database.head_revision()
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "include_name": include_name}
+        )
         assert compare_metadata(context, metadata) == []
     engine.dispose()
 
 
-def test_downgrade_to_base_removes_every_table(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'index.db'}"
+def test_downgrade_to_base_removes_every_table(db_url: str) -> None:
+    url = db_url
     database.open_database(url).dispose()
     database.downgrade(url, "base")
     engine = database.create(url)
