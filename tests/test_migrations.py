@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
 from layerindex import database
@@ -85,3 +87,14 @@ def test_older_revision_is_refused_then_upgraded(
     )
     assert database.upgrade(url) == (head, "9999_test_next")
     database.open_database(url).dispose()
+
+
+def test_migration_files_are_named_after_their_revisions_in_order() -> None:
+    # head_revision() reads the newest file name instead of loading Alembic: hold it to that.
+    config = Config()
+    config.set_main_option("script_location", str(database.MIGRATIONS_DIR))
+    script = ScriptDirectory.from_config(config)
+    chain = [rev.revision for rev in script.walk_revisions()][::-1]
+    files = sorted(p.stem for p in (database.MIGRATIONS_DIR / "versions").glob("[0-9]*.py"))
+    assert chain == files
+    assert script.get_current_head() == database.head_revision() == files[-1]
