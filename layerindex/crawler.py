@@ -323,7 +323,7 @@ class Crawler:
             raise
         except LayerIndexError as exc:
             message = str(exc) if where in str(exc) else f"{where}: {exc}"
-            log.warning("%s", message)
+            log.info("%s", message)  # the caller reports it
             with self._write_lock:
                 store.record_failure(layer, message)
             return _LayerResult("failed", error=message)
