@@ -1,7 +1,11 @@
 """A Registry HTTP API v2 client: ping, token/basic auth, manifests, blobs, tag lists.
 
 One client per run, shared by worker threads (a ``requests.Session`` per thread, locks around the
-caches). Every HTTP exchange goes through ``_request``, the one place a retry policy will wrap.
+caches). Every HTTP exchange goes through ``_request``, where the retry policy lives
+(``retry.py``): connection errors, timeouts and 5xx are tried again after a jittered back-off, a
+429 after its ``Retry-After`` when that is short, nothing else. A blob cut mid-stream resumes with
+``Range`` (``transport.BlobStream``). Docker Hub's ``RateLimit-*`` headers are remembered per
+registry (``rate_limit``) and a low quota is logged once.
 ``Authorization`` is sent only to the host (and port and scheme) it was meant for: redirects are
 followed by hand and a blob redirect to a CDN goes without it (S3 refuses two auth mechanisms;
 ggcr ``transport/bearer.go`` does the same).
@@ -14,6 +18,7 @@ import hashlib
 import io
 import json
 import logging
+import random
 import re
 import threading
 import time
@@ -43,13 +48,16 @@ from layerindex.errors import (
 )
 from layerindex.manifest import ACCEPT_MANIFESTS
 from layerindex.manifest import FetchedManifest as FetchedManifest
-from layerindex.reference import DOCKER_HUB, Reference, digest_problem
+from layerindex.reference import DOCKER_HUB, DOCKER_HUB_ALIASES, Reference, digest_problem
+from layerindex.retry import RETRY_STATUSES, Quota, RetryPolicy, parse_quota, say_duration
 from layerindex.transport import (
     BlobStream,
+    NetworkError,
     Transport,
     decompress,
     is_json,
     is_loopback,
+    loggable_url,
     read_body,
     retry_after,
     server_message,
@@ -63,6 +71,8 @@ ERROR_BODY_MAX_BYTES = 64 * 1024
 TAG_PAGE_SIZE = 1000  # ECR refuses n > 1000 (ggcr#1091)
 MAX_REDIRECTS = 5
 BLOB_BUFFER = 1024 * 1024
+BLOB_RESUMES = 5  # a blob cut mid-stream is resumed this many times at most
+DOCKER_HUB_API_HOSTS = frozenset({"registry-1.docker.io", *DOCKER_HUB_ALIASES})
 _CHUNK = 64 * 1024
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _ADDRESS_IN_REPR = re.compile(r"<[^<>]* object at 0x[0-9a-fA-F]+>:?\s*")
@@ -102,13 +112,35 @@ class RegistryClient:
         read_timeout: float = 60.0,
         user_agent: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        retries: int = 4,
+        backoff_base: float = 0.5,
+        max_backoff: float = 30.0,
+        max_retry_after: float = 60.0,
+        blob_resumes: int = BLOB_RESUMES,
+        sleep: Callable[[float], None] = time.sleep,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
+        """``retries`` more attempts after the first on connection errors, timeouts and 5xx,
+        waiting ``jitter() * min(max_backoff, backoff_base * 2**n)`` seconds before retry ``n``;
+        a 429 waits its ``Retry-After`` up to ``max_retry_after`` seconds, else RateLimited.
+        ``read_timeout`` applies to every read of a body, blobs included."""
         self.keychain = keychain if keychain is not None else default_keychain()
         self.insecure = frozenset(h.strip().lower() for h in insecure if h.strip())
         self.timeout = (connect_timeout, read_timeout)
         self.user_agent = user_agent or f"layerindex/{__version__}"
         self.tokens = TokenCache(clock)
         self.transport = Transport(timeout=self.timeout, user_agent=self.user_agent)
+        self.retry = RetryPolicy(
+            retries=max(0, retries),
+            backoff_base=backoff_base,
+            max_backoff=max_backoff,
+            max_retry_after=max_retry_after,
+            sleep=sleep,
+            jitter=jitter,
+        )
+        self.blob_resumes = max(0, blob_resumes)
+        self._quotas: dict[str, Quota] = {}
+        self._quota_warned: set[str] = set()
         self._lock = threading.Lock()
         self._ping_lock = threading.Lock()
         self._hosts: dict[str, _Host] = {}
@@ -125,11 +157,104 @@ class RegistryClient:
         authorization: str | None = None,
         data: Mapping[str, str] | None = None,
         stream: bool = False,
+        quota_of: Reference | None = None,
     ) -> requests.Response:
-        """Every HTTP exchange of the client passes here: the place for a retry policy."""
-        return self.transport.request(
-            method, url, headers=headers, authorization=authorization, data=data, stream=stream
+        """Every HTTP exchange of the client passes here, and is retried here: on no answer
+        and on 5xx after a back-off, on 429 after ``Retry-After`` when that is reasonable.
+        The last answer is returned whatever its status; ``_check`` turns it into an error.
+        ``quota_of``: the image whose registry's ``RateLimit-*`` headers these would be."""
+        policy = self.retry
+        for attempt in range(policy.attempts):
+            final = attempt + 1 == policy.attempts
+            try:
+                response = self.transport.request(
+                    method,
+                    url,
+                    headers=headers,
+                    authorization=authorization,
+                    data=data,
+                    stream=stream,
+                )
+            except NetworkError as exc:
+                if final:
+                    tried = f" (tried {policy.attempts} times)" if policy.attempts > 1 else ""
+                    raise NetworkError(f"{exc}{tried}") from None
+                self._pause(method, url, str(exc), policy.backoff(attempt), attempt)
+                continue
+            if quota_of is not None:
+                self._note_quota(quota_of, response)
+            wait = None if final else self._retry_wait(response, attempt)
+            if wait is None:
+                return response
+            response.close()
+            self._pause(method, url, f"{response.status_code}", wait, attempt)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _retry_wait(self, response: requests.Response, attempt: int) -> float | None:
+        """Seconds to wait before trying ``response``'s request again, None to give it up."""
+        status = response.status_code
+        policy = self.retry
+        if status in RETRY_STATUSES:
+            # A 503 may say how long it will be; more than we wait for, and back-off it is.
+            said = retry_after(response.headers.get("Retry-After"))
+            backoff = policy.backoff(attempt)
+            if said is not None and said <= policy.max_retry_after:
+                return max(said, backoff)
+            return backoff
+        if status != 429:
+            return None
+        said = retry_after(response.headers.get("Retry-After"))
+        if said is None:
+            quota = _quota_of(response)
+            if quota is not None and quota.remaining == 0:
+                return None  # the quota is gone for its window: hours, not seconds
+            said = policy.backoff(attempt)
+        return said if said <= policy.max_retry_after else None
+
+    def _pause(self, method: str, url: str, why: str, seconds: float, attempt: int) -> None:
+        log.info(
+            "%s %s: %s; trying again in %.1f s (attempt %d of %d)",
+            method,
+            loggable_url(url),
+            why,
+            seconds,
+            attempt + 2,
+            self.retry.attempts,
         )
+        self.retry.sleep(seconds)
+
+    # --- rate limits -----------------------------------------------------------------------------
+
+    def _note_quota(self, ref: Reference, response: requests.Response) -> None:
+        quota = _quota_of(response)
+        if quota is None:
+            return
+        registry = ref.registry
+        with self._lock:
+            self._quotas[registry] = quota
+            warn = quota.low and registry not in self._quota_warned
+            if warn:
+                self._quota_warned.add(registry)
+        if warn:
+            window = f" per {say_duration(quota.window_s)}" if quota.window_s else ""
+            anonymous = self._credentials_for(ref) is None
+            log.warning(
+                "%s: %d of %d pulls left%s%s",
+                registry,
+                quota.remaining,
+                quota.limit,
+                window,
+                f"; {_quota_hint(registry, hub_like=True)}" if anonymous else "",
+            )
+
+    def rate_limit(self, registry: str) -> tuple[int, int, int | None] | None:
+        """The last ``RateLimit-*`` values ``registry`` ("docker.io", "ghcr.io", a host:port)
+        sent: (remaining, limit, window in seconds or None), or None if it sent none."""
+        name = registry.strip().lower()
+        key = DOCKER_HUB if name in DOCKER_HUB_API_HOSTS else name
+        with self._lock:
+            quota = self._quotas.get(key)
+        return None if quota is None else (quota.remaining, quota.limit, quota.window_s)
 
     # --- auth ------------------------------------------------------------------------------------
 
@@ -293,7 +418,12 @@ class RegistryClient:
         scopes: tuple[str, ...] = (f"repository:{ref.repository}:pull",)
         authorization = self._authorization(host, ref, scopes)
         response = self._request(
-            method, url, headers=headers, authorization=authorization, stream=stream
+            method,
+            url,
+            headers=headers,
+            authorization=authorization,
+            stream=stream,
+            quota_of=ref,
         )
         if response.status_code != 401:
             return response
@@ -310,7 +440,9 @@ class RegistryClient:
         retry = self._authorization(host, ref, scopes, fresh=True)
         if retry is None or retry == authorization:
             raise self._auth_error(ref, challenge, 401)
-        response = self._request(method, url, headers=headers, authorization=retry, stream=stream)
+        response = self._request(
+            method, url, headers=headers, authorization=retry, stream=stream, quota_of=ref
+        )
         if response.status_code == 401:
             final = choose_challenge(parse_challenges(response.headers.get("WWW-Authenticate", "")))
             response.close()
@@ -330,19 +462,39 @@ class RegistryClient:
         if status == 404:
             raise NotFound(f"{said}: {missing}" if said and missing else missing or f"{what}: 404")
         if status == 429:
-            seconds = retry_after(response.headers.get("Retry-After"))
-            wait = f"; retry after {seconds:.0f} s" if seconds is not None else ""
-            hint = "; logging in raises Docker Hub's limit" if ref.registry == DOCKER_HUB else ""
-            raise RateLimited(
-                f"{ref.registry} rate limit reached (429) fetching {what}{wait}{hint}", seconds
-            )
+            raise self._rate_limited(response, ref, what)
         if status in (401, 403):
             raise AuthError(
                 f"{host} refused access to {what} ({status}{': ' + said if said else ''})"
             )
         reason = f" {response.reason}" if response.reason else ""
         detail = f": {said}" if said else ""
-        raise RegistryError(f"{host} answered {status}{reason} for {what}{detail}")
+        # _request retries these to the end: the answer reaching here was the last attempt's.
+        tried = (
+            f" (tried {self.retry.attempts} times)"
+            if status in RETRY_STATUSES and self.retry.attempts > 1
+            else ""
+        )
+        raise RegistryError(f"{host} answered {status}{reason} for {what}{detail}{tried}")
+
+    def _rate_limited(self, response: requests.Response, ref: Reference, what: str) -> RateLimited:
+        seconds = retry_after(response.headers.get("Retry-After"))
+        quota = _quota_of(response)
+        if seconds is not None:
+            when = f"try again in {say_duration(seconds)}"
+        elif quota is not None and quota.window_s:
+            when = (
+                f"the limit is {quota.limit} pulls per {say_duration(quota.window_s)}; "
+                "try again later"
+            )
+        else:
+            when = "try again later"
+        hub_like = ref.registry == DOCKER_HUB or quota is not None
+        anonymous = self._credentials_for(ref) is None
+        hint = f"; {_quota_hint(ref.registry, hub_like=hub_like)}" if anonymous else ""
+        return RateLimited(
+            f"{ref.registry} rate limit reached (429) fetching {what}; {when}{hint}", seconds
+        )
 
     def _manifest_path(self, ref: Reference, manifest_ref: str) -> str:
         return f"/v2/{ref.repository}/manifests/{manifest_ref}"
@@ -411,16 +563,16 @@ class RegistryClient:
             return None
         return digest
 
-    def _blob_response(self, ref: Reference, digest: str) -> requests.Response:
+    def _blob_response(self, ref: Reference, digest: str, offset: int = 0) -> requests.Response:
         problem = digest_problem(digest)
         if problem is not None:
             raise RegistryError(f"{ref.familiar()}: bad blob digest: {problem}")
+        # Stored bytes, please: a transport encoding would change what we hash.
+        headers = {"Accept-Encoding": "identity"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
         response = self._registry_request(
-            ref,
-            "GET",
-            f"/v2/{ref.repository}/blobs/{digest}",
-            # Stored bytes, please: a transport encoding would change what we hash.
-            headers={"Accept-Encoding": "identity"},
+            ref, "GET", f"/v2/{ref.repository}/blobs/{digest}", headers=headers
         )
         if response.status_code >= 300:
             with response:
@@ -451,12 +603,22 @@ class RegistryClient:
     @contextmanager
     def open_blob(self, ref: Reference, digest: str) -> Iterator[BinaryIO]:
         """Stream a blob's stored (compressed) bytes; the caller reads in chunks and verifies
-        the digest. Nothing is buffered beyond one read."""
+        the digest. Nothing is buffered beyond one read. A cut connection is resumed where it
+        stopped (see ``BlobStream``), asking the registry again: fresh redirect, fresh token."""
         response = self._blob_response(ref, digest)
         host = urlsplit(response.url).netloc if response.url else ref.api_host
-        stream = io.BufferedReader(
-            BlobStream(response, f"blob {digest} of {ref.familiar()} from {host}"), BLOB_BUFFER
+
+        def reopen(offset: int, resume: int) -> requests.Response:
+            self.retry.sleep(self.retry.backoff(resume - 1))
+            return self._blob_response(ref, digest, offset)
+
+        blob = BlobStream(
+            response,
+            f"blob {digest} of {ref.familiar()} from {host}",
+            reopen=reopen,
+            max_resumes=self.blob_resumes,
         )
+        stream = io.BufferedReader(blob, BLOB_BUFFER)
         try:
             yield stream
         finally:
@@ -487,6 +649,20 @@ class RegistryClient:
                 if isinstance(tag, str):
                     yield tag
             url = urljoin(page_url, next_link) if next_link else ""
+
+
+def _quota_of(response: requests.Response) -> Quota | None:
+    headers = response.headers
+    return parse_quota(headers.get("RateLimit-Limit"), headers.get("RateLimit-Remaining"))
+
+
+def _quota_hint(registry: str, *, hub_like: bool) -> str:
+    if hub_like:
+        return (
+            "Docker Hub counts anonymous pulls per IP address (everyone behind the same NAT or "
+            f"CI runner shares them): log in with {_login_hint(registry)} for a higher limit"
+        )
+    return f"log in with {_login_hint(registry)} if the registry gives accounts a higher limit"
 
 
 def _urlencode(pairs: Iterable[tuple[str, str]]) -> str:

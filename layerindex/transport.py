@@ -16,7 +16,7 @@ import re
 import threading
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -32,6 +32,13 @@ MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 64 * 1024
 _ADDRESS_IN_REPR = re.compile(r"<[^<>]* object at 0x[0-9a-fA-F]+>:?\s*")
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+
+
+class NetworkError(RegistryError):
+    """No answer: the connection was refused, reset or timed out. Worth another try, unlike a
+    registry that answered."""
+
 
 Origin = tuple[str, str, int]  # (scheme, lower-case host, port): where a credential may go
 
@@ -109,36 +116,123 @@ def server_message(body: bytes) -> str | None:
     return None
 
 
-class BlobStream(io.RawIOBase):
-    """The compressed bytes of a blob, as stored: no Content-Encoding decoding, and a cut
-    connection is a RegistryError naming the host and how far it got."""
+Reopen = Callable[[int, int], requests.Response]
+"""``reopen(offset, resume)``: the blob asked for again from byte ``offset`` (``Range``), for the
+``resume``-th time (1, 2, ...); a 2xx answer, or it raises."""
 
-    def __init__(self, response: requests.Response, where: str) -> None:
+
+class BlobStream(io.RawIOBase):
+    """The compressed bytes of a blob, as stored: no Content-Encoding decoding.
+
+    A connection lost mid-body (reset, cut, a read timing out) is resumed, invisibly to the
+    reader, by ``reopen`` at the byte count handed out so far: a 206 must start exactly there
+    (``Content-Range``); a 200 (Range ignored, which the spec allows) has its first ``count``
+    bytes read and dropped. At most ``max_resumes`` times; then a RegistryError naming the host
+    and how far it got. The reader still hashes every byte, so a bad splice cannot go unnoticed.
+    """
+
+    def __init__(
+        self,
+        response: requests.Response,
+        where: str,
+        *,
+        reopen: Reopen | None = None,
+        max_resumes: int = 0,
+    ) -> None:
         super().__init__()
         self._response = response
         self._raw = response.raw
         self._where = where
+        self._reopen = reopen
+        self._max_resumes = max_resumes
+        self._skip = 0  # bytes of a 200 answer to a Range request still to drop
+        self.size = _length(response)  # the whole blob's, when the server said
         self.bytes_read = 0
+        self.resumes = 0
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
+        while True:
+            try:
+                while self._skip:
+                    dropped = self._read(min(self._skip, _CHUNK))
+                    if not dropped:
+                        raise RegistryError(
+                            f"{self._where}: the server restarted the blob (Range ignored) "
+                            f"and it ended before byte {self.bytes_read}"
+                        )
+                    self._skip -= len(dropped)
+                chunk = self._read(len(view))
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                self._resume(exc)
+                continue
+            view[: len(chunk)] = chunk
+            self.bytes_read += len(chunk)
+            return len(chunk)
+
+    def _read(self, size: int) -> bytes:
+        # read1 hands over what has arrived: a read that then times out loses nothing.
+        # (an older urllib3 without read1: a timeout drops that read's partial bytes.)
+        read1 = getattr(self._raw, "read1", None)
+        if read1 is not None:
+            return bytes(read1(size, decode_content=False))
+        return bytes(self._raw.read(size, decode_content=False))
+
+    def _resume(self, exc: BaseException) -> None:
+        lost = f"connection lost after {self.bytes_read} bytes"
+        if self._reopen is None or self.resumes >= self._max_resumes:
+            resumed = f" (resumed {self.resumes} times)" if self.resumes else ""
+            raise RegistryError(f"{self._where}: {lost}{resumed}: {describe(exc)}") from None
+        self.resumes += 1
+        log.info(
+            "%s: %s (%s); resuming, %d of %d",
+            self._where,
+            lost,
+            describe(exc),
+            self.resumes,
+            self._max_resumes,
+        )
+        self._response.close()
         try:
-            chunk = self._raw.read(len(view), decode_content=False)
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            response = self._reopen(self.bytes_read, self.resumes)
+        except RegistryError as error:
+            raise RegistryError(f"{self._where}: {lost}; resuming failed: {error}") from None
+        self._response, self._raw = response, response.raw
+        self._check_resumed(response)
+
+    def _check_resumed(self, response: requests.Response) -> None:
+        status = response.status_code
+        if status == 200:  # Range ignored: the whole blob again
+            if self.size is None:
+                self.size = _length(response)
+            self._skip = self.bytes_read
+            return
+        if status != 206:
             raise RegistryError(
-                f"{self._where}: connection lost after {self.bytes_read} bytes: {describe(exc)}"
-            ) from None
-        view[: len(chunk)] = chunk
-        self.bytes_read += len(chunk)
-        return len(chunk)
+                f"{self._where}: resuming at byte {self.bytes_read}, the server answered {status}"
+            )
+        match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+        first = int(match.group(1)) if match else None
+        total = int(match.group(3)) if match and match.group(3) != "*" else None
+        if first != self.bytes_read or (None not in (total, self.size) and total != self.size):
+            said = response.headers.get("Content-Range", "no Content-Range")
+            raise RegistryError(
+                f"{self._where}: asked to resume at byte {self.bytes_read}, the server sent "
+                f"{said!r}"
+            )
 
     def close(self) -> None:
         if not self.closed:
             self._response.close()
         super().close()
+
+
+def _length(response: requests.Response) -> int | None:
+    length = response.headers.get("Content-Length", "")
+    return int(length) if response.status_code == 200 and length.isdigit() else None
 
 
 class Transport:
@@ -187,9 +281,9 @@ class Transport:
                     auth=_keep_headers,
                 )
             except requests.Timeout as exc:
-                raise RegistryError(f"timed out talking to {host}: {describe(exc)}") from None
+                raise NetworkError(f"timed out talking to {host}: {describe(exc)}") from None
             except requests.RequestException as exc:
-                raise RegistryError(f"cannot connect to {host}: {describe(exc)}") from None
+                raise NetworkError(f"cannot connect to {host}: {describe(exc)}") from None
             log.debug(
                 "%s %s -> %d (%s bytes)",
                 method,

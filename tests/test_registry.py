@@ -166,13 +166,18 @@ def test_index_then_platform_manifest(registry: RegistryServer) -> None:
 
 
 def test_connection_refused_names_the_host() -> None:
+    waits: list[float] = []
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # bound, not listening: refused
         with pytest.raises(RegistryError) as caught:
-            client().get_manifest(parse_reference(f"127.0.0.1:{port}/x:1"))
+            client(sleep=waits.append, jitter=lambda: 0.5).get_manifest(
+                parse_reference(f"127.0.0.1:{port}/x:1")
+            )
     assert str(caught.value).startswith(f"cannot connect to 127.0.0.1:{port}: ")
     assert "Connection refused" in str(caught.value)
+    assert str(caught.value).endswith(" (tried 5 times)")
+    assert waits == [0.25, 0.5, 1.0, 2.0]  # refused is retried: a registry may be restarting
 
 
 # --- faults -----------------------------------------------------------------------------------
@@ -254,42 +259,58 @@ def test_schema1_is_refused(fault_proxy: FaultProxy) -> None:
 
 def test_rate_limited_and_unavailable(fault_proxy: FaultProxy) -> None:
     fault_proxy.push("test/app", "1", IMAGE)
-    ref = parse_reference(f"{fault_proxy.host}/test/app:1")
+    host = fault_proxy.host
+    ref = parse_reference(f"{host}/test/app:1")
     fault_proxy.rate_limit(r"/manifests/1$", retry_after=7)
+    waits: list[float] = []
     with pytest.raises(RateLimited) as limited:
-        client().get_manifest(ref)
+        client(max_retry_after=5, sleep=waits.append).get_manifest(ref)
     assert limited.value.retry_after == 7.0
     assert str(limited.value) == (
-        f"{fault_proxy.host} rate limit reached (429) fetching manifest of "
-        f"{fault_proxy.host}/test/app:1; retry after 7 s"
+        f"{host} rate limit reached (429) fetching manifest of {host}/test/app:1; try again in "
+        f"7 s; log in with `docker login {host}` or `podman login {host}` if the registry gives "
+        "accounts a higher limit"
     )
-    fault_proxy.unavailable(r"/manifests/1$")
+    assert waits == []
+    fault_proxy.status(r"/manifests/1$", 503, times=None, body=b"service unavailable")
     with pytest.raises(RegistryError) as unavailable:
-        client().get_manifest(ref)
+        client(retries=1, sleep=waits.append).get_manifest(ref)
     assert type(unavailable.value) is RegistryError
     assert str(unavailable.value) == (
-        f"{fault_proxy.host} answered 503 Service Unavailable for manifest of "
-        f"{fault_proxy.host}/test/app:1"
+        f"{host} answered 503 Service Unavailable for manifest of {host}/test/app:1 (tried 2 times)"
     )
+    assert len(waits) == 1
 
 
-def test_cut_mid_blob(fault_proxy: FaultProxy) -> None:
+def test_cut_mid_blob_every_time(fault_proxy: FaultProxy) -> None:
     fault_proxy.push("test/app", "1", IMAGE)
-    fault_proxy.cut(r"/blobs/", after=1000)
+    fault_proxy.cut(r"/blobs/", after=1000, times=6)  # the first answer and 5 resumes
     with pytest.raises(RegistryError) as caught:
-        read_blob(client(), f"{fault_proxy.host}/test/app", KUBECTL.digest)
+        read_blob(client(sleep=lambda _: None), f"{fault_proxy.host}/test/app", KUBECTL.digest)
     message = str(caught.value)
     assert message.startswith(
         f"blob {KUBECTL.digest} of {fault_proxy.host}/test/app:latest from {fault_proxy.host}: "
-        "connection lost after 1000 bytes: "
+        "connection lost after 6000 bytes (resumed 5 times): "
     )
+    ranges = [r.headers.get("Range") for r in fault_proxy.seen(r"/blobs/")]
+    assert ranges == [
+        None,
+        "bytes=1000-",
+        "bytes=2000-",
+        "bytes=3000-",
+        "bytes=4000-",
+        "bytes=5000-",
+    ]
 
 
 def test_read_timeout(fault_proxy: FaultProxy) -> None:
-    fault_proxy.hang(r"/v2/$", seconds=5)
+    fault_proxy.hang(r"/v2/$", seconds=5, times=None)
     with pytest.raises(RegistryError) as caught:
-        client(read_timeout=0.3).get_manifest(parse_reference(f"{fault_proxy.host}/x:1"))
+        client(read_timeout=0.3, retries=1, sleep=lambda _: None).get_manifest(
+            parse_reference(f"{fault_proxy.host}/x:1")
+        )
     assert str(caught.value).startswith(f"timed out talking to {fault_proxy.host}: ")
+    assert str(caught.value).endswith(" (tried 2 times)")
 
 
 # --- token auth, like Docker Hub --------------------------------------------------------------
