@@ -109,7 +109,7 @@ def test_index_then_find_names_the_right_layer(registry: RegistryServer, run: Ru
         f"{ref}  {digest}  linux/amd64  layers: 3 indexed, 0 known, 0 skipped, 0 failed  "
         "entries: 13\n"
     )
-    result = run("find", "/usr/bin/kubectl", "--json")
+    result = run("find", "/usr/bin/kubectl", "--json", "--all-layers")
     assert result.exit_code == 0
     rows = json.loads(result.stdout)
     assert [(r["layer_index"], r["layer_digest"], r["size"], r["state"]) for r in rows] == [
@@ -129,7 +129,11 @@ def test_index_then_find_names_the_right_layer(registry: RegistryServer, run: Ru
         "link_target": None,
         "state": "present",
         "changed_by_layer": None,
+        "sha256": None,
     }
+    # By default: the final filesystem only, what a container started from the image sees.
+    final = json.loads(run("find", "/usr/bin/kubectl", "--json").stdout)
+    assert final == [rows[1]]
 
 
 def test_find_states_for_whiteouts_opaque_dirs_and_links(
@@ -139,7 +143,7 @@ def test_find_states_for_whiteouts_opaque_dirs_and_links(
     assert run("index", f"{registry.host}/team/app:1.0").exit_code == 0
 
     def states(path: str) -> list[tuple[int, str, object]]:
-        result = run("find", path, "--json")
+        result = run("find", path, "--json", "--all-layers")
         return [
             (r["layer_index"], r["state"], r["changed_by_layer"]) for r in json.loads(result.stdout)
         ]
@@ -156,8 +160,24 @@ def test_find_table_and_exit_codes(registry: RegistryServer, run: Run) -> None:
     ref = f"{registry.host}/team/app:1.0"
     run("index", ref)
     result = run("find", "/usr/bin/kubectl")
+    assert (result.exit_code, result.stdout) == (
+        0,
+        table(
+            ["IMAGE", "PLATFORM", "LAYER", "DIGEST", "TYPE", "SIZE", "MODE", "PATH"],
+            [
+                ref,
+                "linux/amd64",
+                "1",
+                MIDDLE.digest[:19],
+                "file",
+                f"{len(KUBECTL)} B",
+                "0755",
+                "/usr/bin/kubectl",
+            ],
+        ),
+    )
+    result = run("find", "/usr/bin/kubectl", "--all-layers")
     assert result.exit_code == 0
-    result.stdout.splitlines()
     assert result.stdout == table(
         ["IMAGE", "PLATFORM", "LAYER", "DIGEST", "TYPE", "SIZE", "MODE", "STATE", "PATH"],
         [
@@ -185,7 +205,10 @@ def test_find_table_and_exit_codes(registry: RegistryServer, run: Run) -> None:
     )
     missing = run("find", "/usr/bin/nope")
     assert (missing.exit_code, missing.stdout) == (1, "")
-    assert "not found" in missing.stderr
+    assert missing.stderr == "/usr/bin/nope: not found in any indexed image\n"
+    # Deleted by a whiteout: in a layer, but not in the image.
+    deleted = run("find", "/etc/motd")
+    assert (deleted.exit_code, deleted.stdout) == (1, "")
     assert digest
 
 
@@ -310,7 +333,7 @@ def test_layer_shared_by_two_images_is_fetched_once(
     ("fault", "message"),
     [
         ("corrupt", "sha256"),
-        ("cut", "connection lost"),
+        ("truncated", "zstd"),
     ],
 )
 def test_bad_layer_fails_alone_commits_nothing_and_is_retried(
@@ -325,8 +348,13 @@ def test_bad_layer_fails_alone_commits_nothing_and_is_retried(
     ref = f"{fault_proxy.host}/team/app:1.0"
     if fault == "corrupt":
         fault_proxy.corrupt(f"/blobs/{MIDDLE.digest}", times=1)
-    else:
-        fault_proxy.cut(f"/blobs/{MIDDLE.digest}", after=20, times=1)
+    else:  # a registry serving a short blob, Content-Length and all
+        fault_proxy.respond(
+            f"/blobs/{MIDDLE.digest}",
+            body=MIDDLE.blob[:40],
+            headers={"Content-Type": "application/octet-stream"},
+            times=1,
+        )
     result = run("index", ref)
     assert result.exit_code == 1
     assert result.stdout == index_line(ref, digest, "linux/amd64", (2, 0, 0, 1), 11)
@@ -503,3 +531,18 @@ def test_find_with_image_filter(registry: RegistryServer, run: Run) -> None:
     unknown = run("find", "/usr/bin/kubectl", "--image", f"{registry.host}/team/never:1")
     assert unknown.exit_code == 2
     assert "is not indexed" in unknown.stderr
+
+
+def test_download_cut_mid_layer_resumes_with_a_range_request(
+    registry: RegistryServer, fault_proxy: FaultProxy, run: Run
+) -> None:
+    digest = registry.push("team/app", "1.0", APP)
+    ref = f"{fault_proxy.host}/team/app:1.0"
+    fault_proxy.cut(f"/blobs/{TOP.digest}", after=3000, times=1)
+    result = run("index", ref)
+    assert (result.exit_code, result.stdout) == (
+        0,
+        index_line(ref, digest, "linux/amd64", (3, 0, 0, 0), 13),
+    )
+    ranges = [r.headers.get("Range") for r in fault_proxy.seen(f"/blobs/{TOP.digest}", "GET")]
+    assert ranges == [None, "bytes=3000-"]
