@@ -178,51 +178,100 @@ FIND_COLUMNS = (
     "link_target",
     "state",
     "changed_by_layer",
+    "sha256",
 )
 
 
+FIND_TYPES = ("file", "dir", "symlink", "hardlink", "char", "block", "fifo")
+PATTERN_OPTIONS = ("name", "contains", "regex", "digest")
+
+
 @cli.command()
-@click.argument("path")
+@click.argument("path", required=False)
+@click.option("--exact", is_flag=True, help="PATH is a literal path even if it holds * ? [.")
+@click.option("--name", metavar="BASENAME", help="Entries with this basename, in any directory.")
+@click.option("--contains", metavar="TEXT", help="Paths containing TEXT.")
+@click.option("--regex", metavar="REGEX", help="Paths a Python regular expression matches.")
+@click.option(
+    "--digest", metavar="sha256:HEX", help="Files with this content (indexed with --hash-files)."
+)
 @click.option("--image", "image_refs", multiple=True, metavar="REF", help="Only these images.")
+@click.option("--repo", "repos", multiple=True, metavar="REPO", help="Only these repositories.")
+@click.option("--platform", metavar="OS/ARCH[/VARIANT]", help="Only this platform.")
+@click.option(
+    "--type", "types", multiple=True, type=click.Choice(FIND_TYPES), help="Only this type."
+)
+@click.option("--min-size", type=click.IntRange(0), metavar="BYTES")
+@click.option("--max-size", type=click.IntRange(0), metavar="BYTES")
+@click.option("--limit", type=click.IntRange(1), metavar="N", help="At most N rows.")
+@click.option(
+    "--all-layers", is_flag=True, help="Every layer's entry, with what later layers did to it."
+)
 @output_options
 @pass_context
 @handle_errors
-def find(context: Context, path: str, image_refs: tuple[str, ...], output_format: str) -> None:
-    """Every indexed image and layer holding PATH, and what became of it.
+def find(
+    context: Context,
+    path: str | None,
+    exact: bool,
+    name: str | None,
+    contains: str | None,
+    regex: str | None,
+    digest: str | None,
+    image_refs: tuple[str, ...],
+    repos: tuple[str, ...],
+    platform: str | None,
+    types: tuple[str, ...],
+    min_size: int | None,
+    max_size: int | None,
+    limit: int | None,
+    all_layers: bool,
+    output_format: str,
+) -> None:
+    """Find PATH (a path, or a glob: * and ? within a directory, ** across) in every indexed image.
 
-    STATE is 'present' for the layer that provides PATH in the image's final filesystem,
-    'overwritten' or 'deleted' (by a whiteout) for earlier layers, with the layer that did it.
-    Exits 0 when found, 1 when not, 2 on error.
+    By default each image's final filesystem, what a container started from it sees. With
+    --all-layers every layer's entry, STATE 'present', or 'overwritten' / 'deleted' (by a
+    whiteout) by a later layer. Exits 0 when found, 1 when not, 2 on error.
     """
-    from layerindex.entries import query_path
-    from layerindex.finder import Finder
+    from layerindex.entries import EntryType
+    from layerindex.finder import Finder, FindFilters
     from layerindex.output import human_size, octal_mode, short_digest, write_rows
+    from layerindex.search import is_glob, parse
 
-    refs = _parse_refs(image_refs)
-    rows = Finder(context.engine()).find(query_path(path), refs)
+    given = {"name": name, "contains": contains, "regex": regex, "digest": digest}
+    chosen = [(kind, value) for kind, value in given.items() if value is not None]
+    if path is not None:
+        chosen.insert(0, ("glob" if is_glob(path) and not exact else "exact", path))
+    if len(chosen) != 1:
+        raise click.UsageError("give one of PATH, --name, --contains, --regex or --digest")
+    kind, value = chosen[0]
+    pattern = parse(kind, value)  # type: ignore[arg-type]
+    filters = FindFilters(
+        image_refs=_parse_refs(image_refs),
+        repos=repos,
+        platform=platform,
+        types=[EntryType(t) for t in types],
+        min_size=min_size,
+        max_size=max_size,
+        all_layers=all_layers,
+        limit=limit,
+    )
+    rows = Finder(context.engine()).find(pattern, filters)
     for row in rows:
         row["state_text"] = row["state"] + (
             f" by layer {row['changed_by_layer']}" if row["changed_by_layer"] is not None else ""
         )
+    shown = ("image", "platform", "layer_index", "layer_digest", "type", "size", "mode")
     written = write_rows(
         rows,
         output_format,
         FIND_COLUMNS,
-        table_columns=(
-            "image",
-            "platform",
-            "layer_index",
-            "layer_digest",
-            "type",
-            "size",
-            "mode",
-            "state_text",
-            "path",
-        ),
+        table_columns=(*shown, "state_text", "path") if all_layers else (*shown, "path"),
         formatters={"layer_digest": short_digest, "size": human_size, "mode": octal_mode},
     )
     if not written:
-        click.echo(f"{path}: not found in any indexed image", err=True)
+        click.echo(f"{pattern.describe()}: not found in any indexed image", err=True)
         sys.exit(EXIT_NOT_FOUND)
 
 

@@ -24,6 +24,7 @@ from layerindex.schema import (
     repositories,
     tags,
 )
+from layerindex.search import ID_CHUNK, Branch, Candidates, PathPattern, chunks
 from layerindex.store import TYPE_CODES, TYPE_NAMES, split_path, stored_path
 
 if TYPE_CHECKING:
@@ -42,21 +43,31 @@ class ImageKey:
 
 def _ids(connection: Connection, pairs: Sequence[tuple[str, str]]) -> list[tuple[int, int]]:
     """(dir_id, name_id) of the paths that are interned at all."""
-    dir_ids = _pairs(
-        connection.execute(
-            select(dirs.c.path, dirs.c.id).where(dirs.c.path.in_({d for d, _ in pairs}))
+    dir_ids: dict[str, int] = {}
+    name_ids: dict[str, int] = {}
+    for chunk in _text_chunks({d for d, _ in pairs}):
+        dir_ids.update(
+            _pairs(connection.execute(select(dirs.c.path, dirs.c.id).where(dirs.c.path.in_(chunk))))
         )
-    )
-    name_ids = _pairs(
-        connection.execute(
-            select(names.c.name, names.c.id).where(names.c.name.in_({n for _, n in pairs}))
+    for chunk in _text_chunks({n for _, n in pairs}):
+        name_ids.update(
+            _pairs(
+                connection.execute(select(names.c.name, names.c.id).where(names.c.name.in_(chunk)))
+            )
         )
-    )
     return [(dir_ids[d], name_ids[n]) for d, n in pairs if d in dir_ids and n in name_ids]
 
 
+def _text_chunks(values: set[str]) -> Iterator[list[str]]:
+    ordered = sorted(values)
+    for start in range(0, len(ordered), ID_CHUNK):
+        yield ordered[start : start + ID_CHUNK]
+
+
 def _image_filter(connection: Connection, refs: Sequence[Reference]) -> Any:
-    """A WHERE clause on ``images`` for the images a list of references names."""
+    """A WHERE clause on ``images`` for the images a list of references names (None: all)."""
+    if not refs:
+        return None
     clauses = []
     for ref in refs:
         repo = select(repositories.c.id).where(
@@ -81,76 +92,190 @@ def _image_filter(connection: Connection, refs: Sequence[Reference]) -> Any:
     return or_(*clauses)
 
 
+@dataclass(frozen=True)
+class FindFilters:
+    """What ``find`` narrows its answer to, besides the path pattern."""
+
+    image_refs: Sequence[Reference] = ()
+    repos: Sequence[str] = ()  # "team/app" or "registry.example/team/app"
+    platform: str | None = None  # "linux/arm64" also matches "linux/arm64/v8"
+    types: Sequence[EntryType] = ()
+    min_size: int | None = None
+    max_size: int | None = None
+    all_layers: bool = False
+    limit: int | None = None
+
+
+def _branch_queries(branch: Branch, filters: FindFilters, image_where: Any) -> Iterator[Any]:
+    """SELECTs of the entries a candidate branch names, in images the filters allow."""
+    query = (
+        select(
+            images.c.id.label("image_id"),
+            images.c.reference,
+            images.c.digest.label("manifest_digest"),
+            images.c.platform,
+            image_layers.c.position,
+            layers.c.digest.label("layer_digest"),
+            entries.c.dir_id,
+            entries.c.name_id,
+            dirs.c.path.label("dir"),
+            names.c.name,
+            entries.c.type,
+            entries.c.size,
+            entries.c.mode,
+            entries.c.link_target,
+            entries.c.sha256,
+        )
+        .select_from(entries)
+        .join(dirs, dirs.c.id == entries.c.dir_id)
+        .join(names, names.c.id == entries.c.name_id)
+        .join(layers, layers.c.diff_ref == entries.c.diff_ref)
+        .join(image_layers, image_layers.c.layer_id == layers.c.id)
+        .join(images, images.c.id == image_layers.c.image_id)
+        # Whiteouts and opaque markers are deletions, never what a search finds.
+        .where(
+            entries.c.type.not_in([TYPE_CODES[EntryType.WHITEOUT], TYPE_CODES[EntryType.OPAQUE]])
+        )
+    )
+    if image_where is not None:
+        query = query.where(image_where)
+    if filters.repos:
+        full_name = repositories.c.registry + "/" + repositories.c.name
+        repo_ids = select(repositories.c.id).where(
+            or_(repositories.c.name.in_(filters.repos), full_name.in_(filters.repos))
+        )
+        query = query.where(images.c.repository_id.in_(repo_ids))
+    if filters.platform:
+        query = query.where(
+            or_(
+                images.c.platform == filters.platform,
+                images.c.platform.startswith(filters.platform + "/", autoescape=True),
+            )
+        )
+    if filters.types:
+        query = query.where(entries.c.type.in_([TYPE_CODES[t] for t in filters.types]))
+    if filters.min_size is not None:
+        query = query.where(entries.c.size >= filters.min_size)
+    if filters.max_size is not None:
+        query = query.where(entries.c.size <= filters.max_size)
+    if branch.sha256 is not None:
+        yield query.where(entries.c.sha256 == branch.sha256)
+        return
+    dir_ids, name_ids = branch.dir_ids, branch.name_ids
+    if (dir_ids is not None and not dir_ids) or (name_ids is not None and not name_ids):
+        return  # nothing interned can match
+    if dir_ids is not None and name_ids is not None and len(dir_ids) > ID_CHUNK:
+        dir_ids = None  # too many to list; the Python check still applies
+    if name_ids is not None:
+        for chunk in chunks(name_ids):
+            narrowed = query.where(entries.c.name_id.in_(chunk))
+            yield narrowed if dir_ids is None else narrowed.where(entries.c.dir_id.in_(dir_ids))
+    elif dir_ids is not None:
+        for chunk in chunks(dir_ids):
+            yield query.where(entries.c.dir_id.in_(chunk))
+    else:
+        yield query
+
+
 class Finder:
     """Queries. Read-only: nothing here writes to the database."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def find(self, path: str, image_refs: Sequence[Reference] = ()) -> list[Row]:
-        """Every layer of every indexed image that holds ``path``, with its fate in the image."""
-        candidates = [(path, *split_path(path))]
-        candidates += [(a, *split_path(a)) for a in overlay.ancestors(path) if a != "/"]
-        candidates += [(a, a, OPAQUE_MARKER) for a in overlay.ancestors(path)]
+    def find(self, pattern: PathPattern, filters: FindFilters | None = None) -> list[Row]:
+        """Entries matching ``pattern`` in every indexed image, each with its fate in the image.
+
+        By default only what the image's final filesystem shows (state ``present``);
+        ``filters.all_layers`` adds the entries later layers overwrote or deleted.
+        """
+        filters = filters or FindFilters()
         with self.engine.connect() as connection:
-            image_where = _image_filter(connection, image_refs) if image_refs else None
-            target = _ids(connection, [(d, n) for _, d, n in candidates[:1]])
-            if not target:
-                return []
-            ids = _ids(connection, [(d, n) for _, d, n in candidates])
-            path_of = self._paths_of(connection, ids)
+            image_where = _image_filter(connection, filters.image_refs)
+            matched: dict[tuple[int, int, int, int], tuple[Any, str]] = {}
+            for branch in Candidates(connection).branches(pattern):
+                for query in _branch_queries(branch, filters, image_where):
+                    for r in connection.execute(query):
+                        path = stored_path(r.dir, r.name)
+                        if pattern.matches(path):
+                            matched[(r.image_id, r.position, r.dir_id, r.name_id)] = (r, path)
+            stacks = self._stacks(connection, [(r.image_id, p) for r, p in matched.values()])
+        results: list[Row] = []
+        for r, path in sorted(
+            matched.values(),
+            key=lambda m: (m[0].reference, m[0].platform, m[1], m[0].position),
+        ):
+            stack = stacks[r.image_id]
+            later = [
+                (position, upper, entry_type)
+                for upper in (path, *overlay.ancestors(path))
+                for position, entry_type in stack.get(upper, ())
+            ]
+            fate = overlay.fate(r.position, path, later)
+            if fate.state != "present" and not filters.all_layers:
+                continue
+            results.append(
+                {
+                    "image": r.reference,
+                    "manifest_digest": r.manifest_digest,
+                    "platform": r.platform,
+                    "layer_index": r.position,
+                    "layer_digest": r.layer_digest,
+                    "path": path,
+                    "size": r.size,
+                    "type": TYPE_NAMES[r.type].value,
+                    "mode": r.mode,
+                    "link_target": r.link_target,
+                    "sha256": r.sha256,
+                    "state": fate.state,
+                    "changed_by_layer": fate.by_position,
+                }
+            )
+            if filters.limit is not None and len(results) >= filters.limit:
+                break
+        return results
+
+    @staticmethod
+    def _stacks(
+        connection: Connection, found: Sequence[tuple[int, str]]
+    ) -> dict[int, dict[str, list[tuple[int, EntryType]]]]:
+        """Per image, the entries at found paths and their ancestors (opaque markers at the
+        directory they make opaque), by path: what overlay.fate needs."""
+        stacks: dict[int, dict[str, list[tuple[int, EntryType]]]] = defaultdict(dict)
+        wanted: set[tuple[str, str]] = set()
+        for _image, path in found:
+            wanted.add(split_path(path))
+            wanted.update(split_path(a) for a in overlay.ancestors(path) if a != "/")
+            wanted.update((a, OPAQUE_MARKER) for a in overlay.ancestors(path))
+        image_ids = sorted({image for image, _ in found})
+        if not image_ids:
+            return stacks
+        ids = _ids(connection, sorted(wanted))
+        for chunk in chunks(ids):
             query = (
                 select(
-                    images.c.id.label("image_id"),
-                    images.c.reference,
-                    images.c.digest.label("manifest_digest"),
-                    images.c.platform,
+                    image_layers.c.image_id,
                     image_layers.c.position,
-                    layers.c.digest.label("layer_digest"),
-                    entries.c.dir_id,
-                    entries.c.name_id,
+                    dirs.c.path.label("dir"),
+                    names.c.name,
                     entries.c.type,
-                    entries.c.size,
-                    entries.c.mode,
-                    entries.c.link_target,
-                    entries.c.sha256,
                 )
                 .select_from(entries)
+                .join(dirs, dirs.c.id == entries.c.dir_id)
+                .join(names, names.c.id == entries.c.name_id)
                 .join(layers, layers.c.diff_ref == entries.c.diff_ref)
                 .join(image_layers, image_layers.c.layer_id == layers.c.id)
-                .join(images, images.c.id == image_layers.c.image_id)
-                .where(tuple_(entries.c.dir_id, entries.c.name_id).in_(ids))
-                .order_by(images.c.reference, images.c.platform, image_layers.c.position)
-            )
-            if image_where is not None:
-                query = query.where(image_where)
-            by_image: dict[int, list[Any]] = defaultdict(list)
-            for row in connection.execute(query):
-                by_image[row.image_id].append(row)
-        results: list[Row] = []
-        for rows in by_image.values():
-            stack = [(r.position, path_of[(r.dir_id, r.name_id)], TYPE_NAMES[r.type]) for r in rows]
-            for r in rows:
-                if (r.dir_id, r.name_id) != target[0] or r.type == TYPE_CODES[EntryType.WHITEOUT]:
-                    continue
-                fate = overlay.fate(r.position, path, stack)
-                results.append(
-                    {
-                        "image": r.reference,
-                        "manifest_digest": r.manifest_digest,
-                        "platform": r.platform,
-                        "layer_index": r.position,
-                        "layer_digest": r.layer_digest,
-                        "path": path,
-                        "size": r.size,
-                        "type": TYPE_NAMES[r.type].value,
-                        "mode": r.mode,
-                        "link_target": r.link_target,
-                        "state": fate.state,
-                        "changed_by_layer": fate.by_position,
-                    }
+                .where(
+                    tuple_(entries.c.dir_id, entries.c.name_id).in_(chunk),
+                    image_layers.c.image_id.in_(image_ids),
                 )
-        return results
+            )
+            for r in connection.execute(query):
+                by_path = stacks[r.image_id]
+                by_path.setdefault(stored_path(r.dir, r.name), []).append(
+                    (r.position, TYPE_NAMES[r.type])
+                )
+        return stacks
 
     @staticmethod
     def _paths_of(

@@ -11,9 +11,15 @@ from sqlalchemy import func, select
 from layerindex.database import open_database
 from layerindex.entries import Entry, EntryType
 from layerindex.errors import LayerFormatError
-from layerindex.finder import Finder
+from layerindex.finder import Finder, FindFilters, Row
 from layerindex.schema import diffs, dirs, entries, layers, names
+from layerindex.search import parse
 from layerindex.store import ImageRecord, LayerRecord, Store
+
+
+def find_all(finder: Finder, path: str) -> list[Row]:
+    """Every layer's entry at ``path``, with its state (``find --all-layers``)."""
+    return finder.find(parse("exact", path), FindFilters(all_layers=True))
 
 
 @dataclass
@@ -89,18 +95,18 @@ def test_find_reports_present_overwritten_and_deleted(store: Store) -> None:
         ],
     )
     finder = Finder(store.engine)
-    rows = finder.find("/usr/bin/kubectl")
+    rows = find_all(finder, "/usr/bin/kubectl")
     assert [(r["layer_index"], r["size"], r["state"], r["changed_by_layer"]) for r in rows] == [
         (0, 1, "overwritten", 1),
         (1, 2, "present", None),
     ]
     assert rows[1]["layer_digest"] == "sha256:l1"
     assert rows[1]["image"] == "app:1"
-    motd = finder.find("/etc/motd")
+    motd = find_all(finder, "/etc/motd")
     assert [(r["layer_index"], r["state"], r["changed_by_layer"]) for r in motd] == [
         (0, "deleted", 2)
     ]
-    assert finder.find("/usr/bin/nothing") == []
+    assert find_all(finder, "/usr/bin/nothing") == []
 
 
 def test_opaque_directory_deletes_lower_contents(store: Store) -> None:
@@ -113,12 +119,12 @@ def test_opaque_directory_deletes_lower_contents(store: Store) -> None:
         ],
     )
     finder = Finder(store.engine)
-    assert [(r["state"], r["changed_by_layer"]) for r in finder.find("/opt/old")] == [
+    assert [(r["state"], r["changed_by_layer"]) for r in find_all(finder, "/opt/old")] == [
         ("deleted", 1)
     ]
-    assert [r["state"] for r in finder.find("/opt/new")] == ["present"]
+    assert [r["state"] for r in find_all(finder, "/opt/new")] == ["present"]
     # The directory and its opaque marker coexist in one layer.
-    assert [(r["layer_index"], r["type"]) for r in finder.find("/opt")] == [
+    assert [(r["layer_index"], r["type"]) for r in find_all(finder, "/opt")] == [
         (0, "dir"),
         (1, "dir"),
     ]
@@ -159,7 +165,7 @@ def test_same_diff_id_under_another_digest_is_linked_not_downloaded(store: Store
     _, states = store.record_image(record)
     assert store.link_known_diff(states[0]) is True
     assert count(store, diffs) == 1
-    assert [r["layer_digest"] for r in Finder(store.engine).find("/bin/sh")] == [
+    assert [r["layer_digest"] for r in find_all(Finder(store.engine), "/bin/sh")] == [
         "sha256:gz",
         "sha256:zst",
     ]
@@ -185,7 +191,7 @@ def test_duplicate_path_in_one_layer_keeps_the_last(store: Store) -> None:
     index_image(
         store, image("sha256:i1", ["sha256:l0"]), [[e("/etc/x", size=1), e("/etc/x", size=9)]]
     )
-    assert [r["size"] for r in Finder(store.engine).find("/etc/x")] == [9]
+    assert [r["size"] for r in find_all(Finder(store.engine), "/etc/x")] == [9]
 
 
 def test_ls_image_shows_the_final_filesystem(store: Store) -> None:

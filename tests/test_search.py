@@ -1,0 +1,288 @@
+"""find with patterns and filters: images pushed to a real registry, queried through the CLI;
+the trigram indexes on SQLite and PostgreSQL, fed through the store."""
+
+# The CLI and store fixtures (home, run, store) are imported from test_index/test_store, so
+# test parameters named after them "redefine" the imports.
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from images import directory, file, make_image, make_index, make_layer, sha256, symlink
+from registry_server import RegistryServer
+from sqlalchemy import func, select, text
+from test_index import APP, KUBECTL, MIDDLE, TOP, Run, db_path, home, run, table  # noqa: F401
+from test_store import e, image, index_image, store  # noqa: F401
+
+from layerindex.finder import Finder, FindFilters
+from layerindex.schema import entries, names
+from layerindex.search import glob_regex, parse, regex_literal
+from layerindex.store import Store
+
+HELM = b"helm binary"
+TOOLS = make_image(
+    [
+        make_layer(
+            [
+                directory("usr"),
+                directory("usr/local"),
+                directory("usr/local/bin"),
+                file("usr/local/bin/kubeadm", b"kubeadm", mode=0o755),
+                file("usr/local/bin/helm", HELM, mode=0o755),
+                directory("usr/share"),
+                directory("usr/share/kube-docs"),
+                file("usr/share/kube-docs/README", b"read me"),
+                symlink("usr/local/bin/h", "helm"),
+            ]
+        )
+    ]
+)
+
+
+@pytest.fixture
+def indexed(registry: RegistryServer, run: Run) -> tuple[str, str]:
+    registry.push("team/app", "1.0", APP)
+    registry.push("team/tools", "2", TOOLS)
+    app, tools = f"{registry.host}/team/app:1.0", f"{registry.host}/team/tools:2"
+    assert run("index", app).exit_code == 0
+    assert run("index", "--hash-files", tools).exit_code == 0
+    return app, tools
+
+
+def found(run: Run, *args: str) -> list[tuple[str, str, int]]:
+    result = run("find", *args, "--json")
+    assert result.exit_code in (0, 1), result.output
+    return [
+        (r["image"].rsplit("/", 2)[-1], r["path"], r["layer_index"])
+        for r in json.loads(result.stdout or "[]")
+    ]
+
+
+def test_globs(indexed: tuple[str, str], run: Run) -> None:
+    assert found(run, "/usr/*/kube*") == [
+        ("app:1.0", "/usr/bin/kubectl", 1),
+        ("tools:2", "/usr/share/kube-docs", 0),
+    ]
+    # ** crosses directories; * stays in one.
+    assert found(run, "/usr/**/kube*") == [
+        ("app:1.0", "/usr/bin/kubectl", 1),
+        ("tools:2", "/usr/local/bin/kubeadm", 0),
+        ("tools:2", "/usr/share/kube-docs", 0),
+    ]
+    assert found(run, "/usr/local/bin/?elm") == [("tools:2", "/usr/local/bin/helm", 0)]
+    assert found(run, "/usr/local/bin/[gh]*") == [
+        ("tools:2", "/usr/local/bin/h", 0),
+        ("tools:2", "/usr/local/bin/helm", 0),
+    ]
+    assert found(run, "/usr/local/bin/[!h]*") == [("tools:2", "/usr/local/bin/kubeadm", 0)]
+    assert found(run, "/usr/share/**") == [
+        ("tools:2", "/usr/share/kube-docs", 0),
+        ("tools:2", "/usr/share/kube-docs/README", 0),
+    ]
+    assert found(run, "**/README") == [("tools:2", "/usr/share/kube-docs/README", 0)]
+    # Deleted by a whiteout or an opaque directory: not in the final view.
+    assert found(run, "/opt/*") == [("app:1.0", "/opt/new.txt", 2)]
+    assert found(run, "/opt/*", "--all-layers") == [
+        ("app:1.0", "/opt/new.txt", 2),
+        ("app:1.0", "/opt/old.txt", 0),
+    ]
+    # [*] is a literal star, as in a shell.
+    assert found(run, "/usr/bin/[*]") == []
+
+
+def test_name_contains_regex(indexed: tuple[str, str], run: Run) -> None:
+    assert found(run, "--name", "kubectl") == [("app:1.0", "/usr/bin/kubectl", 1)]
+    assert found(run, "--name", "kubectl", "--all-layers") == [
+        ("app:1.0", "/usr/bin/kubectl", 0),
+        ("app:1.0", "/usr/bin/kubectl", 1),
+    ]
+    assert found(run, "--contains", "ctl") == [("app:1.0", "/usr/bin/kubectl", 1)]
+    # A substring in a directory finds everything under it.
+    assert found(run, "--contains", "kube-do") == [
+        ("tools:2", "/usr/share/kube-docs", 0),
+        ("tools:2", "/usr/share/kube-docs/README", 0),
+    ]
+    # Across the directory/name join.
+    assert found(run, "--contains", "bin/k") == [
+        ("app:1.0", "/usr/bin/k", 2),
+        ("app:1.0", "/usr/bin/kubectl", 1),
+        ("tools:2", "/usr/local/bin/kubeadm", 0),
+    ]
+    # Shorter than a trigram: a scan of the distinct names, same answer shape.
+    assert found(run, "--contains", "lm") == [("tools:2", "/usr/local/bin/helm", 0)]
+    assert found(run, "--regex", r"kube(ctl|adm)$") == [
+        ("app:1.0", "/usr/bin/kubectl", 1),
+        ("tools:2", "/usr/local/bin/kubeadm", 0),
+    ]
+    assert found(run, "--regex", r"^/usr/bin/.$") == [("app:1.0", "/usr/bin/k", 2)]
+
+
+def test_filters(indexed: tuple[str, str], run: Run, registry: RegistryServer) -> None:
+    app, tools = indexed
+    assert found(run, "/usr/**", "--type", "symlink") == [
+        ("app:1.0", "/usr/bin/k", 2),
+        ("tools:2", "/usr/local/bin/h", 0),
+    ]
+    assert found(run, "/usr/**", "--type", "file", "--min-size", "10") == [
+        ("app:1.0", "/usr/bin/kubectl", 1),
+        ("tools:2", "/usr/local/bin/helm", 0),
+    ]
+    assert found(run, "/usr/**", "--type", "file", "--max-size", "7") == [
+        ("tools:2", "/usr/local/bin/kubeadm", 0),
+        ("tools:2", "/usr/share/kube-docs/README", 0),
+    ]
+    assert found(run, "/usr/**", "--repo", "team/app", "--type", "file") == [
+        ("app:1.0", "/usr/bin/kubectl", 1)
+    ]
+    assert found(run, "/usr/**", "--repo", f"{registry.host}/team/tools", "--limit", "1") == [
+        ("tools:2", "/usr/local", 0)
+    ]
+    assert found(run, "--contains", "kube", "--image", tools, "--image", app, "--type", "file") == [
+        ("app:1.0", "/usr/bin/kubectl", 1),
+        ("tools:2", "/usr/local/bin/kubeadm", 0),
+        ("tools:2", "/usr/share/kube-docs/README", 0),
+    ]
+
+
+def test_platform_filter(registry: RegistryServer, run: Run) -> None:
+    amd = make_image([make_layer({"/bin/tool": b"amd64"})])
+    arm = make_image([make_layer({"/bin/tool": b"arm64!"})], platform="linux/arm64/v8")
+    registry.push("team/multi", "2", make_index([amd, arm]))
+    assert run("index", "--platform", "all", f"{registry.host}/team/multi:2").exit_code == 0
+    rows = json.loads(run("find", "/bin/tool", "--platform", "linux/arm64", "--json").stdout)
+    assert [(r["platform"], r["size"]) for r in rows] == [("linux/arm64/v8", 6)]
+    none = run("find", "/bin/tool", "--platform", "linux/s390x")
+    assert (none.exit_code, none.stdout) == (1, "")
+
+
+def test_find_by_file_digest(indexed: tuple[str, str], run: Run) -> None:
+    _, tools = indexed
+    result = run("find", "--digest", sha256(HELM))
+    assert (result.exit_code, result.stdout) == (
+        0,
+        table(
+            ["IMAGE", "PLATFORM", "LAYER", "DIGEST", "TYPE", "SIZE", "MODE", "PATH"],
+            [
+                tools,
+                "linux/amd64",
+                "0",
+                TOOLS.layers[0].digest[:19],
+                "file",
+                f"{len(HELM)} B",
+                "0755",
+                "/usr/local/bin/helm",
+            ],
+        ),
+    )
+    rows = json.loads(run("find", "--digest", sha256(HELM), "--json").stdout)
+    assert rows[0]["sha256"] == sha256(HELM)
+    # Not hashed at index time: app's kubectl has no digest to find.
+    missing = run("find", "--digest", sha256(KUBECTL))
+    assert (missing.exit_code, missing.stderr) == (
+        1,
+        f"--digest {sha256(KUBECTL)}: not found in any indexed image\n",
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["/usr/[abc"], "Error: glob '/usr/[abc': '[' at 5 opens a character class never closed\n"),
+        (["--regex", "kube("], "Error: --regex 'kube(' is not a valid regular expression: "),
+        (["--digest", "sha256:abc"], "Error: --digest 'sha256:abc' is not a digest like "),
+        (["--name", "a/b"], "Error: --name takes a basename without '/', not 'a/b'\n"),
+        (["/a", "--name", "b"], "Error: give one of PATH, --name, --contains, --regex or --digest"),
+        ([], "Error: give one of PATH, --name, --contains, --regex or --digest"),
+        (["/a", "--type", "socket"], "Error: Invalid value for '--type'"),
+    ],
+)
+def test_bad_patterns_exit_2_without_a_traceback(
+    home: Path, run: Run, args: list[str], message: str
+) -> None:
+    result = run("find", *args)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_patterns_are_data_not_sql(indexed: tuple[str, str], home: Path, run: Run) -> None:
+    before = db_path(home).read_bytes()
+    for args in (
+        ["--contains", "'; DROP TABLE entries; --"],
+        ["--name", "x' OR '1'='1"],
+        ["/usr/bin/%"],
+        ["--contains", "_"],
+        ["--regex", ".*'; DELETE FROM names; --"],
+    ):
+        result = run("find", *args)
+        assert (result.exit_code, result.stdout) == (1, ""), args
+    assert db_path(home).read_bytes() == before
+
+
+def test_translations() -> None:
+    assert glob_regex("/usr/*/bin/kube*") == r"/usr/[^/]*/bin/kube[^/]*"
+    assert glob_regex("/a/**/b") == r"/a/(?:.*/)?b"
+    assert regex_literal(r"^/usr/(s)?bin/kube(ctl|adm)$") == "bin/kube"
+    assert regex_literal(r"(?i)kubectl") == ""
+    assert parse("glob", "usr/*").text == "/usr/*"
+
+
+# --- the trigram indexes, on SQLite and PostgreSQL ----------------------------------------------
+
+
+def test_search_indexes_follow_the_interned_names(store: Store) -> None:
+    index_image(
+        store,
+        image("sha256:i1", ["sha256:l0"]),
+        [[e("/usr/lib/python3/site-packages/kubernetes/client.py"), e("/usr/bin/kubectl")]],
+    )
+    index_image(store, image("sha256:i2", ["sha256:l1"], "app:2"), [[e("/opt/kubeadm")]])
+    finder = Finder(store.engine)
+
+    def paths(kind: str, value: str) -> list[tuple[str, str]]:
+        rows = finder.find(parse(kind, value), FindFilters())  # type: ignore[arg-type]
+        return [(r["image"], r["path"]) for r in rows]
+
+    assert paths("contains", "kube") == [
+        ("app:1", "/usr/bin/kubectl"),
+        ("app:1", "/usr/lib/python3/site-packages/kubernetes/client.py"),
+        ("app:2", "/opt/kubeadm"),
+    ]
+    assert paths("contains", "packages/kub") == [
+        ("app:1", "/usr/lib/python3/site-packages/kubernetes/client.py")
+    ]
+    assert paths("glob", "/usr/**/*.py") == [
+        ("app:1", "/usr/lib/python3/site-packages/kubernetes/client.py")
+    ]
+    assert paths("regex", "adm$") == [("app:2", "/opt/kubeadm")]
+    assert paths("contains", "KUBE") == []  # paths are case-sensitive
+
+
+def test_sqlite_substring_search_uses_the_trigram_index(tmp_path: Path) -> None:
+    from layerindex.database import open_database
+
+    engine = open_database(f"sqlite:///{tmp_path / 'index.db'}")
+    store = Store(engine)
+    layer = [e(f"/usr/share/doc/pkg{i}/file{i}.txt") for i in range(20000)]
+    index_image(store, image("sha256:i1", ["sha256:l0"]), [[*layer, e("/usr/bin/kubectl")]])
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM names_fts")).scalar_one() == (
+            connection.execute(select(func.count()).select_from(names)).scalar_one()
+        )
+        plan = connection.execute(
+            text("EXPLAIN QUERY PLAN SELECT rowid FROM names_fts WHERE name GLOB '*ubec*'")
+        ).all()
+        assert "VIRTUAL TABLE INDEX" in plan[0][3]
+        # The search indexes hold distinct dirs and names, a few dozen bytes a path.
+        search_bytes = connection.execute(
+            text("SELECT sum(pgsize) FROM dbstat WHERE name LIKE '%_fts%'")
+        ).scalar_one()
+        paths = connection.execute(select(func.count()).select_from(entries)).scalar_one()
+    assert search_bytes / paths <= 110
+    rows = Finder(engine).find(parse("contains", "ubect"), FindFilters())
+    assert [r["path"] for r in rows] == ["/usr/bin/kubectl"]
+    engine.dispose()
