@@ -5,6 +5,7 @@
     ├── RegistryError               the registry said no, or said something unusable
     │   ├── AuthError               401/403, or a token endpoint that refused us
     │   ├── NotFound                404: unknown repository, tag, manifest or blob
+    │   ├── NetworkError            no answer: refused, reset or timed out (worth a retry)
     │   ├── RateLimited             429 (carries retry_after seconds when the server said)
     │   └── UnsupportedManifest     schema 1, an unknown media type, no matching platform
     ├── LayerFormatError            bytes that are not a readable (compressed) tar
@@ -36,6 +37,11 @@ class AuthError(RegistryError):
 
 class NotFound(RegistryError):
     """The registry does not have the repository, tag, manifest or blob."""
+
+
+class NetworkError(RegistryError):
+    """No answer: the connection was refused, reset or timed out. Worth another try, unlike a
+    registry that answered."""
 
 
 class RateLimited(RegistryError):

@@ -42,6 +42,7 @@ from layerindex.credentials import Credentials, Keychain, default_keychain
 from layerindex.errors import (
     AuthError,
     DigestMismatch,
+    NetworkError,
     NotFound,
     RateLimited,
     RegistryError,
@@ -52,7 +53,6 @@ from layerindex.reference import DOCKER_HUB, DOCKER_HUB_ALIASES, Reference, dige
 from layerindex.retry import RETRY_STATUSES, Quota, RetryPolicy, parse_quota, say_duration
 from layerindex.transport import (
     BlobStream,
-    NetworkError,
     Transport,
     decompress,
     is_json,

@@ -24,7 +24,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 import urllib3
 
-from layerindex.errors import RegistryError
+from layerindex.errors import NetworkError, RegistryError
 
 log = logging.getLogger("layerindex")
 
@@ -34,10 +34,6 @@ _CHUNK = 64 * 1024
 _ADDRESS_IN_REPR = re.compile(r"<[^<>]* object at 0x[0-9a-fA-F]+>:?\s*")
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 
-
-class NetworkError(RegistryError):
-    """No answer: the connection was refused, reset or timed out. Worth another try, unlike a
-    registry that answered."""
 
 
 Origin = tuple[str, str, int]  # (scheme, lower-case host, port): where a credential may go
