@@ -79,13 +79,21 @@ pass_context = click.make_pass_decorator(Context)
 @click.pass_context
 def cli(ctx: click.Context, db: str | None, verbose: int) -> None:
     """Which layer of which container image holds a file, without pulling images."""
-    if verbose:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-        logger = logging.getLogger("layerindex")
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO if verbose == 1 else logging.DEBUG)
+    logger = logging.getLogger("layerindex")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler())
+    levels = {0: logging.WARNING, 1: logging.INFO}
+    logger.setLevel(levels.get(verbose, logging.DEBUG))
     ctx.obj = Context(db)
+
+
+class _StderrHandler(logging.Handler):
+    """The library's log on stderr: warnings always (a Docker Hub rate limit running low, an
+    unreadable credentials file), progress with -v, HTTP requests with -vv."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        label = "Warning" if record.levelno >= logging.WARNING else record.levelname.lower()
+        click.echo(f"{label}: {record.getMessage()}", err=True)  # the current stderr, always
 
 
 def _client(insecure: Iterable[str]) -> Any:
