@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, and_, func, or_, select, tuple_
+from sqlalchemy import Engine, and_, func, or_, select
 from sqlalchemy.engine import Connection
 
 from layerindex import overlay
@@ -266,11 +266,17 @@ class Finder:
                 .join(layers, layers.c.diff_ref == entries.c.diff_ref)
                 .join(image_layers, image_layers.c.layer_id == layers.c.id)
                 .where(
-                    tuple_(entries.c.dir_id, entries.c.name_id).in_(chunk),
+                    # Two IN lists, not a row-value IN: SQLite then walks the primary key
+                    # (diff_ref, dir_id, name_id) instead of every entry of the layers.
+                    entries.c.dir_id.in_({d for d, _ in chunk}),
+                    entries.c.name_id.in_({n for _, n in chunk}),
                     image_layers.c.image_id.in_(image_ids),
                 )
             )
-            for r in connection.execute(query):
+            pairs = set(chunk)
+            for r in connection.execute(query.add_columns(entries.c.dir_id, entries.c.name_id)):
+                if (r.dir_id, r.name_id) not in pairs:
+                    continue
                 by_path = stacks[r.image_id]
                 by_path.setdefault(stored_path(r.dir, r.name), []).append(
                     (r.position, TYPE_NAMES[r.type])
