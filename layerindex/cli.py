@@ -367,6 +367,61 @@ def ls(context: Context, target: str, prefix: str, output_format: str) -> None:
         )
 
 
+@cli.command(name="get")
+@click.argument("ref")
+@click.argument("path")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="Write to FILE (via a temporary file next to it, renamed when complete) "
+    "[default: stdout].",
+)
+@click.option("--force", is_flag=True, help="Replace FILE if it exists.")
+@click.option(
+    "--no-follow",
+    is_flag=True,
+    help="If PATH itself is a symlink, write its target text instead of following it.",
+)
+@click.option(
+    "--platform", metavar="OS/ARCH[/VARIANT]", help="Which image of a multi-platform REF."
+)
+@insecure_option
+@pass_context
+@handle_errors
+def get(
+    context: Context,
+    ref: str,
+    path: str,
+    output: Path | None,
+    force: bool,
+    no_follow: bool,
+    platform: str | None,
+    insecure: tuple[str, ...],
+) -> None:
+    """Download the file PATH of an indexed image, fetching only the layer that provides it.
+
+    PATH is looked up in the image's final filesystem; symlinks are followed inside the image.
+    The download stops once the file is read. Its size, and its sha256 when indexed with
+    --hash-files, are checked before anything is written. Exits 2 on any error.
+    """
+    from layerindex.fetch import get_to
+
+    (reference,) = _parse_refs([ref])
+    get_to(
+        context.engine(),
+        _client(insecure),
+        reference,
+        path,
+        output=output,
+        force=force,
+        platform=platform,
+        follow=not no_follow,
+        stdout=click.get_binary_stream("stdout"),
+    )
+
+
 @cli.group()
 def db() -> None:
     """Database schema: show the revision, upgrade."""

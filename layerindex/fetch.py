@@ -1,0 +1,545 @@
+"""``layerindex get``: one file of an image, fetched from the one layer that provides it.
+
+The index says which layer of the image's final filesystem holds a path, its size and (with
+``--hash-files``) its sha256. Only that layer's blob is streamed, through the decompressor
+(``compression.LayerStream``) and ``tarfile`` in stream mode, and the download stops as soon as
+the member has been read: for a file early in a big layer most of the blob never arrives.
+Since the blob is not read to its end its digest cannot be checked; the member's size (always)
+and sha256 (when indexed) are, and a layer that ends without the member has its digest checked.
+
+Paths are resolved against the final filesystem from the index, never the local disk:
+- symlinks are followed, relative ones from their directory, absolute ones from the image's
+  root, at most ``MAX_SYMLINKS`` of them (Linux's limit), so a loop is an error, not a hang;
+- ``..`` stops at the image's root, as it does in a container;
+- a hard link's data is the member it names, earlier in the same layer (tar semantics); one
+  naming a path the layer does not hold links to that path in the layers below.
+Nothing is written anywhere but the output the caller names: bytes go to a temporary file next
+to it, renamed over it only once every check passed, or to stdout once they passed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
+
+from sqlalchemy import Engine, and_, or_, select, tuple_
+from sqlalchemy.engine import Connection
+
+from layerindex import overlay
+from layerindex.compression import LayerStream
+from layerindex.entries import OPAQUE_MARKER, EntryType, normalise, path_bytes, query_path
+from layerindex.errors import DigestMismatch, LayerFormatError, NotFound, UsageError
+from layerindex.schema import (
+    dirs,
+    entries,
+    image_layers,
+    images,
+    layers,
+    names,
+    repositories,
+    tags,
+)
+from layerindex.store import TYPE_NAMES, split_path, stored_path
+
+if TYPE_CHECKING:
+    from layerindex.reference import Reference
+    from layerindex.registry import RegistryClient
+
+log = logging.getLogger("layerindex")
+
+MAX_SYMLINKS = 40  # Linux's MAXSYMLINKS: more links than this in one lookup is a loop (ELOOP)
+COPY_CHUNK = 1 << 20
+STDOUT_SPOOL = 16 << 20  # bytes for stdout kept in memory until checked; beyond, a temp file
+_DELETIONS = (EntryType.WHITEOUT, EntryType.OPAQUE)
+
+
+@dataclass(frozen=True)
+class Located:
+    """An entry of an image's final filesystem (or of the layers below a hard link)."""
+
+    path: str
+    position: int  # the layer, 0 = base
+    layer_digest: str
+    type: EntryType
+    size: int
+    mode: int
+    link_target: str | None
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What ``get`` wrote."""
+
+    path: str  # as asked, in the stored text form
+    source: Located  # the entry whose bytes were written (a symlink itself with follow=False)
+    size: int  # bytes written
+    sha256: str  # of the bytes written
+    bytes_read: int  # compressed bytes read from the blob; 0 when nothing was downloaded
+    layer_size: int  # the blob's size from the manifest
+
+
+@dataclass(frozen=True)
+class ImageLayer:
+    position: int
+    digest: str
+    size: int
+    diff_ref: int | None
+
+
+def _image_where(connection: Connection, ref: Reference) -> Any:
+    """A WHERE clause on ``images`` for what ``ref`` names: its digest, or where its tag last
+    pointed, as an image or as the index the image was reached through. (Like finder's filter;
+    kept here so ``get`` depends on nothing but the schema.)"""
+    repository = select(repositories.c.id).where(
+        repositories.c.registry == ref.registry, repositories.c.name == ref.repository
+    )
+    digest = ref.digest
+    if digest is None:
+        digest = connection.execute(
+            select(tags.c.digest)
+            .where(tags.c.repository_id.in_(repository.scalar_subquery()), tags.c.tag == ref.tag)
+            .order_by(tags.c.last_seen.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+        if digest is None:
+            raise NotFound(f"{ref.familiar()} is not indexed; run: layerindex index {ref}")
+    return and_(
+        images.c.repository_id.in_(repository.scalar_subquery()),
+        or_(images.c.digest == digest, images.c.index_digest == digest),
+    )
+
+
+class ImageView:
+    """Lookups in one indexed image's final filesystem, straight from the database."""
+
+    def __init__(self, connection: Connection, ref: Reference, platform: str | None) -> None:
+        self.connection = connection
+        self.ref = ref
+        found = connection.execute(
+            select(images.c.id, images.c.platform, images.c.indexed_at)
+            .where(_image_where(connection, ref))
+            .order_by(images.c.platform)
+        ).all()
+        if not found:
+            raise NotFound(f"{ref.familiar()} is not indexed; run: layerindex index {ref}")
+        if platform is not None:
+            found = [
+                r for r in found if r.platform == platform or r.platform.startswith(platform + "/")
+            ]
+            if not found:
+                raise NotFound(
+                    f"{ref.familiar()} is not indexed for {platform}; run: "
+                    f"layerindex index --platform {platform} {ref}"
+                )
+        if len(found) > 1:
+            have = ", ".join(r.platform for r in found)
+            raise UsageError(f"{ref.familiar()} is indexed for {have}; choose one with --platform")
+        image = found[0]
+        if image.indexed_at is None:
+            # A layer not indexed yet might replace or delete any path.
+            raise NotFound(
+                f"{ref.familiar()} ({image.platform}) is not fully indexed; run: "
+                f"layerindex index {ref}"
+            )
+        self.platform: str = image.platform
+        self.layers = [
+            ImageLayer(r.position, r.digest, r.size, r.diff_ref)
+            for r in connection.execute(
+                select(image_layers.c.position, layers.c.digest, layers.c.size, layers.c.diff_ref)
+                .join(layers, layers.c.id == image_layers.c.layer_id)
+                .where(image_layers.c.image_id == image.id)
+                .order_by(image_layers.c.position)
+            )
+        ]
+
+    def _rows(self, paths: Sequence[tuple[str, str]], below: int) -> list[Located]:
+        """Entries at these (dir, name) pairs in layers under position ``below``."""
+        positions: dict[int, list[ImageLayer]] = {}
+        for layer in self.layers[:below]:
+            if layer.diff_ref is not None:  # a skipped (foreign) layer has no entries
+                positions.setdefault(layer.diff_ref, []).append(layer)
+        if not positions or not paths:
+            return []
+        query = (
+            select(
+                entries.c.diff_ref,
+                dirs.c.path.label("dir"),
+                names.c.name,
+                entries.c.type,
+                entries.c.size,
+                entries.c.mode,
+                entries.c.link_target,
+                entries.c.sha256,
+            )
+            .join(dirs, dirs.c.id == entries.c.dir_id)
+            .join(names, names.c.id == entries.c.name_id)
+            .where(
+                entries.c.diff_ref.in_(sorted(positions)),
+                tuple_(dirs.c.path, names.c.name).in_(sorted(set(paths))),
+            )
+        )
+        return [
+            Located(
+                stored_path(r.dir, r.name),
+                layer.position,
+                layer.digest,
+                TYPE_NAMES[r.type],
+                r.size,
+                r.mode,
+                r.link_target,
+                r.sha256,
+            )
+            for r in self.connection.execute(query)
+            for layer in positions[r.diff_ref]  # the same layer may sit twice in an image
+        ]
+
+    def lookup(self, path: str, below: int | None = None) -> Located | None:
+        """``path`` as the layers under ``below`` (all by default) stack it, links unresolved."""
+        wanted = [split_path(path)]
+        wanted += [split_path(a) for a in overlay.ancestors(path) if a != "/"]
+        wanted += [(a, OPAQUE_MARKER) for a in overlay.ancestors(path)]
+        # An opaque marker on the path itself hides only what is below it, not the directory.
+        rows = self._rows(wanted, len(self.layers) if below is None else below)
+        here = [r for r in rows if r.path == path and r.type not in _DELETIONS]
+        if not here:
+            return None
+        top = max(here, key=lambda r: r.position)
+        later = [(r.position, r.path, r.type) for r in rows]
+        # The topmost entry decides: whatever deletes or replaces it hides the lower ones too.
+        return top if overlay.fate(top.position, path, later).state == "present" else None
+
+    def resolve(self, path: str, *, follow: bool = True, below: int | None = None) -> Located:
+        """The entry ``path`` leads to, symlinks in its directories always followed, a symlink
+        at its end only when ``follow``."""
+        asked = path
+        pending = [c for c in path.split("/") if c]
+        current = "/"
+        hops = 0
+        located: Located | None = None
+        while pending:
+            name = pending.pop(0)
+            if name == ".":
+                continue
+            if name == "..":
+                current = os.path.dirname(current)  # "/.." is "/", as in the kernel
+                continue
+            candidate = current.rstrip("/") + "/" + name
+            located = self.lookup(candidate, below)
+            if located is None:
+                if pending:
+                    current = candidate  # a directory no layer lists: its children may exist
+                    continue
+                raise NotFound(self._not_there(asked, candidate))
+            if located.type is EntryType.SYMLINK and (pending or follow):
+                hops += 1
+                if hops > MAX_SYMLINKS:
+                    raise UsageError(
+                        f"{asked}: too many levels of symbolic links in {self.describe()} "
+                        f"(a loop through {candidate}?)"
+                    )
+                target = located.link_target or ""
+                if target.startswith("/"):
+                    current = "/"  # an absolute target is from the image's root, not ours
+                pending = [c for c in target.split("/") if c] + pending
+                continue
+            if pending and located.type is not EntryType.DIR:
+                raise NotFound(f"{asked}: {candidate} is a {located.type} in {self.describe()}")
+            current = candidate
+        if located is None or current == "/":
+            raise UsageError(f"{asked}: is a directory (the root) in {self.describe()}")
+        if current != located.path:
+            # The last component was ".." or "."; what it named is a directory.
+            raise UsageError(f"{asked}: is a directory in {self.describe()}")
+        return located
+
+    def layer(self, position: int) -> ImageLayer:
+        return self.layers[position]
+
+    def describe(self) -> str:
+        return f"{self.ref.familiar()} ({self.platform})"
+
+    def _not_there(self, asked: str, missing: str) -> str:
+        where = "" if missing == asked else f" ({missing} does not exist)"
+        return f"{asked}: not in the image's filesystem{where}: {self.describe()}"
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    """The member to copy out of a layer stream and what the index says it holds."""
+
+    member: str  # the path of the member holding the data
+    hard_link: str | None  # the hard link (later in the stream) whose data that is
+    size: int
+    sha256: str | None
+
+
+def locate(
+    engine: Engine, ref: Reference, path: str, *, platform: str | None = None, follow: bool = True
+) -> tuple[Located, Located, ImageLayer]:
+    """(the entry ``path`` resolves to, the regular file holding its data, that file's layer);
+    no network. The first two differ for a hard link. With ``follow=False`` a symlink at the end
+    of ``path`` is returned as both."""
+    with engine.connect() as connection:
+        view = ImageView(connection, ref, platform)
+        entry = view.resolve(path, follow=follow)
+        data = entry
+        for _ in range(MAX_SYMLINKS):
+            if data.type is not EntryType.HARDLINK:
+                break
+            target = data.link_target or ""
+            in_layer = view.lookup(target, data.position + 1)
+            if in_layer is None or in_layer.position != data.position:
+                # Not in this layer: a link to the file the layers below have at that path.
+                in_layer = view.resolve(target, follow=False, below=data.position)
+            data = in_layer
+        else:
+            raise UsageError(f"{path}: a chain of hard links that does not end")
+        if data.type is EntryType.DIR:
+            raise UsageError(f"{path}: is a directory in {view.describe()}")
+        if data.type not in (EntryType.FILE, EntryType.SYMLINK):
+            raise UsageError(f"{path}: is a {data.type}, not a regular file, in {view.describe()}")
+        return entry, data, view.layer(data.position)
+
+
+def get(
+    engine: Engine,
+    client: RegistryClient,
+    ref: Reference,
+    path_arg: str,
+    out: BinaryIO,
+    *,
+    platform: str | None = None,
+    follow: bool = True,
+) -> Fetched:
+    """Write the file ``path_arg`` names in image ``ref`` to ``out`` (see the module docstring).
+
+    ``out`` must be seekable: a member the index does not agree with is written again."""
+    path = query_path(path_arg)
+    entry, data, layer = locate(engine, ref, path, platform=platform, follow=follow)
+    if data.type is EntryType.SYMLINK:  # follow=False: the link's own content, its target
+        target = path_bytes(data.link_target or "")
+        out.write(target)
+        digest = "sha256:" + hashlib.sha256(target).hexdigest()
+        return Fetched(path, data, len(target), digest, 0, layer.size)
+    hard_link = entry.path if entry.type is EntryType.HARDLINK else None
+    if hard_link is not None and data.position != entry.position:
+        hard_link = None  # the data sits in a lower layer, at its own path
+    wanted = _Wanted(data.path, hard_link, data.size, data.sha256)
+    where = f"layer {layer.digest} of {ref.familiar()}"
+    with client.open_blob(ref, layer.digest) as blob:
+        size, digest, bytes_read = _copy_member(blob, where, layer.digest, wanted, out)
+    log.info(
+        "%s: %d bytes from layer %d (%s); read %d of %d compressed bytes",
+        path,
+        size,
+        layer.position,
+        layer.digest,
+        bytes_read,
+        layer.size,
+    )
+    return Fetched(path, data, size, digest, bytes_read, layer.size)
+
+
+class _Chunks(io.RawIOBase):
+    """The decompressed chunks as a readable file, for ``tarfile``'s stream mode."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self.chunks = chunks
+        self.pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        if not self.pending:
+            self.pending = next(self.chunks, b"")
+        n = min(len(buffer), len(self.pending))
+        buffer[:n] = self.pending[:n]
+        self.pending = self.pending[n:]
+        return n
+
+
+def _copy_member(
+    blob: BinaryIO, where: str, layer_digest: str, wanted: _Wanted, out: BinaryIO
+) -> tuple[int, str, int]:
+    """(size, sha256, compressed bytes read) of ``wanted``'s member copied to ``out``."""
+    layer = LayerStream(blob, where)
+    chunks = layer.chunks()
+    copied: tuple[int, str] | None = None
+    disagreement = ""
+    try:
+        try:
+            with tarfile.open(
+                fileobj=cast(BinaryIO, _Chunks(chunks)), mode="r|", errors="surrogateescape"
+            ) as tar:
+                for member in tar:
+                    name = normalise(member.name.encode("utf-8", "surrogateescape"))
+                    if name == wanted.member and member.isreg():
+                        # A path written twice in one layer: the index holds the last one, so a
+                        # copy that disagrees with it is dropped and the stream read on.
+                        result = _copy_checked(tar, member, wanted, out)
+                        copied, disagreement = (
+                            (None, result)
+                            if isinstance(result, str)
+                            else (
+                                result,
+                                "",
+                            )
+                        )
+                        if copied is not None and wanted.hard_link is None:
+                            break
+                    elif name == wanted.hard_link and member.islnk() and copied is not None:
+                        break
+        except tarfile.TarError as exc:
+            _stop(chunks)
+            _check_blob(layer, blob, layer_digest, where)
+            raise LayerFormatError(f"{where}: not a readable tar stream ({exc})") from None
+        except LayerFormatError:
+            _stop(chunks)
+            _check_blob(layer, blob, layer_digest, where)
+            raise
+        if copied is None:
+            for _ in chunks:  # the whole blob was read anyway: check it is the right one
+                pass
+            blob_problem = _blob_problem(layer, blob, layer_digest)
+            if disagreement:
+                also = f"; {blob_problem}" if blob_problem else ""
+                raise DigestMismatch(f"{where}: {disagreement}{also}; nothing was written")
+            if blob_problem:
+                raise DigestMismatch(f"{where}: {blob_problem}")
+            raise LayerFormatError(
+                f"{where}: {wanted.member} is not in the layer although the index lists it"
+            )
+    finally:
+        _stop(chunks)  # stops the decompressing thread: nothing more is read from the blob
+    return copied[0], copied[1], layer.compressed_size
+
+
+def _stop(chunks: Iterator[bytes]) -> None:
+    """Close the chunk generator: with a decompressing thread, that stops it before the blob
+    stream is closed."""
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        close()
+
+
+def _copy_checked(
+    tar: tarfile.TarFile, member: tarfile.TarInfo, wanted: _Wanted, out: BinaryIO
+) -> tuple[int, str] | str:
+    """Copy ``member`` to ``out`` from its start: (size, sha256), or why it is not what the
+    index says."""
+    out.seek(0)
+    out.truncate()
+    if member.size != wanted.size:
+        return (
+            f"{wanted.member} is {member.size} bytes in the layer but {wanted.size} in the "
+            "index (the registry sent other bytes, or the index is stale)"
+        )
+    source = tar.extractfile(member)
+    if source is None:
+        return f"{wanted.member}: tarfile gave no data"
+    sha = hashlib.sha256()
+    size = 0
+    while chunk := source.read(COPY_CHUNK):
+        sha.update(chunk)
+        out.write(chunk)
+        size += len(chunk)
+    digest = "sha256:" + sha.hexdigest()
+    if size != wanted.size:
+        return f"{wanted.member}: {size} bytes received, the index says {wanted.size}"
+    if wanted.sha256 is not None and digest != wanted.sha256:
+        return (
+            f"{wanted.member}: sha256 mismatch: the index says {wanted.sha256}, "
+            f"the bytes received hash to {digest}"
+        )
+    return size, digest
+
+
+def _check_blob(layer: LayerStream, blob: BinaryIO, digest: str, where: str) -> None:
+    problem = _blob_problem(layer, blob, digest)
+    if problem:
+        raise DigestMismatch(f"{where}: {problem}")
+
+
+def _blob_problem(layer: LayerStream, blob: BinaryIO, digest: str) -> str | None:
+    """What is wrong with the whole blob's digest, reading what the decompressor left."""
+    sha = layer.compressed_sha256.copy()
+    size = layer.compressed_size
+    with suppress(OSError, LayerFormatError):
+        while chunk := blob.read(COPY_CHUNK):
+            sha.update(chunk)
+            size += len(chunk)
+    seen = "sha256:" + sha.hexdigest()
+    if seen == digest:
+        return None
+    return (
+        f"blob digest mismatch: got {seen} ({size} bytes); the registry or a proxy sent other bytes"
+    )
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+@contextmanager
+def output_file(output: Path, *, force: bool) -> Iterator[BinaryIO]:
+    """A temporary file next to ``output``, renamed over it when the block ends cleanly and
+    removed when it does not: a failed get leaves nothing behind, and never half a file."""
+    if output.is_dir():
+        raise UsageError(f"{output}: is a directory; give a file name with -o")
+    if not force and (output.exists() or output.is_symlink()):
+        raise UsageError(f"{output}: already exists; use --force to replace it")
+    parent = output.parent
+    if not parent.is_dir():
+        raise UsageError(f"{parent}: no such directory")
+    handle, temp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".part", dir=parent)
+    temp = Path(temp_name)
+    try:
+        with os.fdopen(handle, "w+b") as stream:
+            yield stream
+        # os.replace renames over a symlink at ``output`` rather than writing through it.
+        os.replace(temp, output)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def get_to(
+    engine: Engine,
+    client: RegistryClient,
+    ref: Reference,
+    path: str,
+    *,
+    output: Path | None,
+    force: bool = False,
+    platform: str | None = None,
+    follow: bool = True,
+    stdout: BinaryIO,
+) -> Fetched:
+    """``get`` into ``output`` (permission bits from the image, less set-id, sticky and the
+    umask), or to stdout once every check passed."""
+    if output is not None:
+        with output_file(output, force=force) as stream:
+            fetched = get(engine, client, ref, path, stream, platform=platform, follow=follow)
+            if fetched.source.type is EntryType.FILE:
+                umask = os.umask(0)
+                os.umask(umask)
+                os.chmod(stream.fileno(), fetched.source.mode & 0o777 & ~umask)
+        return fetched
+    with tempfile.SpooledTemporaryFile(STDOUT_SPOOL) as spool:
+        spool_io = cast(BinaryIO, spool)
+        fetched = get(engine, client, ref, path, spool_io, platform=platform, follow=follow)
+        spool_io.seek(0)
+        shutil.copyfileobj(spool_io, stdout, COPY_CHUNK)
+        stdout.flush()
+    return fetched
