@@ -300,71 +300,152 @@ def images(context: Context, output_format: str) -> None:
     )
 
 
+image_platform_option = click.option(
+    "--platform",
+    metavar="OS/ARCH[/VARIANT]",
+    help="Which image of a multi-platform reference (one must be picked when several are indexed).",
+)
+LAYER_COLUMNS = (
+    "image",
+    "platform",
+    "layer_index",
+    "layer_digest",
+    "media_type",
+    "size",
+    "uncompressed_size",
+    "entries",
+    "added_bytes",
+    "wasted_bytes",
+    "created_by",
+    "status",
+)
+
+
 @cli.command()
 @click.argument("ref")
+@image_platform_option
 @output_options
 @pass_context
 @handle_errors
-def layers(context: Context, ref: str, output_format: str) -> None:
-    """The layers of an indexed image, base first."""
-    from layerindex.finder import Finder
-    from layerindex.output import human_size, short_digest, write_rows
+def layers(context: Context, ref: str, platform: str | None, output_format: str) -> None:
+    """The layers of an indexed image, base first, and how much of them is wasted.
 
+    Per layer: compressed and uncompressed size, entries, bytes of regular files it adds, bytes
+    of its content that later layers overwrite or delete (WASTED), the history command that
+    made it. Then, on stderr, the image's size, wasted bytes and efficiency as dive computes
+    them. --json prints one object: the layers, size, wasted_bytes and efficiency.
+    """
+    from layerindex.analysis import layer_report
+    from layerindex.finder import Finder
+    from layerindex.output import human_size, short_digest, write_json, write_rows
+
+    finder = Finder(context.engine())
     (reference,) = _parse_refs([ref])
+    report = layer_report(finder, finder.image(reference, platform))
+    if output_format == "json":
+        write_json(
+            {
+                "image": report.image.reference,
+                "manifest_digest": report.image.digest,
+                "platform": report.image.platform,
+                "layers": [{c: row[c] for c in LAYER_COLUMNS} for row in report.layers],
+                "size": report.size,
+                "wasted_bytes": report.wasted_bytes,
+                "efficiency": report.efficiency,
+            }
+        )
+        return
     write_rows(
-        Finder(context.engine()).layers(reference),
+        report.layers,
         output_format,
-        (
-            "image",
-            "platform",
-            "layer_index",
-            "layer_digest",
-            "media_type",
-            "size",
-            "entries",
-            "status",
-        ),
+        LAYER_COLUMNS,
         table_columns=(
             "platform",
             "layer_index",
             "layer_digest",
             "media_type",
             "size",
+            "uncompressed_size",
             "entries",
+            "added_bytes",
+            "wasted_bytes",
             "status",
+            "created_by",
         ),
-        formatters={"layer_digest": short_digest, "size": human_size},
+        formatters={
+            "layer_digest": short_digest,
+            **dict.fromkeys(
+                ("size", "uncompressed_size", "added_bytes", "wasted_bytes"), human_size
+            ),
+        },
+    )
+    left_out = f"  ({report.not_indexed} layers not indexed)" if report.not_indexed else ""
+    click.echo(
+        f"Total Image size: {human_size(report.size)}  "
+        f"Potential wasted space: {human_size(report.wasted_bytes)}  "
+        f"Image efficiency score: {int(100 * report.efficiency)} %{left_out}",
+        err=True,
     )
 
 
 @cli.command(name="ls")
 @click.argument("target", metavar="LAYER_DIGEST|REF")
 @click.argument("prefix", required=False, default="/", metavar="[PATH_PREFIX]")
+@click.option("--layer", metavar="N|DIGEST", help="One layer of the image: position or digest.")
+@click.option("-l", "long_format", is_flag=True, help="Long format: mode, owner, size, layer.")
+@click.option("--tree", is_flag=True, help="An indented tree, as tree(1) draws it.")
+@image_platform_option
 @output_options
 @pass_context
 @handle_errors
-def ls(context: Context, target: str, prefix: str, output_format: str) -> None:
-    """List a layer's entries, or an image's final filesystem (whiteouts applied)."""
+def ls(
+    context: Context,
+    target: str,
+    prefix: str,
+    layer: str | None,
+    long_format: bool,
+    tree: bool,
+    platform: str | None,
+    output_format: str,
+) -> None:
+    """List an image's final filesystem (whiteouts applied), one of its layers (--layer), or a
+    layer by digest (its own entries, whiteouts included)."""
     from layerindex.entries import query_path
     from layerindex.finder import Finder
-    from layerindex.output import human_size, octal_mode, write_rows
+    from layerindex.output import human_size, octal_mode, write_rows, write_tree
 
+    if tree and output_format != "table":
+        raise click.UsageError("--tree draws text; leave out --json, --nl and --csv")
     finder = Finder(context.engine())
-    formatters = {"size": human_size, "mode": octal_mode}
-    base = ("type", "mode", "uid", "gid", "size", "path", "link_target")
+    path_prefix = query_path(prefix)
+    base = ("type", "mode", "uid", "gid", "size", "path", "link_target", "sha256")
     if target.startswith("sha256:"):
-        rows = finder.ls_layer(target, query_path(prefix))
-        write_rows(rows, output_format, base, formatters=formatters)
+        if layer is not None:
+            raise click.UsageError("--layer picks a layer of an image REF")
+        rows = finder.ls_layer(target, path_prefix)
+        columns: tuple[str, ...] = base
     else:
         (reference,) = _parse_refs([target])
-        rows = finder.ls_image(reference, query_path(prefix))
-        write_rows(
-            rows,
-            output_format,
-            ("image", "platform", "layer_index", *base),
-            table_columns=("platform", "layer_index", *base),
-            formatters=formatters,
-        )
+        rows = finder.ls_image(finder.image(reference, platform), path_prefix, layer)
+        columns = ("image", "platform", "layer_index", *base)
+    if tree:
+        write_tree(rows, path_prefix, long_format=long_format)
+        return
+    shown: tuple[str, ...] = ("type", "path", "link_target")
+    if long_format:
+        owner = ("mode", "owner", "size", *(("layer_index",) if "layer_index" in columns else ()))
+        shown = ("type", *owner, "path", "link_target")
+    write_rows(
+        (_with_owner(row) for row in rows),
+        output_format,
+        columns,
+        table_columns=shown,
+        formatters={"size": human_size, "mode": octal_mode},
+    )
+
+
+def _with_owner(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row, "owner": f"{row['uid']}/{row['gid']}"}
 
 
 @cli.command(name="get")
@@ -419,6 +500,78 @@ def get(
         platform=platform,
         follow=not no_follow,
         stdout=click.get_binary_stream("stdout"),
+    )
+
+
+@cli.command()
+@click.argument("ref")
+@image_platform_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@click.option("--raw", is_flag=True, help="The stored manifest, byte for byte.")
+@click.option("--config", "show_config", is_flag=True, help="The stored config, byte for byte.")
+@pass_context
+@handle_errors
+def inspect(
+    context: Context,
+    ref: str,
+    platform: str | None,
+    as_json: bool,
+    raw: bool,
+    show_config: bool,
+) -> None:
+    """What `skopeo inspect` shows of an indexed image, from the index (no network): digest,
+    current tags, created, platform, labels, env, entrypoint and cmd, layers, history."""
+    import json
+
+    from layerindex.analysis import inspect as inspect_image
+    from layerindex.analysis import inspect_text
+    from layerindex.finder import Finder
+
+    if as_json + raw + show_config > 1:
+        raise click.UsageError("give at most one of --json, --raw and --config")
+    finder = Finder(context.engine())
+    (reference,) = _parse_refs([ref])
+    image = finder.image(reference, platform)
+    if raw or show_config:
+        stdout = click.get_binary_stream("stdout")
+        stdout.write((image.manifest if raw else image.config).encode("utf-8"))
+        stdout.flush()
+        return
+    data = inspect_image(finder, image)
+    click.echo(
+        json.dumps(data, indent=2, ensure_ascii=False) if as_json else inspect_text(data),
+        nl=as_json,
+    )
+
+
+@cli.command(name="diff")
+@click.argument("old_ref", metavar="REF1")
+@click.argument("new_ref", metavar="REF2")
+@image_platform_option
+@output_options
+@pass_context
+@handle_errors
+def diff_command(
+    context: Context, old_ref: str, new_ref: str, platform: str | None, output_format: str
+) -> None:
+    """Paths added, removed and changed from REF1's final filesystem to REF2's.
+
+    Changed means another type, size, mode, owner, link target, or content (when both images
+    were indexed with --hash-files). Exits 0 whether or not they differ.
+    """
+    from layerindex.analysis import DIFF_FIELDS, diff
+    from layerindex.finder import Finder
+    from layerindex.output import write_rows
+
+    finder = Finder(context.engine())
+    old, new = _parse_refs([old_ref, new_ref])
+    old_image, new_image = finder.image(old, platform), finder.image(new, platform)
+    changed = [f"{side}_{name}" for name in DIFF_FIELDS for side in ("old", "new")]
+    write_rows(
+        diff(finder, old_image, new_image),
+        output_format,
+        ("change", "path", "details", *changed),
+        table_columns=("change", "path", "details"),
     )
 
 

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 
 from layerindex import overlay
 from layerindex.entries import OPAQUE_MARKER, EntryType
-from layerindex.errors import NotFound
+from layerindex.errors import NotFound, UsageError
 from layerindex.schema import (
     diffs,
     dirs,
@@ -31,6 +31,47 @@ if TYPE_CHECKING:
     from layerindex.reference import Reference
 
 Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class IndexedImage:
+    """One platform-specific image as the index holds it."""
+
+    id: int
+    reference: str
+    registry: str
+    repository: str
+    digest: str
+    index_digest: str | None
+    media_type: str
+    platform: str
+    manifest: str  # the raw JSON, exactly as fetched
+    config: str
+
+
+@dataclass(frozen=True)
+class ImageLayer:
+    """A layer at its position in an image; ``diff_ref`` is set once it is indexed."""
+
+    position: int
+    digest: str
+    diff_id: str | None
+    media_type: str
+    size: int  # compressed
+    diff_ref: int | None
+    uncompressed_size: int | None
+    entry_count: int | None
+    skip_reason: str | None
+    last_error: str | None
+
+    @property
+    def status(self) -> str:
+        """indexed, pending, "skipped: <reason>" or "failed: <error>"."""
+        if self.skip_reason:
+            return f"skipped: {self.skip_reason}"
+        if self.diff_ref is not None:
+            return "indexed"
+        return f"failed: {self.last_error}" if self.last_error else "pending"
 
 
 @dataclass(frozen=True)
@@ -64,7 +105,7 @@ def _text_chunks(values: set[str]) -> Iterator[list[str]]:
         yield ordered[start : start + ID_CHUNK]
 
 
-def _image_filter(connection: Connection, refs: Sequence[Reference]) -> Any:
+def image_filter(connection: Connection, refs: Sequence[Reference]) -> Any:
     """A WHERE clause on ``images`` for the images a list of references names (None: all)."""
     if not refs:
         return None
@@ -191,7 +232,7 @@ class Finder:
         """
         filters = filters or FindFilters()
         with self.engine.connect() as connection:
-            image_where = _image_filter(connection, filters.image_refs)
+            image_where = image_filter(connection, filters.image_refs)
             matched: dict[tuple[int, int, int, int], tuple[Any, str]] = {}
             for branch in Candidates(connection).branches(pattern):
                 for query in _branch_queries(branch, filters, image_where):
@@ -330,38 +371,77 @@ class Finder:
                 for row in connection.execute(query)
             ]
 
-    def layers(self, ref: Reference) -> list[Row]:
+    def image(self, ref: Reference, platform: str | None = None) -> IndexedImage:
+        """The one indexed image ``ref`` names (``platform`` picks one of an index's)."""
         with self.engine.connect() as connection:
-            query = (
-                select(
-                    images.c.reference.label("image"),
-                    images.c.platform,
-                    image_layers.c.position.label("layer_index"),
-                    layers.c.digest.label("layer_digest"),
-                    layers.c.media_type,
-                    layers.c.size,
-                    diffs.c.entry_count.label("entries"),
-                    layers.c.skip_reason,
-                    layers.c.last_error,
-                )
-                .select_from(images)
-                .join(image_layers, image_layers.c.image_id == images.c.id)
-                .join(layers, layers.c.id == image_layers.c.layer_id)
-                .outerjoin(diffs, diffs.c.id == layers.c.diff_ref)
-                .where(_image_filter(connection, [ref]))
-                .order_by(images.c.platform, image_layers.c.position)
+            query = select(images, repositories.c.registry, repositories.c.name).join(
+                repositories, repositories.c.id == images.c.repository_id
             )
-            rows = []
-            for row in connection.execute(query):
-                status = "indexed" if row.entries is not None else "pending"
-                if row.skip_reason:
-                    status = f"skipped: {row.skip_reason}"
-                elif row.entries is None and row.last_error:
-                    status = f"failed: {row.last_error}"
-                values = row._asdict()
-                del values["skip_reason"], values["last_error"]
-                rows.append({**values, "status": status})
-        return rows
+            found = connection.execute(
+                query.where(image_filter(connection, [ref])).order_by(images.c.platform)
+            ).all()
+        if not found:
+            raise NotFound(f"{ref.familiar()} is not indexed; run: layerindex index {ref}")
+        if platform is not None:
+            chosen = [
+                r for r in found if r.platform == platform or r.platform.startswith(platform + "/")
+            ]
+            if not chosen:
+                available = ", ".join(r.platform for r in found)
+                raise NotFound(
+                    f"{ref.familiar()} has no indexed {platform} image; indexed: {available}"
+                )
+            found = chosen
+        if len(found) > 1:
+            available = ", ".join(r.platform for r in found)
+            raise UsageError(
+                f"{ref.familiar()} names {len(found)} indexed images ({available}); "
+                "pick one with --platform"
+            )
+        r = found[0]
+        return IndexedImage(
+            id=r.id,
+            reference=r.reference,
+            registry=r.registry,
+            repository=r.name,
+            digest=r.digest,
+            index_digest=r.index_digest,
+            media_type=r.media_type,
+            platform=r.platform,
+            manifest=r.manifest,
+            config=r.config,
+        )
+
+    def image_layers(self, image: IndexedImage) -> list[ImageLayer]:
+        """An image's layers, base first, with what the index knows of each."""
+        query = (
+            select(
+                image_layers.c.position,
+                layers.c.digest,
+                layers.c.diff_id,
+                layers.c.media_type,
+                layers.c.size,
+                layers.c.diff_ref,
+                diffs.c.size.label("uncompressed_size"),
+                diffs.c.entry_count,
+                layers.c.skip_reason,
+                layers.c.last_error,
+            )
+            .select_from(image_layers)
+            .join(layers, layers.c.id == image_layers.c.layer_id)
+            .outerjoin(diffs, diffs.c.id == layers.c.diff_ref)
+            .where(image_layers.c.image_id == image.id)
+            .order_by(image_layers.c.position)
+        )
+        with self.engine.connect() as connection:
+            return [ImageLayer(**row._asdict()) for row in connection.execute(query)]
+
+    def layer_entries(
+        self, diff_refs: Sequence[int | None], prefix: str = "/"
+    ) -> list[list[tuple[str, EntryType, Row]]]:
+        """Each layer's own rows as (path, type, details); a layer not indexed gives none."""
+        with self.engine.connect() as connection:
+            return entries_of(connection, diff_refs, prefix)
 
     def ls_layer(self, digest: str, prefix: str = "/") -> Iterator[Row]:
         """A layer's own entries (whiteouts and opaque markers included), sorted by path."""
@@ -371,87 +451,109 @@ class Finder:
             ).first()
             if diff_ref is None or diff_ref[0] is None:
                 raise NotFound(f"layer {digest} is not indexed")
-            rows = self._entries_of(connection, [diff_ref[0]], prefix)
+            rows = entries_of(connection, [diff_ref[0]], prefix)
         for path, entry_type, payload in sorted(rows[0], key=lambda r: r[0]):
             yield {"path": path, "type": entry_type.value, **payload}
 
-    def ls_image(self, ref: Reference, prefix: str = "/") -> Iterator[Row]:
-        """The final filesystem of each image ``ref`` names (whiteouts applied, top layer wins)."""
-        with self.engine.connect() as connection:
-            found = connection.execute(
-                select(images.c.id, images.c.reference, images.c.platform)
-                .where(_image_filter(connection, [ref]))
-                .order_by(images.c.platform)
-            ).all()
-            if not found:
-                raise NotFound(f"{ref.familiar()} is not indexed; run: layerindex index {ref}")
-            for image in found:
-                diff_refs = connection.execute(
-                    select(layers.c.diff_ref)
-                    .join(image_layers, image_layers.c.layer_id == layers.c.id)
-                    .where(image_layers.c.image_id == image.id)
-                    .order_by(image_layers.c.position)
-                ).scalars()
-                per_layer = self._entries_of(connection, list(diff_refs), "/")
-                view = overlay.final_view(per_layer)
-                for path in sorted(view):
-                    if not _has_prefix(path, prefix):
-                        continue
-                    position, entry_type, payload = view[path]
-                    yield {
-                        "image": image.reference,
-                        "platform": image.platform,
-                        "layer_index": position,
-                        "path": path,
-                        "type": entry_type.value,
-                        **payload,
-                    }
-
-    @staticmethod
-    def _entries_of(
-        connection: Connection, diff_refs: Sequence[int | None], prefix: str
-    ) -> list[list[tuple[str, EntryType, Row]]]:
-        """Each layer's rows as (path, type, details); a layer not indexed gives no rows."""
-        query = (
-            select(
-                entries.c.diff_ref,
-                dirs.c.path.label("dir"),
-                names.c.name,
-                entries.c.type,
-                entries.c.size,
-                entries.c.mode,
-                entries.c.uid,
-                entries.c.gid,
-                entries.c.link_target,
-            )
-            .join(dirs, dirs.c.id == entries.c.dir_id)
-            .join(names, names.c.id == entries.c.name_id)
-            .where(entries.c.diff_ref.in_([d for d in diff_refs if d is not None]))
-        )
-        if prefix != "/":
-            parent, _ = split_path(prefix)
-            query = query.where(
-                or_(
-                    dirs.c.path == prefix,
-                    dirs.c.path == parent,
-                    dirs.c.path.startswith(prefix + "/", autoescape=True),
-                )
-            )
-        by_diff: dict[int, list[tuple[str, EntryType, Row]]] = defaultdict(list)
-        for r in connection.execute(query):
-            entry_type = TYPE_NAMES[r.type]
-            path = stored_path(r.dir, r.name)
-            if prefix != "/" and not _has_prefix(path, prefix):
+    def ls_image(
+        self, image: IndexedImage, prefix: str = "/", layer: str | None = None
+    ) -> Iterator[Row]:
+        """The image's final filesystem (whiteouts applied, top layer wins), or with ``layer``
+        (a position, or a digest or its prefix) that one layer's own entries."""
+        stack = self.image_layers(image)
+        if layer is not None:
+            chosen = _pick_layer(image, stack, layer)
+            if chosen.diff_ref is None:
+                raise NotFound(f"layer {chosen.position} ({chosen.digest}) is not indexed")
+            (own,) = self.layer_entries([chosen.diff_ref], prefix)
+            for path, entry_type, payload in sorted(own, key=lambda r: r[0]):
+                yield {
+                    **_image_columns(image, chosen.position),
+                    "path": path,
+                    "type": entry_type.value,
+                    **payload,
+                }
+            return
+        view = overlay.final_view(self.layer_entries([lr.diff_ref for lr in stack]))
+        for path in sorted(view):
+            if not _has_prefix(path, prefix):
                 continue
-            details = {
-                "size": r.size,
-                "mode": r.mode,
-                "uid": r.uid,
-                "gid": r.gid,
-                "link_target": r.link_target,
+            position, entry_type, payload = view[path]
+            yield {
+                **_image_columns(image, position),
+                "path": path,
+                "type": entry_type.value,
+                **payload,
             }
-            by_diff[r.diff_ref].append((path, entry_type, details))
-        return [by_diff.get(d, []) if d is not None else [] for d in diff_refs]
+
+
+def _image_columns(image: IndexedImage, position: int) -> Row:
+    return {"image": image.reference, "platform": image.platform, "layer_index": position}
+
+
+def _pick_layer(image: IndexedImage, stack: Sequence[ImageLayer], wanted: str) -> ImageLayer:
+    """A layer of ``image`` by position (0 = base) or by digest, whole or a unique prefix."""
+    if wanted.isdigit():
+        position = int(wanted)
+        if position >= len(stack):
+            raise UsageError(
+                f"{image.reference} has {len(stack)} layers (0 to {len(stack) - 1}); "
+                f"there is no layer {position}"
+            )
+        return stack[position]
+    matches = [lr for lr in stack if lr.digest.startswith(wanted)]
+    if len(matches) != 1:
+        problem = "no layer" if not matches else f"{len(matches)} layers"
+        raise UsageError(f"{image.reference} has {problem} with digest {wanted}")
+    return matches[0]
+
+
+def entries_of(
+    connection: Connection, diff_refs: Sequence[int | None], prefix: str
+) -> list[list[tuple[str, EntryType, Row]]]:
+    """Each layer's rows as (path, type, details); a layer not indexed gives no rows."""
+    query = (
+        select(
+            entries.c.diff_ref,
+            dirs.c.path.label("dir"),
+            names.c.name,
+            entries.c.type,
+            entries.c.size,
+            entries.c.mode,
+            entries.c.uid,
+            entries.c.gid,
+            entries.c.link_target,
+            entries.c.sha256,
+        )
+        .join(dirs, dirs.c.id == entries.c.dir_id)
+        .join(names, names.c.id == entries.c.name_id)
+        .where(entries.c.diff_ref.in_([d for d in diff_refs if d is not None]))
+    )
+    if prefix != "/":
+        parent, _ = split_path(prefix)
+        query = query.where(
+            or_(
+                dirs.c.path == prefix,
+                dirs.c.path == parent,
+                dirs.c.path.startswith(prefix + "/", autoescape=True),
+            )
+        )
+    by_diff: dict[int, list[tuple[str, EntryType, Row]]] = defaultdict(list)
+    for r in connection.execute(query):
+        entry_type = TYPE_NAMES[r.type]
+        path = stored_path(r.dir, r.name)
+        if prefix != "/" and not _has_prefix(path, prefix):
+            continue
+        details = {
+            "size": r.size,
+            "mode": r.mode,
+            "uid": r.uid,
+            "gid": r.gid,
+            "link_target": r.link_target,
+            "sha256": r.sha256,
+        }
+        by_diff[r.diff_ref].append((path, entry_type, details))
+    return [by_diff.get(d, []) if d is not None else [] for d in diff_refs]
 
 
 def _pairs(rows: Iterable[Any]) -> dict[Any, Any]:

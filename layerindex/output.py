@@ -25,6 +25,10 @@ TITLES = {
     "media_type": "MEDIA TYPE",
     "link_target": "TARGET",
     "indexed_at": "INDEXED",
+    "uncompressed_size": "UNCOMPRESSED",
+    "added_bytes": "ADDS",
+    "wasted_bytes": "WASTED",
+    "created_by": "CREATED BY",
 }
 
 
@@ -116,3 +120,59 @@ def human_size(value: Any) -> str:
 
 def octal_mode(value: Any) -> str:
     return "" if value is None else f"{int(value):04o}"
+
+
+def write_json(value: Any) -> None:
+    """One JSON document (an object, for commands that describe one thing)."""
+    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def write_tree(rows: Iterable[dict[str, Any]], root: str, *, long_format: bool = False) -> None:
+    """Paths as tree(1) draws them under ``root``; directories a layer leaves implicit are drawn
+    too. ``long_format`` puts ``[mode uid/gid size layer]`` before each name."""
+    tree: dict[str, Any] = {}
+    labels: dict[str, str] = {}
+    dirs = files = 0
+    for row in rows:
+        relative = row["path"][len(root) :].strip("/") if root != "/" else row["path"][1:]
+        if not relative:
+            continue
+        node = tree
+        for part in relative.split("/"):
+            node = node.setdefault(part, {})
+        label = labels.get(row["path"], relative.rsplit("/", 1)[-1])
+        if row["type"] == "opaque":
+            label += " (opaque)"  # a directory made opaque: lower layers' contents hidden
+        elif row["type"] == "whiteout":
+            label += " (whiteout)"
+        elif row["link_target"] is not None:
+            label += f" -> {row['link_target']}"
+        if long_format and row["type"] not in ("opaque", "whiteout"):
+            details = (
+                f"{octal_mode(row['mode'])} {row['uid']}/{row['gid']} {human_size(row['size'])}"
+            )
+            if row.get("layer_index") is not None:
+                details += f" L{row['layer_index']}"
+            label = f"[{details}]  {label}"
+        labels[row["path"]] = label
+        if row["type"] == "dir":
+            dirs += 1
+        elif row["type"] not in ("opaque", "whiteout"):
+            files += 1
+    out = sys.stdout
+    out.write(root + "\n")
+
+    def draw(node: dict[str, Any], path: str, indent: str) -> None:
+        names = sorted(node)
+        for i, name in enumerate(names):
+            last = i == len(names) - 1
+            child = path.rstrip("/") + "/" + name
+            out.write(f"{indent}{'└── ' if last else '├── '}{labels.get(child, name)}\n")
+            draw(node[name], child, indent + ("    " if last else "│   "))
+
+    draw(tree, root, "")
+    out.write(
+        f"\n{dirs} director{'y' if dirs == 1 else 'ies'}, {files} file{'' if files == 1 else 's'}\n"
+    )
+    out.flush()

@@ -362,7 +362,7 @@ def test_bad_layer_fails_alone_commits_nothing_and_is_retried(
     assert message in result.stderr
     assert "Traceback" not in result.output
     assert count_rows(home, entries) == 11  # BASE and TOP only
-    rows = json.loads(run("layers", ref, "--json").stdout)
+    rows = json.loads(run("layers", ref, "--json").stdout)["layers"]
     assert [r["status"].split(":")[0] for r in rows] == ["indexed", "failed", "indexed"]
     # The next run fetches just the failed layer, and the image is complete.
     again = run("index", ref)
@@ -440,7 +440,7 @@ def test_foreign_layer_is_recorded_as_skipped(
         0,
         index_line(ref, image.digest, "linux/amd64", (1, 0, 1, 0), 1),
     )
-    rows = json.loads(run("layers", ref, "--json").stdout)
+    rows = json.loads(run("layers", ref, "--json").stdout)["layers"]
     assert rows[0]["status"].startswith("skipped: foreign layer")
     assert fault_proxy.seen(f"/blobs/{foreign.digest}") == []
 
@@ -476,25 +476,42 @@ def test_listings_images_layers_ls(registry: RegistryServer, run: Run) -> None:
     assert [
         (i["image"], i["manifest_digest"], i["platform"], i["layers"], i["entries"]) for i in images
     ] == [(ref, digest, "linux/amd64", 3, 13)]
-    layer_rows = json.loads(run("layers", ref, "--json").stdout)
+    report = json.loads(run("layers", ref, "--json").stdout)
     assert [
-        (r["layer_index"], r["layer_digest"], r["media_type"], r["size"], r["entries"], r["status"])
-        for r in layer_rows
+        (
+            r["layer_index"],
+            r["layer_digest"],
+            r["media_type"],
+            r["size"],
+            r["uncompressed_size"],
+            r["entries"],
+            r["added_bytes"],
+            r["wasted_bytes"],
+            r["created_by"],
+            r["status"],
+        )
+        for r in report["layers"]
     ] == [
-        (0, BASE.digest, BASE.media_type, len(BASE.blob), 7, "indexed"),
-        (1, MIDDLE.digest, MIDDLE.media_type, len(MIDDLE.blob), 2, "indexed"),
-        (2, TOP.digest, TOP.media_type, len(TOP.blob), 4, "indexed"),
-    ]
+        (0, BASE.digest, BASE.media_type, len(BASE.blob), len(BASE.tar), 7, 20, 32,
+         "layerindex test layer 0", "indexed"),
+        (1, MIDDLE.digest, MIDDLE.media_type, len(MIDDLE.blob), len(MIDDLE.tar), 2, 23, 0,
+         "layerindex test layer 1", "indexed"),
+        (2, TOP.digest, TOP.media_type, len(TOP.blob), len(TOP.tar), 4, 3, 0,
+         "layerindex test layer 2", "indexed"),
+    ]  # fmt: skip
+    # Wasted (dive): kubectl 11 then 23 bytes (23 = 34 - 11), motd's 6 and old.txt's 3 deleted
+    # (each counted twice); all of it layer 0's content, hidden later.
+    assert (report["wasted_bytes"], report["efficiency"]) == (32, 23 / 55)
     final = run("ls", ref, "--csv")
     assert final.stdout.splitlines() == [
-        "image,platform,layer_index,type,mode,uid,gid,size,path,link_target",
-        f"{ref},linux/amd64,0,dir,493,0,0,0,/etc,",
-        f"{ref},linux/amd64,2,dir,493,0,0,0,/opt,",
-        f"{ref},linux/amd64,2,file,420,0,0,3,/opt/new.txt,",
-        f"{ref},linux/amd64,0,dir,493,0,0,0,/usr,",
-        f"{ref},linux/amd64,0,dir,493,0,0,0,/usr/bin,",
-        f"{ref},linux/amd64,2,symlink,511,0,0,0,/usr/bin/k,kubectl",
-        f"{ref},linux/amd64,1,file,493,0,0,23,/usr/bin/kubectl,",
+        "image,platform,layer_index,type,mode,uid,gid,size,path,link_target,sha256",
+        f"{ref},linux/amd64,0,dir,493,0,0,0,/etc,,",
+        f"{ref},linux/amd64,2,dir,493,0,0,0,/opt,,",
+        f"{ref},linux/amd64,2,file,420,0,0,3,/opt/new.txt,,",
+        f"{ref},linux/amd64,0,dir,493,0,0,0,/usr,,",
+        f"{ref},linux/amd64,0,dir,493,0,0,0,/usr/bin,,",
+        f"{ref},linux/amd64,2,symlink,511,0,0,0,/usr/bin/k,kubectl,",
+        f"{ref},linux/amd64,1,file,493,0,0,23,/usr/bin/kubectl,,",
     ]
     layer = run("ls", MIDDLE.digest, "--nl")
     assert [json.loads(line) for line in layer.stdout.splitlines()] == [
@@ -506,6 +523,7 @@ def test_listings_images_layers_ls(registry: RegistryServer, run: Run) -> None:
             "size": 0,
             "path": "/etc/motd",
             "link_target": None,
+            "sha256": None,
         },
         {
             "type": "file",
@@ -515,6 +533,7 @@ def test_listings_images_layers_ls(registry: RegistryServer, run: Run) -> None:
             "size": 23,
             "path": "/usr/bin/kubectl",
             "link_target": None,
+            "sha256": None,
         },
     ]
 

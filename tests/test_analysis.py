@@ -1,0 +1,415 @@
+"""Looking at an image: inspect, layers with wasted bytes (dive's efficiency), ls --layer / -l /
+--tree, and diff; images pushed to a real registry, indexed and read back through the CLI."""
+
+# The CLI fixtures (home, run) are imported from test_index, so test parameters named after them
+# "redefine" the imports.
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from images import (
+    CREATED,
+    History,
+    directory,
+    file,
+    make_image,
+    make_index,
+    make_layer,
+    sha256,
+    symlink,
+    whiteout,
+)
+from registry_server import RegistryServer
+from test_index import Run, home, run, table  # noqa: F401
+
+from layerindex.analysis import efficiency
+from layerindex.entries import EntryType
+
+F, D, W, OPQ, L = (
+    EntryType.FILE,
+    EntryType.DIR,
+    EntryType.WHITEOUT,
+    EntryType.OPAQUE,
+    EntryType.SYMLINK,
+)
+
+# --- dive's efficiency, layer by layer ---------------------------------------------------------
+
+
+def test_a_path_written_once_wastes_nothing() -> None:
+    result = efficiency([[("/a", D, 0), ("/a/f", F, 100)], [("/b", F, 50)]])
+    assert (result.efficiency, result.wasted_bytes, result.wasted_by_layer) == (1.0, 0, (0, 0))
+
+
+def test_no_file_bytes_is_fully_efficient() -> None:
+    assert efficiency([]).efficiency == 1.0
+    assert efficiency([[("/d", D, 0), ("/l", L, 7)]]).efficiency == 1.0  # a link has no bytes
+
+
+def test_overwritten_file_wastes_the_total_minus_the_smallest() -> None:
+    # /f: 100 then 30 → total 130, smallest 30: 100 wasted, charged to the layer overwritten.
+    result = efficiency([[("/f", F, 100)], [("/f", F, 30)]])
+    assert (result.wasted_bytes, result.wasted_by_layer) == (100, (100, 0))
+    assert result.efficiency == 30 / 130
+
+
+def test_a_smaller_version_first_charges_dives_excess_to_the_last_replaced_layer() -> None:
+    # 10, 100, 40: total 150, smallest 10 → 140 wasted; layers 0 and 1 lose 10 and 100 bytes,
+    # the other 30 dive counts go to layer 1, the last one replaced.
+    result = efficiency([[("/f", F, 10)], [("/f", F, 100)], [("/f", F, 40)]])
+    assert (result.wasted_bytes, result.wasted_by_layer) == (140, (10, 130, 0))
+
+
+def test_a_whiteout_counts_what_it_deletes() -> None:
+    # Deleting a file does not free its bytes: /f counts 100 + 100, 100 wasted.
+    result = efficiency([[("/f", F, 100), ("/g", F, 100)], [("/f", W, 0)]])
+    assert (result.wasted_bytes, result.wasted_by_layer) == (100, (100, 0))
+    assert result.efficiency == 200 / 300
+
+
+def test_deleting_a_directory_counts_each_path_under_it() -> None:
+    base = [("/d", D, 0), ("/d/a", F, 60), ("/d/sub/b", F, 40)]  # /d/sub left implicit
+    for deletion in ([("/d", W, 0)], [("/d", D, 0), ("/d", OPQ, 0)], [("/d", F, 5)]):
+        result = efficiency([base, deletion])
+        assert result.wasted_bytes == 100, deletion
+        assert result.wasted_by_layer == (100, 0), deletion
+
+
+def test_a_path_deleted_and_written_again() -> None:
+    # 100, deleted (counts 100), then 30: total 230, smallest 30 → 200, all of layer 0's doing.
+    result = efficiency([[("/f", F, 100)], [("/f", W, 0)], [("/f", F, 30)]])
+    assert (result.wasted_bytes, result.wasted_by_layer) == (200, (200, 0, 0))
+
+
+# --- the CLI ------------------------------------------------------------------------------------
+
+BASE = make_layer(
+    [
+        directory("app"),
+        file("app/big.bin", b"x" * 1000),
+        file("app/conf", b"v1" * 5, mode=0o600),
+        directory("tmp"),
+        file("tmp/cache", b"c" * 300),
+        symlink("app/current", "big.bin"),
+    ]
+)
+FIX = make_layer([file("app/conf", b"v2" * 10), whiteout("tmp/cache"), file("app/new", b"n")])
+IMAGE = make_image(
+    [BASE, FIX],
+    history=[History("ADD rootfs /"), History("ENV MODE=prod", empty_layer=True), "RUN fix"],
+    labels={"org.opencontainers.image.title": "app", "team": "core"},
+    env=["PATH=/usr/bin", "MODE=prod"],
+    entrypoint=["/app/run"],
+    cmd=["serve", "--port", "80"],
+)
+# Efficiency by hand: /app/big.bin 1000; /app/conf 10 then 20; /tmp/cache 300 then deleted
+# (counts 300 again); /app/new 1. Smallest: 1000 + 10 + 300 + 1 = 1311, totals 1000 + 30 + 600
+# + 1 = 1631; wasted 320, all layer 0's (its /app/conf and /tmp/cache are hidden later).
+EFFICIENCY = 1311 / 1631
+
+
+@pytest.fixture
+def app(registry: RegistryServer, run: Run) -> str:
+    registry.push("team/app", "1.0", IMAGE)
+    ref = f"{registry.host}/team/app:1.0"
+    assert run("index", ref).exit_code == 0
+    return ref
+
+
+def test_layers_json(app: str, run: Run) -> None:
+    result = run("layers", app, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {
+        "image": app,
+        "manifest_digest": IMAGE.digest,
+        "platform": "linux/amd64",
+        "layers": [
+            {
+                "image": app,
+                "platform": "linux/amd64",
+                "layer_index": 0,
+                "layer_digest": BASE.digest,
+                "media_type": BASE.media_type,
+                "size": len(BASE.blob),
+                "uncompressed_size": len(BASE.tar),
+                "entries": 6,
+                "added_bytes": 1310,
+                "wasted_bytes": 320,
+                "created_by": "ADD rootfs /",
+                "status": "indexed",
+            },
+            {
+                "image": app,
+                "platform": "linux/amd64",
+                "layer_index": 1,
+                "layer_digest": FIX.digest,
+                "media_type": FIX.media_type,
+                "size": len(FIX.blob),
+                "uncompressed_size": len(FIX.tar),
+                "entries": 3,
+                "added_bytes": 21,
+                "wasted_bytes": 0,
+                "created_by": "RUN fix",
+                "status": "indexed",
+            },
+        ],
+        "size": len(BASE.tar) + len(FIX.tar),
+        "wasted_bytes": 320,
+        "efficiency": EFFICIENCY,
+    }
+
+
+def test_layers_table_and_summary(app: str, run: Run) -> None:
+    result = run("layers", app)
+    assert result.exit_code == 0
+    assert result.stdout == table(
+        ["PLATFORM", "LAYER", "DIGEST", "MEDIA TYPE", "SIZE", "UNCOMPRESSED", "ENTRIES", "ADDS",
+         "WASTED", "STATUS", "CREATED BY"],
+        ["linux/amd64", "0", BASE.digest[:19], BASE.media_type, f"{len(BASE.blob)} B", "10.2 kB",
+         "6", "1.3 kB", "320 B", "indexed", "ADD rootfs /"],
+        ["linux/amd64", "1", FIX.digest[:19], FIX.media_type, f"{len(FIX.blob)} B", "10.2 kB",
+         "3", "21 B", "0 B", "indexed", "RUN fix"],
+    )  # fmt: skip
+    assert len(BASE.tar) == len(FIX.tar) == 10240
+    assert result.stderr == (
+        "Total Image size: 20.5 kB  Potential wasted space: 320 B  Image efficiency score: 80 %\n"
+    )
+
+
+def test_inspect(registry: RegistryServer, app: str, run: Run) -> None:
+    registry.push("team/app", "latest", IMAGE)
+    run("index", f"{registry.host}/team/app:latest")
+    result = run("inspect", app)
+    assert result.exit_code == 0
+    assert result.stdout == (
+        f"Name:         {registry.host}/team/app\n"
+        f"Digest:       {IMAGE.digest}\n"
+        "Tags:         1.0, latest\n"
+        f"Created:      {CREATED}\n"
+        "Architecture: amd64\n"
+        "OS:           linux\n"
+        "Labels:\n"
+        "  org.opencontainers.image.title=app\n"
+        "  team=core\n"
+        "Env:\n"
+        "  PATH=/usr/bin\n"
+        "  MODE=prod\n"
+        'Entrypoint:   ["/app/run"]\n'
+        'Cmd:          ["serve", "--port", "80"]\n'
+        "Layers:\n"
+        f"  0  {BASE.digest}  {len(BASE.blob)}  {BASE.media_type}\n"
+        f"  1  {FIX.digest}  {len(FIX.blob)}  {FIX.media_type}\n"
+        "History:\n"
+        f"  0  {CREATED}  ADD rootfs /\n"
+        f"  -  {CREATED}  ENV MODE=prod\n"
+        f"  1  {CREATED}  RUN fix\n"
+    )
+    data = json.loads(run("inspect", app, "--json").stdout)
+    assert data == {
+        "name": f"{registry.host}/team/app",
+        "reference": f"{registry.host}/team/app:latest",  # as last indexed
+        "digest": IMAGE.digest,
+        "index_digest": None,
+        "media_type": IMAGE.manifest_media_type,
+        "tags": ["1.0", "latest"],
+        "created": CREATED,
+        "architecture": "amd64",
+        "os": "linux",
+        "variant": None,
+        "labels": {"org.opencontainers.image.title": "app", "team": "core"},
+        "env": ["PATH=/usr/bin", "MODE=prod"],
+        "entrypoint": ["/app/run"],
+        "cmd": ["serve", "--port", "80"],
+        "layers": [
+            {"digest": BASE.digest, "media_type": BASE.media_type, "size": len(BASE.blob)},
+            {"digest": FIX.digest, "media_type": FIX.media_type, "size": len(FIX.blob)},
+        ],
+        "history": [
+            {"created": CREATED, "created_by": "ADD rootfs /", "empty_layer": False},
+            {"created": CREATED, "created_by": "ENV MODE=prod", "empty_layer": True},
+            {"created": CREATED, "created_by": "RUN fix", "empty_layer": False},
+        ],
+    }
+    # The stored manifest and config, byte for byte.
+    assert run("inspect", app, "--raw").stdout_bytes == IMAGE.manifest
+    assert run("inspect", app, "--config").stdout_bytes == IMAGE.config
+    # A tag moved elsewhere no longer names this image.
+    other = make_image([make_layer({"/other": b"o"})])
+    registry.push("team/app", "latest", other)
+    run("index", f"{registry.host}/team/app:latest")
+    assert json.loads(run("inspect", app, "--json").stdout)["tags"] == ["1.0"]
+    assert json.loads(run("inspect", f"{registry.host}/team/app:latest", "--json").stdout)[
+        "tags"
+    ] == ["latest"]
+
+
+def test_inspect_multi_platform_picks_with_platform(registry: RegistryServer, run: Run) -> None:
+    amd = make_image([make_layer({"/bin/tool": b"amd64"})])
+    arm = make_image([make_layer({"/bin/tool": b"arm64!"})], platform="linux/arm64/v8")
+    index = make_index([amd, arm])
+    registry.push("team/multi", "2", index)
+    ref = f"{registry.host}/team/multi:2"
+    assert run("index", "--platform", "all", ref).exit_code == 0
+    ambiguous = run("inspect", ref)
+    assert (ambiguous.exit_code, ambiguous.stdout) == (2, "")
+    assert ambiguous.stderr == (
+        f"Error: {ref} names 2 indexed images (linux/amd64, linux/arm64/v8); "
+        "pick one with --platform\n"
+    )
+    data = json.loads(run("inspect", ref, "--platform", "linux/arm64", "--json").stdout)
+    assert (data["digest"], data["index_digest"], data["variant"], data["tags"]) == (
+        arm.digest,
+        index.digest,
+        "v8",
+        ["2"],
+    )
+    assert "Variant:      v8\n" in run("inspect", ref, "--platform", "linux/arm64").stdout
+
+
+def test_not_indexed_is_an_error(registry: RegistryServer, run: Run) -> None:
+    ref = f"{registry.host}/team/never:1"
+    for command in ("inspect", "layers", "ls"):
+        result = run(command, ref)
+        assert (result.exit_code, result.stdout) == (2, "")
+        assert result.stderr == f"Error: {ref} is not indexed; run: layerindex index {ref}\n"
+    result = run("diff", ref, ref)
+    assert (result.exit_code, result.stdout) == (2, "")
+
+
+def test_ls_one_layer_long_and_tree(app: str, run: Run) -> None:
+    result = run("ls", app, "--layer", "1")
+    assert (result.exit_code, result.stdout) == (
+        0,
+        table(
+            ["TYPE", "PATH", "TARGET"],
+            ["file", "/app/conf", ""],
+            ["file", "/app/new", ""],
+            ["whiteout", "/tmp/cache", ""],
+        ),
+    )
+    # By digest or a prefix of it, as tables print it.
+    assert run("ls", app, "--layer", FIX.digest[:19]).stdout == result.stdout
+    missing = run("ls", app, "--layer", "2")
+    assert (missing.exit_code, missing.stderr) == (
+        2,
+        f"Error: {app} has 2 layers (0 to 1); there is no layer 2\n",
+    )
+    assert run("ls", app, "-l").stdout == table(
+        ["TYPE", "MODE", "OWNER", "SIZE", "LAYER", "PATH", "TARGET"],
+        ["dir", "0755", "0/0", "0 B", "0", "/app", ""],
+        ["file", "0644", "0/0", "1.0 kB", "0", "/app/big.bin", ""],
+        ["file", "0644", "0/0", "20 B", "1", "/app/conf", ""],
+        ["symlink", "0777", "0/0", "0 B", "0", "/app/current", "big.bin"],
+        ["file", "0644", "0/0", "1 B", "1", "/app/new", ""],
+        ["dir", "0755", "0/0", "0 B", "0", "/tmp", ""],
+    )
+    assert run("ls", app, "--tree").stdout == (
+        "/\n"
+        "├── app\n"
+        "│   ├── big.bin\n"
+        "│   ├── conf\n"
+        "│   ├── current -> big.bin\n"
+        "│   └── new\n"
+        "└── tmp\n"
+        "\n"
+        "2 directories, 4 files\n"
+    )
+    assert run("ls", app, "/app", "--tree", "-l", "--layer", "0").stdout == (
+        "/app\n"
+        "├── [0644 0/0 1.0 kB L0]  big.bin\n"
+        "├── [0600 0/0 10 B L0]  conf\n"
+        "└── [0777 0/0 0 B L0]  current -> big.bin\n"
+        "\n"
+        "0 directories, 3 files\n"
+    )
+    # A layer's own tree shows its whiteouts; directories it leaves implicit are drawn too.
+    assert run("ls", FIX.digest, "--tree").stdout == (
+        "/\n"
+        "├── app\n"
+        "│   ├── conf\n"
+        "│   └── new\n"
+        "└── tmp\n"
+        "    └── cache (whiteout)\n"
+        "\n"
+        "0 directories, 2 files\n"
+    )
+    bad = run("ls", app, "--tree", "--json")
+    assert bad.exit_code == 2 and "--tree draws text" in bad.stderr
+
+
+def test_diff(registry: RegistryServer, run: Run) -> None:
+    old = make_image(
+        [
+            make_layer(
+                [
+                    directory("app"),
+                    file("app/bin", b"v1", mode=0o755),
+                    file("app/conf", b"debug=1"),
+                    file("app/same", b"same"),
+                    symlink("app/current", "bin"),
+                    file("app/gone", b"gone"),
+                ]
+            )
+        ]
+    )
+    new = make_image(
+        [
+            make_layer(
+                [
+                    directory("app"),
+                    file("app/bin", b"v2", mode=0o755),  # same size, other content
+                    file("app/conf", b"debug=0\nlog=1", mode=0o600),
+                    file("app/same", b"same"),
+                    symlink("app/current", "bin.new"),
+                    directory("app/gone"),
+                    file("app/added", b"new"),
+                ]
+            )
+        ]
+    )
+    registry.push("team/app", "1", old)
+    registry.push("team/app", "2", new)
+    one, two = f"{registry.host}/team/app:1", f"{registry.host}/team/app:2"
+    assert run("index", "--hash-files", one, two).exit_code == 0
+    result = run("diff", one, two)
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert result.stdout == table(
+        ["CHANGE", "PATH", "DETAILS"],
+        ["added", "/app/added", "file, 3 bytes"],
+        ["changed", "/app/bin", "content"],
+        ["changed", "/app/conf", "size 7 -> 13, mode 0644 -> 0600, content"],
+        ["changed", "/app/current", "link target bin -> bin.new"],
+        ["changed", "/app/gone", "type file -> dir, size 4 -> 0, mode 0644 -> 0755"],
+    )
+    back = json.loads(run("diff", two, one, "--json").stdout)
+    assert [(r["change"], r["path"]) for r in back] == [
+        ("removed", "/app/added"),
+        ("changed", "/app/bin"),
+        ("changed", "/app/conf"),
+        ("changed", "/app/current"),
+        ("changed", "/app/gone"),
+    ]
+    assert back[0] == {
+        "change": "removed",
+        "path": "/app/added",
+        "details": "file, 3 bytes",
+        "old_type": "file",
+        "new_type": None,
+        "old_size": 3,
+        "new_size": None,
+        "old_mode": 0o644,
+        "new_mode": None,
+        "old_uid": 0,
+        "new_uid": None,
+        "old_gid": 0,
+        "new_gid": None,
+        "old_link_target": None,
+        "new_link_target": None,
+        "old_sha256": sha256(b"new"),
+        "new_sha256": None,
+    }
+    same = run("diff", one, one)
+    assert (same.exit_code, same.stdout) == (0, "")
