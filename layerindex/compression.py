@@ -5,24 +5,34 @@ from its first bytes (media types lie in the wild), and yields the uncompressed 
 pieces of about ``CHUNK`` bytes, however well the layer compresses, so memory stays flat.
 It keeps the sha256 of the compressed bytes (the manifest's layer digest) and of the tar
 stream (the config's diff_id). Every decoding problem becomes a ``LayerFormatError``.
+
+Reading, both hashes and the decompression run in a background thread that stays at most
+``QUEUE_CHUNKS`` chunks ahead of the tar parser: hashlib, zlib, isal and zstandard release the
+GIL on big buffers, so on two cores they cost the parser almost no time, and memory stays flat.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import queue
+import threading
 import zlib
-from collections.abc import Callable, Iterator
-from typing import BinaryIO, Protocol, cast
+from collections.abc import Callable, Generator, Iterable, Iterator
+from typing import BinaryIO, Protocol, TypeVar, cast
 
 import zstandard
 
 from layerindex.errors import LayerFormatError
 
 CHUNK = 1 << 20  # bytes per read from the blob, and about the most we inflate at once
+QUEUE_CHUNKS = 4  # decompressed chunks the background thread may have ready: ~4 MiB at most
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 ZSTD_BLOCK_MAX = 128 * 1024  # a zstd block never inflates beyond this (RFC 8878 3.1.1.2)
+
+T = TypeVar("T")
 
 
 class _Inflater(Protocol):
@@ -85,8 +95,16 @@ class LayerStream:
     def error(self, what: str) -> LayerFormatError:
         return LayerFormatError(f"{self.where}: {what} (compressed offset {self.compressed_size})")
 
-    def chunks(self) -> Iterator[bytes]:
-        """The tar stream in pieces; reading it to the end reads the blob to its end."""
+    def chunks(self) -> Generator[bytes, None, None]:
+        """The tar stream in pieces; reading it to the end reads the blob to its end.
+
+        The compression is detected (``self.compression`` set) before this returns. The sizes
+        and hashes are final once the iterator is exhausted; closing it early stops the
+        background thread, which never touches the blob stream after that.
+        """
+        return prefetched(self._decoded(), QUEUE_CHUNKS, "layerindex-inflate")
+
+    def _decoded(self) -> Iterator[bytes]:
         first = b""
         while len(first) < len(ZSTD_MAGIC):
             more = self._read()
@@ -222,6 +240,55 @@ class LayerStream:
                 break
         if not frame.eof:
             raise self.error("corrupt zstd frame: decoder did not reach the frame end")
+
+
+_DONE = object()
+
+
+def prefetched(
+    source: Iterable[T], depth: int, name: str = "layerindex-prefetch"
+) -> Generator[T, None, None]:
+    """``source``'s items, produced in a thread at most ``depth`` items ahead of the consumer.
+
+    Its exceptions are raised here, in the consumer's thread. Closing this generator (or
+    dropping it) stops the producer, closes ``source`` and waits: afterwards nothing of
+    ``source`` runs, so the caller may close the streams it reads. Used for decompression
+    here and for walking a layer while ``Store.index_layer`` writes the previous batch.
+    """
+    items: queue.Queue[object] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        iterator = iter(source)
+        try:
+            for item in iterator:
+                items.put(item)
+                if stop.is_set():
+                    return
+            items.put(_DONE)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            items.put(exc)
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    producer = threading.Thread(target=produce, name=name, daemon=True)
+    producer.start()
+    try:
+        while True:
+            item = items.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield cast(T, item)
+    finally:
+        stop.set()
+        while producer.is_alive():  # unblock a producer waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                items.get(timeout=0.05)
+        producer.join()
 
 
 class _Input:

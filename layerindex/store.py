@@ -10,6 +10,7 @@ from typing import Any, Protocol
 from sqlalchemy import Engine, Table, func, select, true, update
 from sqlalchemy.engine import Connection
 
+from layerindex.compression import prefetched
 from layerindex.entries import OPAQUE_MARKER, Entry, EntryType
 from layerindex.schema import (
     diffs,
@@ -28,6 +29,7 @@ TYPE_CODES: dict[EntryType, int] = {t: i for i, t in enumerate(EntryType)}
 TYPE_NAMES: dict[int, EntryType] = {i: t for t, i in TYPE_CODES.items()}
 
 BATCH_ROWS = 5000
+WALK_AHEAD_BATCHES = 2  # batches the walking thread may have ready while one is written
 INTERN_CACHE_MAX = 200_000  # ids kept in memory per table; memory stays bounded on any corpus
 SQL_IN_CHUNK = 500  # bound parameters per IN (...) lookup
 ENTRY_KEY = ("diff_ref", "dir_id", "name_id")
@@ -157,6 +159,17 @@ class Interner:
             # clears the cache on rollback (see Store.index_layer).
             self.cache.update((v, found[v]) for v in missing)
         return found
+
+
+def _batched(walk: Iterable[Entry]) -> Iterator[list[Entry]]:
+    batch: list[Entry] = []
+    for entry in walk:
+        batch.append(entry)
+        if len(batch) >= BATCH_ROWS:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _mark(connection: Connection) -> str:
@@ -324,13 +337,15 @@ class Store:
                     .returning(diffs.c.id)
                 ).scalar_one()
                 count = 0
-                batch: list[Entry] = []
-                for entry in walk:
-                    batch.append(entry)
-                    if len(batch) >= BATCH_ROWS:
+                # The walk runs in a thread one batch ahead: it parses while this one writes
+                # (the database driver releases the GIL while it steps). An error in the walk,
+                # DigestMismatch at its end included, is raised here, inside the transaction.
+                batches = prefetched(_batched(walk), WALK_AHEAD_BATCHES, "layerindex-walk")
+                try:
+                    for batch in batches:
                         count += self._write_entries(connection, diff_ref, batch)
-                        batch = []
-                count += self._write_entries(connection, diff_ref, batch)
+                finally:
+                    batches.close()  # stops the walk before the caller closes the blob stream
                 connection.execute(
                     update(diffs)
                     .where(diffs.c.id == diff_ref)

@@ -115,9 +115,12 @@ class LayerWalker:
         layer = LayerStream(self.stream, self.where)
         chunks = layer.chunks()
         self.compression = layer.compression
-        yield from _TarWalk(_Blocks(chunks, self.where), self.hash_files).entries()
-        for _ in chunks:  # the blob may go on after the end blocks; the digests cover it all
-            pass
+        try:
+            yield from _TarWalk(_Blocks(chunks, self.where), self.hash_files).entries()
+            for _ in chunks:  # the blob may go on after the end blocks; the digests cover it all
+                pass
+        finally:
+            chunks.close()  # on an error: stops the decompressing thread before we go on
         self.compressed_size = layer.compressed_size
         self.uncompressed_size = layer.uncompressed_size
         self.digest_seen = "sha256:" + layer.compressed_sha256.hexdigest()
@@ -240,7 +243,8 @@ def _canonical(raw: bytes) -> str:
     """``entries.normalise`` with a fast path for plain "./usr/bin/x" and "usr/bin/x" names."""
     rest = raw[2:] if raw.startswith(b"./") else raw
     candidate = b"/" + rest.rstrip(b"/")
-    if b"//" not in candidate and b"/." not in candidate and b"\\" not in candidate:
+    probe = candidate + b"/"  # "." and ".." components, wherever they are, show as /./ and /../
+    if b"//" not in probe and b"/./" not in probe and b"/../" not in probe and b"\\" not in rest:
         try:
             return candidate.decode("utf-8")
         except UnicodeDecodeError:

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gzip
 import hashlib
 import io
+import itertools
 import math
 import random
 import shutil
 import subprocess
 import tarfile
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import tarcorpus
 from tarcorpus import COMPRESSIONS, compress, info, member, with_tarfile
 
+from layerindex.compression import prefetched
 from layerindex.entries import (
     OPAQUE_MARKER,
     WHITEOUT_PREFIX,
@@ -549,3 +555,63 @@ def test_walker_reads_once() -> None:
     list(walker)
     with pytest.raises(RuntimeError):
         list(walker)
+
+
+# --- the background threads (decompression, and the walk behind Store.index_layer) ---------------
+
+
+@pytest.fixture(autouse=True)
+def no_thread_left_behind() -> Iterator[None]:
+    """Every walk, finished, failed or abandoned, has stopped its threads when it returns."""
+    yield
+    assert not [t for t in threading.enumerate() if t.name.startswith("layerindex-")]
+
+
+class CountingReads(io.BytesIO):
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.reads = 0
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        self.reads += 1
+        return super().read(size)
+
+
+def test_abandoned_walk_stops_reading_the_blob() -> None:
+    size = 24 << 20  # random bytes: the blob is as big as the tar, many reads long
+    first = member(b"./small", typeflag=b"0", size=0)
+    big = member(b"./random", typeflag=b"0", size=size) + random.randbytes(size)
+    stream = CountingReads(gzip.compress(first + big + tarcorpus.END, compresslevel=1, mtime=0))
+    entries = iter(LayerWalker(stream))
+    assert next(entries).path == "/small"
+    entries.close()  # type: ignore[attr-defined]
+    reads = stream.reads
+    time.sleep(0.05)
+    assert stream.reads == reads  # nothing reads the stream after close(): the caller may close it
+    assert stream.tell() < len(stream.getvalue()) // 2  # bounded read-ahead, not the whole blob
+
+
+def test_prefetched_raises_the_producers_error_in_the_consumer() -> None:
+    def source() -> Iterator[int]:
+        yield 1
+        raise LayerFormatError("layer: corrupt")
+
+    got: list[int] = []
+    with pytest.raises(LayerFormatError, match="corrupt"):
+        got.extend(prefetched(source(), 1))
+    assert got == [1]
+
+
+def test_closing_prefetched_closes_its_source() -> None:
+    closed = threading.Event()
+
+    def source() -> Iterator[int]:
+        try:
+            yield from itertools.count()
+        finally:
+            closed.set()
+
+    items = prefetched(source(), 2)
+    assert next(items) == 0
+    items.close()
+    assert closed.is_set()
