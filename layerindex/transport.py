@@ -35,7 +35,6 @@ _ADDRESS_IN_REPR = re.compile(r"<[^<>]* object at 0x[0-9a-fA-F]+>:?\s*")
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 
 
-
 Origin = tuple[str, str, int]  # (scheme, lower-case host, port): where a credential may go
 
 
