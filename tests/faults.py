@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import http.client
 import re
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+from loopback import OwnedHTTPServer
 from registry_server import RegistryServer
 from requests.structures import CaseInsensitiveDict
 
@@ -250,19 +250,8 @@ def _corrupt(handler: _ProxyHandler, fetch: Callable[[], Upstream]) -> None:
 # --- the HTTP side ---------------------------------------------------------------------------
 
 
-class _ProxyHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(
-        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], owner: FaultProxy
-    ) -> None:
-        self.owner = owner
-        super().__init__(address, handler)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that hangs up on a cut or hanging response is what the rules are for.
-        if not isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
-            super().handle_error(request, client_address)
+class _ProxyHTTPServer(OwnedHTTPServer):
+    owner: FaultProxy
 
 
 class _ProxyHandler(BaseHTTPRequestHandler):

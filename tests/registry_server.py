@@ -24,7 +24,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urljoin, urlsplit
@@ -32,6 +32,7 @@ from urllib.parse import urljoin, urlsplit
 import pytest
 import requests
 from images import Image, Index
+from loopback import OwnedHTTPServer
 from requests.structures import CaseInsensitiveDict
 from token_server import PUSH_PASSWORD, PUSH_USERNAME, TokenServer
 
@@ -288,14 +289,8 @@ class BlobServer:
         self._http.server_close()
 
 
-class _BlobHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(
-        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], owner: BlobServer
-    ) -> None:
-        self.owner = owner
-        super().__init__(address, handler)
+class _BlobHTTPServer(OwnedHTTPServer):
+    owner: BlobServer
 
 
 S3_AUTH_ERROR = (

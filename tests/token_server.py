@@ -21,7 +21,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
@@ -29,6 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
+from loopback import OwnedHTTPServer
 
 SERVICE = "registry.layerindex.test"
 ISSUER = "token.layerindex.test"
@@ -176,14 +177,8 @@ class TokenServer:
             self.requests.append(request)
 
 
-class _TokenHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(
-        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], owner: TokenServer
-    ) -> None:
-        self.owner = owner
-        super().__init__(address, handler)
+class _TokenHTTPServer(OwnedHTTPServer):
+    owner: TokenServer
 
 
 class _TokenHandler(BaseHTTPRequestHandler):
