@@ -131,9 +131,10 @@ class StoredImage:
 class Interner:
     """Ids of interned strings (directory paths or basenames), created on first use."""
 
-    def __init__(self, table: Table, column: str) -> None:
+    def __init__(self, table: Table, column: str, search_table: str | None = None) -> None:
         self.table = table
         self.column = table.c[column]
+        self.search_table = search_table  # SQLite's FTS5 trigram table over this column
         self.cache: dict[str, int] = {}
 
     def ids(self, connection: Connection, values: Iterable[str]) -> dict[str, int]:
@@ -142,11 +143,22 @@ class Interner:
         missing = sorted(wanted - found.keys())
         if missing:
             # Insert what may be new, then read every id back: two statements, no races.
+            table, column = self.table.name, self.column.name
+            search = connection.dialect.name == "sqlite" and self.search_table is not None
+            if search:
+                newest = connection.exec_driver_sql(f"SELECT max(id) FROM {table}").scalar()
             connection.exec_driver_sql(
-                f"INSERT INTO {self.table.name} ({self.column.name}) VALUES ({_mark(connection)}) "
+                f"INSERT INTO {table} ({column}) VALUES ({_mark(connection)}) "
                 "ON CONFLICT DO NOTHING",
                 [(v,) for v in missing],
             )
+            if search:
+                # The new rows into the trigram index in one statement (migration 0004).
+                connection.exec_driver_sql(
+                    f"INSERT INTO {self.search_table}(rowid, {column}) "
+                    f"SELECT id, {column} FROM {table} WHERE id > ?",
+                    (newest or 0,),
+                )
             for start in range(0, len(missing), SQL_IN_CHUNK):
                 chunk = missing[start : start + SQL_IN_CHUNK]
                 rows = connection.execute(
@@ -194,8 +206,8 @@ class Store:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.dirs = Interner(dirs, "path")
-        self.names = Interner(names, "name")
+        self.dirs = Interner(dirs, "path", "dirs_fts")
+        self.names = Interner(names, "name", "names_fts")
 
     # -- images ---------------------------------------------------------------------------------
 
