@@ -30,15 +30,16 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, cast
+from typing import TYPE_CHECKING, BinaryIO, cast
 
-from sqlalchemy import Engine, and_, or_, select, tuple_
+from sqlalchemy import Engine, select, tuple_
 from sqlalchemy.engine import Connection
 
 from layerindex import overlay
 from layerindex.compression import LayerStream
 from layerindex.entries import OPAQUE_MARKER, EntryType, normalise, path_bytes, query_path
 from layerindex.errors import DigestMismatch, LayerFormatError, NotFound, UsageError
+from layerindex.finder import image_filter
 from layerindex.schema import (
     dirs,
     entries,
@@ -46,8 +47,6 @@ from layerindex.schema import (
     images,
     layers,
     names,
-    repositories,
-    tags,
 )
 from layerindex.store import TYPE_NAMES, split_path, stored_path
 
@@ -97,29 +96,6 @@ class ImageLayer:
     diff_ref: int | None
 
 
-def _image_where(connection: Connection, ref: Reference) -> Any:
-    """A WHERE clause on ``images`` for what ``ref`` names: its digest, or where its tag last
-    pointed, as an image or as the index the image was reached through. (Like finder's filter;
-    kept here so ``get`` depends on nothing but the schema.)"""
-    repository = select(repositories.c.id).where(
-        repositories.c.registry == ref.registry, repositories.c.name == ref.repository
-    )
-    digest = ref.digest
-    if digest is None:
-        digest = connection.execute(
-            select(tags.c.digest)
-            .where(tags.c.repository_id.in_(repository.scalar_subquery()), tags.c.tag == ref.tag)
-            .order_by(tags.c.last_seen.desc())
-            .limit(1)
-        ).scalar_one_or_none()
-        if digest is None:
-            raise NotFound(f"{ref.familiar()} is not indexed; run: layerindex index {ref}")
-    return and_(
-        images.c.repository_id.in_(repository.scalar_subquery()),
-        or_(images.c.digest == digest, images.c.index_digest == digest),
-    )
-
-
 class ImageView:
     """Lookups in one indexed image's final filesystem, straight from the database."""
 
@@ -128,7 +104,7 @@ class ImageView:
         self.ref = ref
         found = connection.execute(
             select(images.c.id, images.c.platform, images.c.indexed_at)
-            .where(_image_where(connection, ref))
+            .where(image_filter(connection, [ref]))
             .order_by(images.c.platform)
         ).all()
         if not found:
