@@ -1,0 +1,185 @@
+"""Query speed on a large index: exact find, --name, glob and --contains, p50/p95.
+
+Builds (once; reused with --db) an index of synthetic layers made from real path lists (this
+Python's stdlib and site-packages, and /usr), then times queries in process (the Finder) and as
+CLI calls (start-up included). Run by hand:
+
+    python benchmarks/query_bench.py --entries 10000000 --db /tmp/lx-10m.db
+
+Prints one table; figures go to benchmarks/RESULTS.md with the machine and the date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import text
+
+from layerindex.database import open_database
+from layerindex.entries import Entry, EntryType
+from layerindex.finder import Finder, FindFilters
+from layerindex.search import parse
+from layerindex.store import ImageRecord, LayerRecord, Store
+
+LAYERS_PER_IMAGE = 5
+VARIANTS = 12  # how many versions of a path tree the corpus holds (python3.x, app builds, …)
+
+
+def real_paths(limit: int) -> list[str]:
+    roots = [sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"], "/usr"]
+    paths: list[str] = []
+    for root in roots:
+        for directory, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            paths.append(directory)
+            paths.extend(os.path.join(directory, f) for f in sorted(filenames))
+            if len(paths) >= limit:
+                return paths[:limit]
+    return paths
+
+
+@dataclass
+class SyntheticLayer:
+    """A layer's entries, as a walker yields them (what Store.index_layer reads)."""
+
+    paths: list[str]
+    variant: int
+    compression: str = "gzip"
+    uncompressed_size: int = 0
+
+    def __iter__(self) -> Iterator[Entry]:
+        v = self.variant
+        for i, path in enumerate(self.paths):
+            # Half the paths differ between variants: /usr/lib/x → /usr/lib.v3/x.
+            if v and i % 2:
+                head, _, tail = path.rpartition("/")
+                path = f"{head}.v{v}/{tail}"
+            yield Entry(path, EntryType.FILE, (i * 7919) % 100_000, 0o644, 0, 0, 1700000000, None)
+
+
+def build(db: str, entries: int, per_layer: int, pool: list[str]) -> float:
+    engine = open_database(db)
+    store = Store(engine)
+    rng = random.Random(1)
+    layers = max(1, entries // per_layer)
+    started = time.perf_counter()
+    for image in range(0, layers, LAYERS_PER_IMAGE):
+        digests = [f"sha256:{n:064x}" for n in range(image, min(layers, image + LAYERS_PER_IMAGE))]
+        record = ImageRecord(
+            registry="bench.example",
+            repository=f"corpus/image{image // LAYERS_PER_IMAGE}",
+            digest=f"sha256:{image + 10**9:064x}",
+            reference=f"bench.example/corpus/image{image // LAYERS_PER_IMAGE}:1",
+            index_digest=None,
+            media_type="application/vnd.oci.image.manifest.v1+json",
+            platform="linux/amd64",
+            config_digest=f"sha256:{image + 2 * 10**9:064x}",
+            created=None,
+            manifest="{}",
+            config="{}",
+            layers=[
+                LayerRecord(d, "application/vnd.oci.image.layer.v1.tar+gzip", 1, d) for d in digests
+            ],
+        )
+        image_id, states = store.record_image(record)
+        for n, state in enumerate(states):
+            start = rng.randrange(0, max(1, len(pool) - per_layer))
+            layer = SyntheticLayer(pool[start : start + per_layer], (image + n) % VARIANTS)
+            store.index_layer(state, layer)
+        store.finish_image(image_id)
+        done = min(layers, image + LAYERS_PER_IMAGE) * per_layer
+        print(f"\r  built {done:,} entries", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    engine.dispose()
+    return time.perf_counter() - started
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return statistics.median(ordered), ordered[int(0.95 * (len(ordered) - 1))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--entries", type=int, default=10_000_000)
+    parser.add_argument("--per-layer", type=int, default=50_000)
+    parser.add_argument("--db", default="/tmp/layerindex-query-bench.db")
+    parser.add_argument("--queries", type=int, default=40)
+    parser.add_argument("--cli-runs", type=int, default=10)
+    args = parser.parse_args()
+    db_url = f"sqlite:///{args.db}"
+    pool = real_paths(max(args.per_layer * 3, 150_000))
+    print(f"path pool: {len(pool):,} real paths", file=sys.stderr)
+    if not Path(args.db).exists():
+        seconds = build(db_url, args.entries, args.per_layer, pool)
+        print(f"built in {seconds:.1f}s ({args.entries / seconds:,.0f} entries/s)", file=sys.stderr)
+    engine = open_database(db_url)
+    with engine.connect() as connection:
+        total = connection.execute(text("SELECT count(*) FROM entries")).scalar_one()
+        dirs = connection.execute(text("SELECT count(*) FROM dirs")).scalar_one()
+        names = connection.execute(text("SELECT count(*) FROM names")).scalar_one()
+    size = Path(args.db).stat().st_size
+    finder = Finder(engine)
+    rng = random.Random(2)
+    picks = [rng.choice(pool) for _ in range(args.queries)]
+    cases = {
+        "exact": [("exact", p) for p in picks],
+        "--name": [("name", p.rpartition("/")[2] or "x") for p in picks],
+        "glob": [("glob", p.rpartition("/")[0] + "/*" + p[-3:]) for p in picks],
+        "--contains": [("contains", p.rpartition("/")[2][:6] or "lib") for p in picks],
+    }
+    flags = {"exact": [], "--name": ["--name"], "glob": [], "--contains": ["--contains"]}
+    print(
+        f"\nindex: {total:,} entries, {dirs:,} dirs, {names:,} names, "
+        f"{size / total:.1f} bytes/entry ({size / 1e6:.0f} MB)\n"
+    )
+    print(f"{'query':<12} {'p50 ms':>9} {'p95 ms':>9} {'rows p50':>9} {'CLI p50 ms':>11}")
+    for label, queries in cases.items():
+        times, rows = [], []
+        for kind, value in queries:
+            pattern = parse(kind, value)  # type: ignore[arg-type]
+            t = time.perf_counter()
+            found = finder.find(pattern, FindFilters(all_layers=True, limit=1000))
+            times.append((time.perf_counter() - t) * 1000)
+            rows.append(len(found))
+        cli = []
+        for _kind, value in queries[: args.cli_runs]:
+            t = time.perf_counter()
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "layerindex",
+                    "--db",
+                    db_url,
+                    "find",
+                    *flags[label],
+                    value,
+                    "--json",
+                    "--limit",
+                    "1000",
+                ],
+                capture_output=True,
+                check=False,
+            )
+            cli.append((time.perf_counter() - t) * 1000)
+        p50, p95 = percentiles(times)
+        print(
+            f"{label:<12} {p50:>9.2f} {p95:>9.2f} {statistics.median(rows):>9.0f} "
+            f"{statistics.median(cli):>11.0f}"
+        )
+    engine.dispose()
+
+
+if __name__ == "__main__":
+    main()
