@@ -165,6 +165,7 @@ def index(
                 for error in outcome.errors:
                     click.echo(f"Error: {error}", err=True)
                 failed = failed or not outcome.ok
+        crawler.store.analyze()
     if failed:
         click.echo(
             "Nothing of a failed layer was kept; the next `layerindex index` retries it.",

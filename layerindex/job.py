@@ -28,6 +28,7 @@ from layerindex.imagelist import ListEntry
 from layerindex.reference import Reference
 from layerindex.registry import RegistryClient
 from layerindex.schedule import RunRecorder, RunTotals, claim_target, target_done
+from layerindex.store import Store
 
 log = logging.getLogger("layerindex")
 
@@ -164,6 +165,7 @@ class CrawlJob:
 
                 for future in [images.submit(one, ref) for ref in refs]:
                     future.result()
+            Store(self.engine).analyze()
         except BaseException:
             status = "interrupted"
             raise

@@ -91,6 +91,7 @@ layers = Table(
     Column("lease_until", DateTime(timezone=True)),
 )
 Index(None, layers.c.diff_id)
+Index(None, layers.c.diff_ref)  # entries → the layers (and images) holding them
 
 image_layers = Table(
     "image_layers",
