@@ -324,23 +324,6 @@ class Finder:
                 )
         return stacks
 
-    @staticmethod
-    def _paths_of(
-        connection: Connection, ids: Sequence[tuple[int, int]]
-    ) -> dict[tuple[int, int], str]:
-        """Path text of (dir_id, name_id) pairs; an opaque marker maps to its directory."""
-        dir_path = _pairs(
-            connection.execute(
-                select(dirs.c.id, dirs.c.path).where(dirs.c.id.in_({d for d, _ in ids}))
-            )
-        )
-        name = _pairs(
-            connection.execute(
-                select(names.c.id, names.c.name).where(names.c.id.in_({n for _, n in ids}))
-            )
-        )
-        return {(d, n): stored_path(dir_path[d], name[n]) for d, n in ids}
-
     def images(self) -> list[Row]:
         layer_count = (
             select(func.count())

@@ -15,7 +15,6 @@ from layerindex.entries import OPAQUE_MARKER, Entry, EntryType
 from layerindex.schema import (
     diffs,
     dirs,
-    entries,
     image_layers,
     images,
     layers,
@@ -431,10 +430,6 @@ class Store:
                     last_attempt=utcnow(),
                 )
             )
-
-    def count_entries(self) -> int:
-        with self.engine.connect() as connection:
-            return int(connection.execute(select(func.count()).select_from(entries)).scalar_one())
 
     def image_entry_count(self, image_id: int) -> int:
         """Entries in the image's indexed layers (each layer counted once per position)."""
