@@ -10,9 +10,11 @@ log lines written during it in its report.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
 from databases import postgres_url  # noqa: F401  (a fixture, used by db_url)
 from faults import FaultProxy
 from registry_server import (
@@ -26,6 +28,10 @@ from registry_server import (
     start_plain,
 )
 from token_server import TokenServer
+
+from layerindex.cli import cli
+from layerindex.database import open_database
+from layerindex.store import Store
 
 # --- registries ------------------------------------------------------------------------------
 
@@ -100,6 +106,30 @@ def hub_fault_proxy(_hub_proxy: FaultProxy) -> Iterator[FaultProxy]:
     _hub_proxy.reset()
 
 
+# --- the CLI in a clean user environment ----------------------------------------------------
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A clean user environment: no credentials from this machine, a database in tmp."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+    monkeypatch.delenv("LAYERINDEX_DB", raising=False)
+    monkeypatch.delenv("LAYERINDEX_INSECURE_REGISTRIES", raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def run(home: Path) -> Callable[..., Result]:
+    def invoke(*args: str) -> Result:
+        return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+    return invoke
+
+
 # --- databases -------------------------------------------------------------------------------
 
 
@@ -109,6 +139,14 @@ def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'index.db'}"
     return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    """A Store on an empty database of each kind."""
+    engine = open_database(db_url)
+    yield Store(engine)
+    engine.dispose()
 
 
 # --- registry logs in failure reports --------------------------------------------------------

@@ -1,10 +1,6 @@
 """Looking at an image: inspect, layers with wasted bytes (dive's efficiency), ls --layer / -l /
 --tree, and diff; images pushed to a real registry, indexed and read back through the CLI."""
 
-# The CLI fixtures (home, run) are imported from test_index, so test parameters named after them
-# "redefine" the imports.
-# ruff: noqa: F811
-
 from __future__ import annotations
 
 import json
@@ -23,7 +19,7 @@ from images import (
     whiteout,
 )
 from registry_server import RegistryServer
-from test_index import Run, home, run, table  # noqa: F401
+from test_index import Run, table
 
 from layerindex.analysis import efficiency
 from layerindex.entries import EntryType

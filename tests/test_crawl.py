@@ -30,13 +30,10 @@ TWO = make_image([make_layer({"/bin/two": b"22"})])
 
 
 @pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
-    monkeypatch.setenv("LAYERINDEX_DB", f"sqlite:///{tmp_path / 'index.db'}")
-    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
-    return tmp_path
+def env(home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The clean user environment, with LAYERINDEX_DB set as a crawl's cron job would."""
+    monkeypatch.setenv("LAYERINDEX_DB", f"sqlite:///{home / 'index.db'}")
+    return home
 
 
 def crawl(env: Path, *lines: str, extra: tuple[str, ...] = ()) -> Result:

@@ -9,7 +9,6 @@ import stat
 from pathlib import Path
 
 import pytest
-import test_index
 from faults import FaultProxy
 from images import (
     Image,
@@ -25,9 +24,6 @@ from images import (
 )
 from registry_server import HubRegistry
 from test_index import Run
-
-home = test_index.home  # the same clean user environment and CLI runner as test_index
-run = test_index.run
 
 TOOL = b"#!/bin/sh\necho new tool\n"
 BASE = make_layer(

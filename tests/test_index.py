@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 from faults import FaultProxy
 from images import (
     directory,
@@ -24,31 +24,9 @@ from registry_server import BasicRegistry, HubRegistry, RegistryServer
 from sqlalchemy import create_engine, func, select
 from token_server import PASSWORD, USERNAME
 
-from layerindex.cli import cli
 from layerindex.schema import entries
 
 Run = Callable[..., Result]
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A clean user environment: no credentials from this machine, a database in tmp."""
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
-    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
-    monkeypatch.delenv("LAYERINDEX_DB", raising=False)
-    monkeypatch.delenv("LAYERINDEX_INSECURE_REGISTRIES", raising=False)
-    return tmp_path
-
-
-@pytest.fixture
-def run(home: Path) -> Run:
-    def invoke(*args: str) -> Result:
-        return CliRunner().invoke(cli, list(args), catch_exceptions=False)
-
-    return invoke
 
 
 def db_path(home: Path) -> Path:

@@ -1,10 +1,6 @@
 """find with patterns and filters: images pushed to a real registry, queried through the CLI;
 the trigram indexes on SQLite and PostgreSQL, fed through the store."""
 
-# The CLI and store fixtures (home, run, store) are imported from test_index/test_store, so
-# test parameters named after them "redefine" the imports.
-# ruff: noqa: F811
-
 from __future__ import annotations
 
 import json
@@ -15,8 +11,8 @@ import pytest
 from images import directory, file, make_image, make_index, make_layer, sha256, symlink
 from registry_server import RegistryServer
 from sqlalchemy import func, select, text
-from test_index import APP, KUBECTL, MIDDLE, TOP, Run, db_path, home, run, table  # noqa: F401
-from test_store import e, image, index_image, store  # noqa: F401
+from test_index import APP, KUBECTL, Run, db_path, table
+from test_store import e, image, index_image
 
 from layerindex.finder import Finder, FindFilters
 from layerindex.schema import entries, names

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import pytest
 from sqlalchemy import func, select
 
-from layerindex.database import open_database
 from layerindex.entries import Entry, EntryType
 from layerindex.errors import LayerFormatError
 from layerindex.finder import Finder, FindFilters, Row
@@ -70,13 +69,6 @@ def index_image(store: Store, record: ImageRecord, contents: Sequence[Sequence[E
         if not state.indexed and not store.link_known_diff(state):
             store.index_layer(state, Walked(rows))
     store.finish_image(image_id)
-
-
-@pytest.fixture
-def store(db_url: str) -> Iterator[Store]:
-    engine = open_database(db_url)
-    yield Store(engine)
-    engine.dispose()
 
 
 def count(store: Store, table: object) -> int:
