@@ -39,10 +39,9 @@ from layerindex import overlay
 from layerindex.compression import LayerStream
 from layerindex.entries import OPAQUE_MARKER, EntryType, normalise, path_bytes, query_path
 from layerindex.errors import DigestMismatch, LayerFormatError, NotFound, UsageError
-from layerindex.finder import image_filter
+from layerindex.finder import image_filter, layer_entries
 from layerindex.schema import (
     dirs,
-    entries,
     image_layers,
     images,
     layers,
@@ -147,23 +146,8 @@ class ImageView:
                 positions.setdefault(layer.diff_ref, []).append(layer)
         if not positions or not paths:
             return []
-        query = (
-            select(
-                entries.c.diff_ref,
-                dirs.c.path.label("dir"),
-                names.c.name,
-                entries.c.type,
-                entries.c.size,
-                entries.c.mode,
-                entries.c.link_target,
-                entries.c.sha256,
-            )
-            .join(dirs, dirs.c.id == entries.c.dir_id)
-            .join(names, names.c.id == entries.c.name_id)
-            .where(
-                entries.c.diff_ref.in_(sorted(positions)),
-                tuple_(dirs.c.path, names.c.name).in_(sorted(set(paths))),
-            )
+        query = layer_entries(positions).where(
+            tuple_(dirs.c.path, names.c.name).in_(sorted(set(paths)))
         )
         return [
             Located(

@@ -491,11 +491,10 @@ def _pick_layer(image: IndexedImage, stack: Sequence[ImageLayer], wanted: str) -
     return matches[0]
 
 
-def entries_of(
-    connection: Connection, diff_refs: Sequence[int | None], prefix: str
-) -> list[list[tuple[str, EntryType, Row]]]:
-    """Each layer's rows as (path, type, details); a layer not indexed gives no rows."""
-    query = (
+def layer_entries(diff_refs: Iterable[int | None]) -> Any:
+    """A SELECT of the entries of these layer contents, with their dir and name text;
+    callers add their own filters."""
+    return (
         select(
             entries.c.diff_ref,
             dirs.c.path.label("dir"),
@@ -510,8 +509,15 @@ def entries_of(
         )
         .join(dirs, dirs.c.id == entries.c.dir_id)
         .join(names, names.c.id == entries.c.name_id)
-        .where(entries.c.diff_ref.in_([d for d in diff_refs if d is not None]))
+        .where(entries.c.diff_ref.in_(sorted({d for d in diff_refs if d is not None})))
     )
+
+
+def entries_of(
+    connection: Connection, diff_refs: Sequence[int | None], prefix: str
+) -> list[list[tuple[str, EntryType, Row]]]:
+    """Each layer's rows as (path, type, details); a layer not indexed gives no rows."""
+    query = layer_entries(diff_refs)
     if prefix != "/":
         parent, _ = split_path(prefix)
         query = query.where(
