@@ -39,6 +39,10 @@ class Entry(NamedTuple):
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 
+# Entry types as stored: a small integer per row instead of a string.
+TYPE_CODES: dict[EntryType, int] = {t: i for i, t in enumerate(EntryType)}
+TYPE_NAMES: dict[int, EntryType] = {i: t for t, i in TYPE_CODES.items()}
+
 
 def path_text(raw: bytes) -> str:
     """Turn a path's bytes into the text we store and compare.
@@ -92,3 +96,16 @@ def normalise(raw: bytes) -> str:
 def query_path(arg: str) -> str:
     """A path typed by a user (argv, already decoded by Python) in the stored text form."""
     return normalise(os.fsencode(arg))
+
+
+def split_path(path: str) -> tuple[str, str]:
+    """``/usr/bin/x`` → (``/usr/bin``, ``x``); ``/`` → (``/``, ``""``)."""
+    head, _, tail = path.rpartition("/")
+    return head or "/", tail
+
+
+def stored_path(directory: str, name: str) -> str:
+    """The path an entry row stands for; an opaque marker's is the directory it makes opaque."""
+    if name == OPAQUE_MARKER:
+        return directory
+    return directory.rstrip("/") + "/" + name

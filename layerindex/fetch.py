@@ -37,7 +37,16 @@ from sqlalchemy.engine import Connection
 
 from layerindex import overlay
 from layerindex.compression import LayerStream
-from layerindex.entries import OPAQUE_MARKER, EntryType, normalise, path_bytes, query_path
+from layerindex.entries import (
+    OPAQUE_MARKER,
+    TYPE_NAMES,
+    EntryType,
+    normalise,
+    path_bytes,
+    query_path,
+    split_path,
+    stored_path,
+)
 from layerindex.errors import DigestMismatch, LayerFormatError, NotFound, UsageError
 from layerindex.finder import image_filter, layer_entries
 from layerindex.schema import (
@@ -47,7 +56,6 @@ from layerindex.schema import (
     layers,
     names,
 )
-from layerindex.store import TYPE_NAMES, split_path, stored_path
 
 if TYPE_CHECKING:
     from layerindex.reference import Reference

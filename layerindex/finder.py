@@ -11,7 +11,14 @@ from sqlalchemy import Engine, and_, func, or_, select
 from sqlalchemy.engine import Connection
 
 from layerindex import overlay
-from layerindex.entries import OPAQUE_MARKER, EntryType
+from layerindex.entries import (
+    OPAQUE_MARKER,
+    TYPE_CODES,
+    TYPE_NAMES,
+    EntryType,
+    split_path,
+    stored_path,
+)
 from layerindex.errors import NotFound, UsageError
 from layerindex.schema import (
     diffs,
@@ -25,7 +32,6 @@ from layerindex.schema import (
     tags,
 )
 from layerindex.search import ID_CHUNK, Branch, Candidates, PathPattern, chunks
-from layerindex.store import TYPE_CODES, TYPE_NAMES, split_path, stored_path
 
 if TYPE_CHECKING:
     from layerindex.reference import Reference

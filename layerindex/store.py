@@ -11,7 +11,13 @@ from sqlalchemy import Engine, Table, func, select, true, update
 from sqlalchemy.engine import Connection
 
 from layerindex.compression import prefetched
-from layerindex.entries import OPAQUE_MARKER, Entry, EntryType
+from layerindex.entries import (
+    OPAQUE_MARKER,
+    TYPE_CODES,
+    Entry,
+    EntryType,
+    split_path,
+)
 from layerindex.schema import (
     diffs,
     dirs,
@@ -22,10 +28,6 @@ from layerindex.schema import (
     repositories,
     tags,
 )
-
-# Entry types as stored: a small integer per row instead of a string.
-TYPE_CODES: dict[EntryType, int] = {t: i for i, t in enumerate(EntryType)}
-TYPE_NAMES: dict[int, EntryType] = {i: t for t, i in TYPE_CODES.items()}
 
 BATCH_ROWS = 5000
 WALK_AHEAD_BATCHES = 2  # batches the walking thread may have ready while one is written
@@ -54,19 +56,6 @@ def aware_utc(value: dt.datetime | None) -> dt.datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=dt.UTC)
     return value
-
-
-def split_path(path: str) -> tuple[str, str]:
-    """``/usr/bin/x`` → (``/usr/bin``, ``x``); ``/`` → (``/``, ``""``)."""
-    head, _, tail = path.rpartition("/")
-    return head or "/", tail
-
-
-def stored_path(directory: str, name: str) -> str:
-    """The path an entry row stands for; an opaque marker's is the directory it makes opaque."""
-    if name == OPAQUE_MARKER:
-        return directory
-    return directory.rstrip("/") + "/" + name
 
 
 @dataclass(frozen=True)
