@@ -121,9 +121,12 @@ class LayerStream:
         return self._plain(first)
 
     def _plain(self, first: bytes) -> Iterator[bytes]:
+        # An uncompressed blob is its own tar stream: one sha256 is both digest and diff_id.
+        self.tar_sha256 = self.compressed_sha256
         chunk = first
         while chunk:
-            yield self._out(chunk)
+            self.uncompressed_size += len(chunk)
+            yield chunk
             chunk = self._read()
 
     def _gunzip(self, first: bytes) -> Iterator[bytes]:
