@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
@@ -27,6 +27,7 @@ from layerindex.errors import LayerIndexError, UnsupportedManifest
 from layerindex.platforms import parse_platform
 from layerindex.reference import Reference
 from layerindex.registry import RegistryClient
+from layerindex.spool import spooled
 from layerindex.store import ImageRecord, LayerRecord, LayerState, Store, utcnow
 from layerindex.walker import LayerWalker
 
@@ -35,6 +36,7 @@ log = logging.getLogger("layerindex")
 CONFIG_MAX_BYTES = 8 * 1024 * 1024
 LEASE_SECONDS = 300.0  # a killed fetcher's layer is taken over after this
 LEASE_WAIT_POLL = 0.5
+IMAGE_LAYER_THREADS = 4  # layers of one image fetched at once when no pool is given
 BACKOFF_FIRST = dt.timedelta(minutes=1)
 BACKOFF_MAX = dt.timedelta(hours=6)
 
@@ -106,8 +108,9 @@ class Crawler:
         self.lease_seconds = lease_seconds
         self._local = threading.local()
         # SQLite has one writer at a time: threads take turns instead of timing out on its lock.
+        self._writer = threading.RLock() if engine.dialect.name == "sqlite" else None
         self._write_lock: contextlib.AbstractContextManager[object] = (
-            threading.RLock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
+            self._writer or contextlib.nullcontext()
         )
 
     @property
@@ -233,11 +236,17 @@ class Crawler:
                 outcome.skipped += 1
             else:
                 pending.append(state)
-        if self.layer_pool is None:
-            results = [self._layer(ref, state) for state in pending]
-        else:
+        if self.layer_pool is not None:
             futures = [self.layer_pool.submit(self._layer, ref, state) for state in pending]
             results = [f.result() for f in futures]
+        elif len(pending) > 1:
+            # The image's layers at once: one downloads and inflates while another is written.
+            with ThreadPoolExecutor(
+                min(len(pending), IMAGE_LAYER_THREADS), thread_name_prefix="layerindex-layer"
+            ) as pool:
+                results = list(pool.map(lambda state: self._layer(ref, state), pending))
+        else:
+            results = [self._layer(ref, state) for state in pending]
         for result in results:
             if result.kind == "indexed":
                 outcome.indexed += 1
@@ -306,7 +315,7 @@ class Crawler:
     def _fetch_and_walk(self, ref: Reference, layer: LayerState, where: str) -> _LayerResult:
         store = self.store
         try:
-            with self.client.open_blob(ref, layer.digest) as stream, self._write_lock:
+            with self.client.open_blob(ref, layer.digest) as stream:
                 walker = LayerWalker(
                     stream,
                     digest=layer.digest,
@@ -314,7 +323,17 @@ class Crawler:
                     hash_files=self.hash_files,
                     where=where,
                 )
-                count = store.index_layer(layer, walker)
+                writer = self._writer
+                if writer is None or writer.acquire(blocking=False):
+                    try:
+                        count = store.index_layer(layer, walker)
+                    finally:
+                        if writer is not None:
+                            writer.release()
+                else:
+                    # Another layer is writing: walk now, write when the writer is free.
+                    with spooled(walker) as layer_entries, writer:
+                        count = store.index_layer(layer, layer_entries)
         except IntegrityError:
             # Another fetcher indexed the same contents (same diff_id) under another digest.
             with self._write_lock:
