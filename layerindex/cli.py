@@ -244,7 +244,8 @@ def find(
     whiteout) by a later layer. Exits 0 when found, 1 when not, 2 on error.
     """
     from layerindex.entries import EntryType
-    from layerindex.finder import Finder, FindFilters
+    from layerindex.finder import Finder
+    from layerindex.locate import FindFilters
     from layerindex.output import human_size, octal_mode, short_digest, write_rows
     from layerindex.search import is_glob, parse
 

@@ -1,22 +1,29 @@
-"""Opening the database: where it lives, connection settings, and the schema revision check."""
+"""Opening the database: where it lives, connection settings, the schema revision check, and
+the plain DB-API reader ``find`` queries through.
+
+``find`` is a short-lived command: on SQLite it reads through the stdlib ``sqlite3`` and never
+imports SQLAlchemy or Alembic (0.3 s of start-up here). Everything else opens an Engine.
+"""
 
 from __future__ import annotations
 
 import os
+import sqlite3
+from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
-from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, ProgrammingError
+from layerindex.errors import LayerIndexError, SchemaOutOfDate, UsageError
 
 if TYPE_CHECKING:
     from alembic.config import Config
+    from sqlalchemy import Engine
+    from sqlalchemy.engine import Connection
 
-# Alembic is imported only when a schema must change: `find` starts faster without it.
-
-from layerindex.errors import LayerIndexError, SchemaOutOfDate, UsageError
+# SQLAlchemy is imported by the functions that open an Engine, Alembic only when a schema must
+# change: `find` starts faster without either.
 
 
 def default_url() -> str:
@@ -59,6 +66,10 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
 
 def create(url: str) -> Engine:
     """An engine for ``url``; a SQLite file's directory is created when missing."""
+    from sqlalchemy import create_engine, event
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
@@ -79,6 +90,9 @@ def create(url: str) -> Engine:
 
 def current_revision(connection: Connection) -> str | None:
     """The database's Alembic revision, None for a database without one."""
+    from sqlalchemy import inspect, text
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
     if "alembic_version" not in inspect(connection).get_table_names():
         return None
     try:
@@ -89,6 +103,9 @@ def current_revision(connection: Connection) -> str | None:
 
 def open_database(url: str) -> Engine:
     """Open ``url`` at the latest schema: a new database is created, an older one refused."""
+    from sqlalchemy import inspect
+    from sqlalchemy.exc import OperationalError
+
     engine = create(url)
     try:
         with engine.begin() as connection:
@@ -100,27 +117,120 @@ def open_database(url: str) -> Engine:
                 return engine
     except OperationalError as exc:
         raise LayerIndexError(f"cannot open database {engine.url!r}: {exc.orig}") from exc
+    check_revision(repr(engine.url), revision)
+    return engine
+
+
+def check_revision(shown_url: str, revision: str | None) -> None:
+    """Refuse a database whose schema revision is not this layerindex's head, saying why and
+    what to do. Migration files are named after their revisions (``head_revision``), so the
+    known revisions are read from the file names without loading Alembic."""
     head = head_revision()
     if revision == head:
-        return engine
+        return
     if revision is None:
         raise SchemaOutOfDate(
-            f"{engine.url!r} has tables but no layerindex schema revision: it is not a "
+            f"{shown_url} has tables but no layerindex schema revision: it is not a "
             "layerindex database; give another --db"
         )
-    from alembic.script import ScriptDirectory
-
-    script = ScriptDirectory.from_config(_alembic_config())
-    known = {rev.revision for rev in script.walk_revisions()}
+    known = {p.stem for p in (MIGRATIONS_DIR / "versions").glob("[0-9]*.py")}
     if revision in known:
         raise SchemaOutOfDate(
-            f"the database {engine.url!r} is at schema revision {revision}, this layerindex "
-            f"needs {head}; upgrade it with: layerindex --db '{engine.url}' db upgrade"
+            f"the database {shown_url} is at schema revision {revision}, this layerindex "
+            f"needs {head}; upgrade it with: layerindex --db '{shown_url}' db upgrade"
         )
     raise SchemaOutOfDate(
-        f"the database {engine.url!r} has schema revision {revision!r}, which this layerindex "
+        f"the database {shown_url} has schema revision {revision!r}, which this layerindex "
         "does not know: it was made by a newer layerindex, or is not a layerindex database"
     )
+
+
+class Reader:
+    """A read-only DB-API connection: SQL is written once, with ``?`` placeholders, and adapted
+    here to the driver's style (psycopg's ``%s``)."""
+
+    def __init__(self, connection: Any, dialect: str, engine: Engine | None = None) -> None:
+        self.connection = connection
+        self.dialect = dialect  # "sqlite" or "postgresql"
+        self._engine = engine  # disposed on close when the reader made it
+
+    @classmethod
+    def from_engine(cls, engine: Engine) -> Reader:
+        """A reader on one of ``engine``'s pooled connections (closing returns it)."""
+        return cls(engine.raw_connection(), engine.dialect.name)
+
+    def rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        if self.dialect != "sqlite":
+            sql = sql.replace("?", "%s")
+        cursor = self.connection.cursor()
+        try:
+            cursor.execute(sql, tuple(params))
+            return list(cursor.fetchall())
+        finally:
+            cursor.close()
+
+    def close(self) -> None:
+        self.connection.close()
+        if self._engine is not None:
+            self._engine.dispose()
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def marks(count: int) -> str:
+    """``?, ?, ?``: the placeholders of an IN (...) list."""
+    return ", ".join("?" * count)
+
+
+def open_reader(url: str) -> Reader:
+    """Open ``url`` for reading at the latest schema. A missing or empty database is an error
+    (there is nothing to read), never created. A SQLite file is read through the stdlib."""
+    path = _sqlite_file(url)
+    if path is None:
+        engine = open_database(url)
+        return Reader(engine.raw_connection(), engine.dialect.name, engine)
+    shown = url
+    if not path.is_file():
+        raise LayerIndexError(
+            f"there is no index at {path}; index an image first (layerindex index REF) "
+            "or give the database with --db or LAYERINDEX_DB"
+        )
+    try:
+        # mode=ro: find never writes; a crawler may be writing the same file (WAL).
+        connection = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=30)
+        tables = {r[0] for r in connection.execute("SELECT name FROM sqlite_master")}
+        revision = None
+        if "alembic_version" in tables:
+            found = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+            revision = found[0] if found else None
+    except sqlite3.DatabaseError as exc:
+        raise LayerIndexError(f"cannot open database {shown}: {exc}") from exc
+    if not tables:
+        connection.close()
+        raise LayerIndexError(
+            f"the database {shown} is empty; index an image first (layerindex index REF)"
+        )
+    try:
+        check_revision(shown, revision)
+    except SchemaOutOfDate:
+        connection.close()
+        raise
+    return Reader(connection, "sqlite")
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a plain ``sqlite:///path`` URL; None for any other URL (PostgreSQL, SQLite
+    in memory or with options), which goes through SQLAlchemy."""
+    for prefix in ("sqlite:///", "sqlite+pysqlite:///"):
+        if url.startswith(prefix):
+            rest = url[len(prefix) :]
+            if rest and "?" not in rest and rest != ":memory:":
+                return Path(rest)
+    return None
 
 
 def upgrade(url: str, revision: str = "head") -> tuple[str | None, str | None]:

@@ -7,19 +7,19 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, and_, func, or_, select
+from sqlalchemy import Engine, func, or_, select
 from sqlalchemy.engine import Connection
 
-from layerindex import overlay
+from layerindex import locate, overlay
+from layerindex.database import Reader
 from layerindex.entries import (
-    OPAQUE_MARKER,
-    TYPE_CODES,
     TYPE_NAMES,
     EntryType,
     split_path,
     stored_path,
 )
 from layerindex.errors import NotFound, UsageError
+from layerindex.locate import FindFilters, image_ids
 from layerindex.schema import (
     diffs,
     dirs,
@@ -29,9 +29,8 @@ from layerindex.schema import (
     layers,
     names,
     repositories,
-    tags,
 )
-from layerindex.search import ID_CHUNK, Branch, Candidates, PathPattern, chunks
+from layerindex.search import PathPattern
 
 if TYPE_CHECKING:
     from layerindex.reference import Reference
@@ -88,140 +87,12 @@ class ImageKey:
     platform: str
 
 
-def _ids(connection: Connection, pairs: Sequence[tuple[str, str]]) -> list[tuple[int, int]]:
-    """(dir_id, name_id) of the paths that are interned at all."""
-    dir_ids: dict[str, int] = {}
-    name_ids: dict[str, int] = {}
-    for chunk in _text_chunks({d for d, _ in pairs}):
-        dir_ids.update(
-            _pairs(connection.execute(select(dirs.c.path, dirs.c.id).where(dirs.c.path.in_(chunk))))
-        )
-    for chunk in _text_chunks({n for _, n in pairs}):
-        name_ids.update(
-            _pairs(
-                connection.execute(select(names.c.name, names.c.id).where(names.c.name.in_(chunk)))
-            )
-        )
-    return [(dir_ids[d], name_ids[n]) for d, n in pairs if d in dir_ids and n in name_ids]
-
-
-def _text_chunks(values: set[str]) -> Iterator[list[str]]:
-    ordered = sorted(values)
-    for start in range(0, len(ordered), ID_CHUNK):
-        yield ordered[start : start + ID_CHUNK]
-
-
 def image_filter(connection: Connection, refs: Sequence[Reference]) -> Any:
     """A WHERE clause on ``images`` for the images a list of references names (None: all)."""
     if not refs:
         return None
-    clauses = []
-    for ref in refs:
-        repo = select(repositories.c.id).where(
-            repositories.c.registry == ref.registry, repositories.c.name == ref.repository
-        )
-        digest = ref.digest
-        if digest is None:
-            digest = connection.execute(
-                select(tags.c.digest)
-                .where(tags.c.repository_id.in_(repo.scalar_subquery()), tags.c.tag == ref.tag)
-                .order_by(tags.c.last_seen.desc())
-                .limit(1)
-            ).scalar_one_or_none()
-            if digest is None:
-                raise NotFound(f"{ref.familiar()} is not indexed; run: layerindex index {ref}")
-        clauses.append(
-            and_(
-                images.c.repository_id.in_(repo.scalar_subquery()),
-                or_(images.c.digest == digest, images.c.index_digest == digest),
-            )
-        )
-    return or_(*clauses)
-
-
-@dataclass(frozen=True)
-class FindFilters:
-    """What ``find`` narrows its answer to, besides the path pattern."""
-
-    image_refs: Sequence[Reference] = ()
-    repos: Sequence[str] = ()  # "team/app" or "registry.example/team/app"
-    platform: str | None = None  # "linux/arm64" also matches "linux/arm64/v8"
-    types: Sequence[EntryType] = ()
-    min_size: int | None = None
-    max_size: int | None = None
-    all_layers: bool = False
-    limit: int | None = None
-
-
-def _branch_queries(branch: Branch, filters: FindFilters, image_where: Any) -> Iterator[Any]:
-    """SELECTs of the entries a candidate branch names, in images the filters allow."""
-    query = (
-        select(
-            images.c.id.label("image_id"),
-            images.c.reference,
-            images.c.digest.label("manifest_digest"),
-            images.c.platform,
-            image_layers.c.position,
-            layers.c.digest.label("layer_digest"),
-            entries.c.dir_id,
-            entries.c.name_id,
-            dirs.c.path.label("dir"),
-            names.c.name,
-            entries.c.type,
-            entries.c.size,
-            entries.c.mode,
-            entries.c.link_target,
-            entries.c.sha256,
-        )
-        .select_from(entries)
-        .join(dirs, dirs.c.id == entries.c.dir_id)
-        .join(names, names.c.id == entries.c.name_id)
-        .join(layers, layers.c.diff_ref == entries.c.diff_ref)
-        .join(image_layers, image_layers.c.layer_id == layers.c.id)
-        .join(images, images.c.id == image_layers.c.image_id)
-        # Whiteouts and opaque markers are deletions, never what a search finds.
-        .where(
-            entries.c.type.not_in([TYPE_CODES[EntryType.WHITEOUT], TYPE_CODES[EntryType.OPAQUE]])
-        )
-    )
-    if image_where is not None:
-        query = query.where(image_where)
-    if filters.repos:
-        full_name = repositories.c.registry + "/" + repositories.c.name
-        repo_ids = select(repositories.c.id).where(
-            or_(repositories.c.name.in_(filters.repos), full_name.in_(filters.repos))
-        )
-        query = query.where(images.c.repository_id.in_(repo_ids))
-    if filters.platform:
-        query = query.where(
-            or_(
-                images.c.platform == filters.platform,
-                images.c.platform.startswith(filters.platform + "/", autoescape=True),
-            )
-        )
-    if filters.types:
-        query = query.where(entries.c.type.in_([TYPE_CODES[t] for t in filters.types]))
-    if filters.min_size is not None:
-        query = query.where(entries.c.size >= filters.min_size)
-    if filters.max_size is not None:
-        query = query.where(entries.c.size <= filters.max_size)
-    if branch.sha256 is not None:
-        yield query.where(entries.c.sha256 == branch.sha256)
-        return
-    dir_ids, name_ids = branch.dir_ids, branch.name_ids
-    if (dir_ids is not None and not dir_ids) or (name_ids is not None and not name_ids):
-        return  # nothing interned can match
-    if dir_ids is not None and name_ids is not None and len(dir_ids) > ID_CHUNK:
-        dir_ids = None  # too many to list; the Python check still applies
-    if name_ids is not None:
-        for chunk in chunks(name_ids):
-            narrowed = query.where(entries.c.name_id.in_(chunk))
-            yield narrowed if dir_ids is None else narrowed.where(entries.c.dir_id.in_(dir_ids))
-    elif dir_ids is not None:
-        for chunk in chunks(dir_ids):
-            yield query.where(entries.c.dir_id.in_(chunk))
-    else:
-        yield query
+    reader = Reader(connection.connection, connection.dialect.name)
+    return images.c.id.in_(image_ids(reader, refs))
 
 
 class Finder:
@@ -231,104 +102,9 @@ class Finder:
         self.engine = engine
 
     def find(self, pattern: PathPattern, filters: FindFilters | None = None) -> list[Row]:
-        """Entries matching ``pattern`` in every indexed image, each with its fate in the image.
-
-        By default only what the image's final filesystem shows (state ``present``);
-        ``filters.all_layers`` adds the entries later layers overwrote or deleted.
-        """
-        filters = filters or FindFilters()
-        with self.engine.connect() as connection:
-            image_where = image_filter(connection, filters.image_refs)
-            matched: dict[tuple[int, int, int, int], tuple[Any, str]] = {}
-            for branch in Candidates(connection).branches(pattern):
-                for query in _branch_queries(branch, filters, image_where):
-                    for r in connection.execute(query):
-                        path = stored_path(r.dir, r.name)
-                        if pattern.matches(path):
-                            matched[(r.image_id, r.position, r.dir_id, r.name_id)] = (r, path)
-            stacks = self._stacks(connection, [(r.image_id, p) for r, p in matched.values()])
-        results: list[Row] = []
-        for r, path in sorted(
-            matched.values(),
-            key=lambda m: (m[0].reference, m[0].platform, m[1], m[0].position),
-        ):
-            stack = stacks[r.image_id]
-            later = [
-                (position, upper, entry_type)
-                for upper in (path, *overlay.ancestors(path))
-                for position, entry_type in stack.get(upper, ())
-            ]
-            fate = overlay.fate(r.position, path, later)
-            if fate.state != "present" and not filters.all_layers:
-                continue
-            results.append(
-                {
-                    "image": r.reference,
-                    "manifest_digest": r.manifest_digest,
-                    "platform": r.platform,
-                    "layer_index": r.position,
-                    "layer_digest": r.layer_digest,
-                    "path": path,
-                    "size": r.size,
-                    "type": TYPE_NAMES[r.type].value,
-                    "mode": r.mode,
-                    "link_target": r.link_target,
-                    "sha256": r.sha256,
-                    "state": fate.state,
-                    "changed_by_layer": fate.by_position,
-                }
-            )
-            if filters.limit is not None and len(results) >= filters.limit:
-                break
-        return results
-
-    @staticmethod
-    def _stacks(
-        connection: Connection, found: Sequence[tuple[int, str]]
-    ) -> dict[int, dict[str, list[tuple[int, EntryType]]]]:
-        """Per image, the entries at found paths and their ancestors (opaque markers at the
-        directory they make opaque), by path: what overlay.fate needs."""
-        stacks: dict[int, dict[str, list[tuple[int, EntryType]]]] = defaultdict(dict)
-        wanted: set[tuple[str, str]] = set()
-        for _image, path in found:
-            wanted.add(split_path(path))
-            wanted.update(split_path(a) for a in overlay.ancestors(path) if a != "/")
-            wanted.update((a, OPAQUE_MARKER) for a in overlay.ancestors(path))
-        image_ids = sorted({image for image, _ in found})
-        if not image_ids:
-            return stacks
-        ids = _ids(connection, sorted(wanted))
-        for chunk in chunks(ids):
-            query = (
-                select(
-                    image_layers.c.image_id,
-                    image_layers.c.position,
-                    dirs.c.path.label("dir"),
-                    names.c.name,
-                    entries.c.type,
-                )
-                .select_from(entries)
-                .join(dirs, dirs.c.id == entries.c.dir_id)
-                .join(names, names.c.id == entries.c.name_id)
-                .join(layers, layers.c.diff_ref == entries.c.diff_ref)
-                .join(image_layers, image_layers.c.layer_id == layers.c.id)
-                .where(
-                    # Two IN lists, not a row-value IN: SQLite then walks the primary key
-                    # (diff_ref, dir_id, name_id) instead of every entry of the layers.
-                    entries.c.dir_id.in_({d for d, _ in chunk}),
-                    entries.c.name_id.in_({n for _, n in chunk}),
-                    image_layers.c.image_id.in_(image_ids),
-                )
-            )
-            pairs = set(chunk)
-            for r in connection.execute(query.add_columns(entries.c.dir_id, entries.c.name_id)):
-                if (r.dir_id, r.name_id) not in pairs:
-                    continue
-                by_path = stacks[r.image_id]
-                by_path.setdefault(stored_path(r.dir, r.name), []).append(
-                    (r.position, TYPE_NAMES[r.type])
-                )
-        return stacks
+        """``locate.find`` on one of the engine's connections, as a list."""
+        with Reader.from_engine(self.engine) as reader:
+            return list(locate.find(reader, pattern, filters or FindFilters()))
 
     def images(self) -> list[Row]:
         layer_count = (

@@ -13,14 +13,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
-from sqlalchemy import literal_column, select, text
-from sqlalchemy.engine import Connection
-
+from layerindex.database import Reader
 from layerindex.entries import query_path
 from layerindex.errors import UsageError
-from layerindex.schema import dirs, names
 
 Kind = Literal["exact", "glob", "name", "contains", "regex", "digest"]
 GLOB_CHARS = frozenset("*?[")
@@ -154,37 +151,52 @@ def regex_literal(pattern: str) -> str:
 class Candidates:
     """Looks up the interned dirs and names a pattern can match."""
 
-    def __init__(self, connection: Connection) -> None:
-        self.connection = connection
-        self.dialect = connection.dialect.name
+    def __init__(self, reader: Reader) -> None:
+        self.reader = reader
 
     def branches(self, pattern: PathPattern) -> list[Branch]:
         if pattern.kind == "digest":
             return [Branch(sha256=pattern.text)]
         if pattern.kind == "name":
-            return [Branch(name_ids=self._equal(pattern.text))]
+            return [Branch(name_ids=self._equal("names", pattern.text))]
         if pattern.kind == "contains":
             return self._contains(pattern.text)
         if pattern.kind == "regex":
             literal = regex_literal(pattern.text)
             return self._contains(literal) if literal else [Branch()]
         if pattern.kind == "glob":
-            return self._glob(pattern.text)
+            return [self._glob(pattern.text)]
         directory, _, name = pattern.text.rpartition("/")
-        dir_ids = [i for i, _ in self._rows("dirs", "=", directory or "/")]
-        return [Branch(dir_ids=dir_ids, name_ids=self._equal(name))]
+        return [
+            Branch(
+                dir_ids=self._equal("dirs", directory or "/"), name_ids=self._equal("names", name)
+            )
+        ]
 
-    def _glob(self, glob: str) -> list[Branch]:
+    def _glob(self, glob: str) -> Branch:
+        """Narrow by the directory and by the basename, each where the glob pins it down."""
         directory, _, name = glob.rpartition("/")
-        if name and "**" not in name and any(c not in "*?" for c in name):
-            # The basename is one segment: match the interned names exactly.
+        directory = directory or "/"
+        # "**" in the basename crosses directories: the entry's own dir is then anything below.
+        one_segment = "**" not in name
+        literal_name = bool(name) and one_segment and not is_glob(name)
+        name_ids = self._equal("names", name) if literal_name else None
+        if one_segment and not is_glob(directory):
+            # Every match sits right in this directory: its entries are few enough to check.
+            return Branch(dir_ids=self._equal("dirs", directory), name_ids=name_ids)
+        if name_ids is None and one_segment and any(c not in "*?" for c in name):
             regex = re.compile(glob_regex(name))
-            like = _glob_superset(name)
-            return [Branch(name_ids=self._matching("names", like, regex.fullmatch))]
+            name_ids = self._matching("names", _glob_superset(name), regex.fullmatch)
         literal = max(_glob_literals(directory), key=len, default="").strip("/")
-        if not literal:
-            return [Branch()]  # nothing to narrow by: every entry is checked
-        return [Branch(dir_ids=self._substring("dirs", literal))]
+        dir_ids = None
+        if literal and one_segment and "**" not in directory:
+            # The entry's dir is one the directory glob matches whole.
+            regex = re.compile(glob_regex(directory))
+            dir_ids = self._matching("dirs", "*" + _escape_glob(literal) + "*", regex.fullmatch)
+        elif literal and name_ids is None:
+            # With "**" the dir holds the literal, or is below one that does.
+            dir_ids = self._substring("dirs", literal)
+        return Branch(dir_ids=dir_ids, name_ids=name_ids)
 
     def _contains(self, substring: str) -> list[Branch]:
         found = [Branch(dir_ids=self._substring("dirs", substring))]
@@ -206,43 +218,37 @@ class Candidates:
         found.append(Branch(dir_ids=dir_ids, name_ids=name_ids))
         return found
 
-    def _equal(self, value: str) -> list[int]:
-        return [i for i, _ in self._rows("names", "=", value)]
+    def _equal(self, table: Table, value: str) -> list[int]:
+        column = COLUMN[table]
+        return [
+            i for (i,) in self.reader.rows(f"SELECT id FROM {table} WHERE {column} = ?", [value])
+        ]
 
-    def _substring(self, table: str, substring: str) -> list[int]:
+    def _substring(self, table: Table, substring: str) -> list[int]:
         return self._matching(table, "*" + _escape_glob(substring) + "*", lambda s: substring in s)
 
-    def _matching(self, table: str, glob: str, check: Callable[[str], object]) -> list[int]:
+    def _matching(self, table: Table, glob: str, check: Callable[[str], object]) -> list[int]:
         """Ids of ``table`` rows matching the SQLite-style ``glob`` (a superset), then ``check``."""
-        return [i for i, value in self._rows(table, "glob", glob) if check(value)]
-
-    def _rows(self, table: str, op: Literal["=", "glob"], value: str) -> Iterator[tuple[int, str]]:
-        query: Any
-        column = dirs.c.path if table == "dirs" else names.c.name
-        source = dirs if table == "dirs" else names
-        if op == "=":
-            query = select(source.c.id, column).where(column == value)
-        elif self.dialect == "sqlite" and _longest_literal(value) >= TRIGRAM:
+        column = COLUMN[table]
+        if self.reader.dialect == "sqlite" and _longest_literal(glob) >= TRIGRAM:
             # The FTS5 trigram table answers GLOB from its index (case-sensitive).
-            fts, col = ("dirs_fts", "path") if table == "dirs" else ("names_fts", "name")
-            query = text(f"SELECT rowid, {col} FROM {fts} WHERE {col} GLOB :pattern").bindparams(
-                pattern=value
-            )
-        elif self.dialect == "sqlite":
-            query = select(source.c.id, column).where(column.op("GLOB")(value))
-        elif table == "dirs":
-            # pg_trgm's GIN index (on path || '/', see migration 0002) answers LIKE.
-            slashed = column.concat(literal_column("'/'"))
-            query = select(source.c.id, column).where(
-                slashed.like(_glob_to_like(value) + "/", "\\")
-            )
+            sql = f"SELECT rowid, {column} FROM {table}_fts WHERE {column} GLOB ?"
+            param = glob
+        elif self.reader.dialect == "sqlite":
+            sql = f"SELECT id, {column} FROM {table} WHERE {column} GLOB ?"
+            param = glob
         else:
-            slashed = literal_column("'/'").concat(column)  # the index is on '/' || name
-            query = select(source.c.id, column).where(
-                slashed.like("/" + _glob_to_like(value), "\\")
-            )
-        for row in self.connection.execute(query):
-            yield int(row[0]), str(row[1])
+            # pg_trgm's GIN indexes are on "path || '/'" and "'/' || name" (migration 0002).
+            expression = PG_TRIGRAM_EXPRESSION[table]
+            sql = f"SELECT id, {column} FROM {table} WHERE {expression} LIKE ? ESCAPE '\\'"
+            like = _glob_to_like(glob)
+            param = like + "/" if table == "dirs" else "/" + like
+        return [i for i, value in self.reader.rows(sql, [param]) if check(value)]
+
+
+Table = Literal["dirs", "names"]
+COLUMN: dict[Table, str] = {"dirs": "path", "names": "name"}
+PG_TRIGRAM_EXPRESSION: dict[Table, str] = {"dirs": "path || '/'", "names": "'/' || name"}
 
 
 def _escape_glob(literal: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from images import directory, file, make_image, make_index, make_layer, sha256, symlink
@@ -14,6 +15,7 @@ from sqlalchemy import func, select, text
 from test_index import APP, KUBECTL, Run, db_path, table
 from test_store import e, image, index_image
 
+from layerindex.entries import EntryType
 from layerindex.finder import Finder, FindFilters
 from layerindex.schema import entries, names
 from layerindex.search import glob_regex, parse, regex_literal
@@ -293,3 +295,49 @@ def test_sqlite_substring_search_uses_the_trigram_index(tmp_path: Path) -> None:
     rows = Finder(engine).find(parse("contains", "ubect"), FindFilters())
     assert [r["path"] for r in rows] == ["/usr/bin/kubectl"]
     engine.dispose()
+
+
+def test_find_streams_in_order_and_stops_at_the_limit(store: Store) -> None:
+    # Seven images: find reads them in growing batches and stops once the limit is reached;
+    # every limit gives the first rows of the whole answer, fates and all.
+    package = "/usr/lib/python3/dist-packages/pkg"
+    for n in range(7):
+        upper = (
+            [e(f"{package}/__init__.py", size=5), e("/opt/x", EntryType.WHITEOUT)]
+            if n % 2
+            else [e("/etc/conf", size=9)]
+        )
+        base = [e(f"{package}/__init__.py"), e(f"{package}/core.py"), e("/opt/x/__init__.py")]
+        layers = [f"sha256:a{n}", f"sha256:b{n}"]
+        index_image(store, image(f"sha256:i{n}", layers, f"app:{n}"), [base, upper])
+    finder = Finder(store.engine)
+
+    def rows(kind: str, value: str, **filters: Any) -> list[tuple[str, str, int, str]]:
+        found = finder.find(parse(kind, value), FindFilters(**filters))  # type: ignore[arg-type]
+        return [(r["image"], r["path"], r["layer_index"], r["state"]) for r in found]
+
+    assert rows("glob", "/usr/lib/python3/dist-packages/*/__init__.py", limit=3) == [
+        ("app:0", f"{package}/__init__.py", 0, "present"),
+        ("app:1", f"{package}/__init__.py", 1, "present"),
+        ("app:2", f"{package}/__init__.py", 0, "present"),
+    ]
+    assert rows("name", "__init__.py", all_layers=True, limit=4) == [
+        ("app:0", "/opt/x/__init__.py", 0, "present"),
+        ("app:0", f"{package}/__init__.py", 0, "present"),
+        ("app:1", "/opt/x/__init__.py", 0, "deleted"),
+        ("app:1", f"{package}/__init__.py", 0, "overwritten"),
+    ]
+    for kind, value in [
+        ("name", "__init__.py"),
+        ("glob", "/usr/lib/python3/dist-packages/*/__init__.py"),
+        ("glob", "/opt/**"),
+        ("contains", "core"),
+        ("exact", "/etc/conf"),
+    ]:
+        for all_layers in (False, True):
+            everything = rows(kind, value, all_layers=all_layers)
+            assert everything
+            for limit in range(1, len(everything) + 2):
+                assert (
+                    rows(kind, value, all_layers=all_layers, limit=limit) == (everything[:limit])
+                ), (kind, value, all_layers, limit)

@@ -1,0 +1,366 @@
+"""``find``: the entries a path pattern matches in the indexed images, each with its fate in its
+image, streamed in find's order (image, platform, path, layer) and stopped at ``--limit``.
+
+Plain SQL over a ``database.Reader``: on SQLite the ``find`` command never imports SQLAlchemy.
+With a limit, images are read in growing batches (2 images, then as many as the rows still
+wanted need at the rate so far), so a query stops after the first images that fill it; within a
+batch, what later layers did to each match is looked up only for the matches about to be
+written.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from layerindex import overlay
+from layerindex.database import Reader, marks
+from layerindex.entries import (
+    OPAQUE_MARKER,
+    TYPE_NAMES,
+    EntryType,
+    split_path,
+    stored_path,
+)
+from layerindex.errors import NotFound
+from layerindex.search import Branch, Candidates, PathPattern, chunks
+
+if TYPE_CHECKING:
+    from layerindex.reference import Reference
+
+Row = dict[str, Any]
+
+# Whiteouts and opaque markers are deletions, never what a search finds.
+DELETIONS = frozenset({EntryType.WHITEOUT, EntryType.OPAQUE})
+FIRST_BATCH = 2  # images in the first batch when there is a limit
+
+
+@dataclass(frozen=True)
+class FindFilters:
+    """What ``find`` narrows its answer to, besides the path pattern."""
+
+    image_refs: Sequence[Reference] = ()
+    repos: Sequence[str] = ()  # "team/app" or "registry.example/team/app"
+    platform: str | None = None  # "linux/arm64" also matches "linux/arm64/v8"
+    types: Sequence[EntryType] = ()
+    min_size: int | None = None
+    max_size: int | None = None
+    all_layers: bool = False
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class _Image:
+    id: int
+    reference: str
+    digest: str
+    platform: str
+
+
+class _Match(NamedTuple):
+    """One entry at a matching path, at one position of one image."""
+
+    image: _Image
+    position: int
+    layer_digest: str
+    path: str
+    type: EntryType
+    size: int
+    mode: int
+    link_target: str | None
+    sha256: str | None
+
+
+def find(reader: Reader, pattern: PathPattern, filters: FindFilters) -> Iterator[Row]:
+    """Entries matching ``pattern``, by default those each image's final filesystem shows
+    (state ``present``); ``filters.all_layers`` adds those later layers overwrote or deleted."""
+    branches = Candidates(reader).branches(pattern)
+    ids = _Interned(reader)
+    images = _images(reader, filters)
+    limit = filters.limit
+    written = done = 0
+    size = FIRST_BATCH if limit is not None else len(images)
+    while done < len(images) and (limit is None or written < limit):
+        end = min(len(images), done + size)
+        # Images sharing a reference and platform (re-indexed under a moved tag) stay in
+        # one batch, so their rows sort together.
+        while end < len(images) and _order(images[end]) == _order(images[end - 1]):
+            end += 1
+        rows = _found_in(reader, images[done:end], branches, pattern, filters, ids)
+        for row in rows:
+            yield row
+            written += 1
+            if written == limit:
+                return
+        done = end
+        if limit is not None:
+            # The next batch: as many images as the rows still wanted take at the rate so far.
+            rate_says = len(images) if written == 0 else (limit - written) * done // written
+            size = max(2 * size, rate_says)
+
+
+def _found_in(
+    reader: Reader,
+    batch: list[_Image],
+    branches: list[Branch],
+    pattern: PathPattern,
+    filters: FindFilters,
+    ids: _Interned,
+) -> Iterator[Row]:
+    """The rows of one batch of images, in find's order."""
+    layers = _layers(reader, batch)
+    matches = _matches(reader, layers, branches, pattern)
+    # Every entry at a matching path is a match, whiteouts included (same dir and name): they
+    # are the later layers' say over each path itself. Only --digest matches by content, so
+    # its paths' other entries are looked up with the ancestors.
+    at_path: dict[tuple[int, str], list[tuple[int, str, EntryType]]] = defaultdict(list)
+    for m in matches:
+        at_path[(m.image.id, m.path)].append((m.position, m.path, m.type))
+    wanted = [m for m in matches if m.type not in DELETIONS and _kept(m, filters)]
+    # Look up ancestors for the next matches only, as far as a limit may reach.
+    step = max(1, len(wanted)) if filters.limit is None else max(filters.limit, 64)
+    for start in range(0, len(wanted), step):
+        chunk = wanted[start : start + step]
+        above = ids.stacks(chunk, layers, with_path=pattern.kind == "digest")
+        for m in chunk:
+            later = at_path[(m.image.id, m.path)] + above[m.image.id].get(m.path, [])
+            fate = overlay.fate(m.position, m.path, later)
+            if fate.state == "present" or filters.all_layers:
+                yield _row(m, fate)
+
+
+def _kept(m: _Match, filters: FindFilters) -> bool:
+    if filters.types and m.type not in filters.types:
+        return False
+    if filters.min_size is not None and m.size < filters.min_size:
+        return False
+    return filters.max_size is None or m.size <= filters.max_size
+
+
+def _row(m: _Match, fate: overlay.Fate) -> Row:
+    return {
+        "image": m.image.reference,
+        "manifest_digest": m.image.digest,
+        "platform": m.image.platform,
+        "layer_index": m.position,
+        "layer_digest": m.layer_digest,
+        "path": m.path,
+        "size": m.size,
+        "type": m.type.value,
+        "mode": m.mode,
+        "link_target": m.link_target,
+        "sha256": m.sha256,
+        "state": fate.state,
+        "changed_by_layer": fate.by_position,
+    }
+
+
+def image_ids(reader: Reader, refs: Sequence[Reference]) -> list[int]:
+    """The images a list of references names: a digest, or the digest a tag last pointed to
+    (a platform image, or an index whose platform images were indexed)."""
+    found: list[int] = []
+    for ref in refs:
+        digest = ref.digest
+        if digest is None:
+            latest = reader.rows(
+                "SELECT t.digest FROM tags t JOIN repositories r ON r.id = t.repository_id "
+                "WHERE r.registry = ? AND r.name = ? AND t.tag = ? "
+                "ORDER BY t.last_seen DESC LIMIT 1",
+                [ref.registry, ref.repository, ref.tag],
+            )
+            if not latest:
+                raise NotFound(f"{ref.familiar()} is not indexed; run: layerindex index {ref}")
+            digest = latest[0][0]
+        found += [
+            i
+            for (i,) in reader.rows(
+                "SELECT i.id FROM images i JOIN repositories r ON r.id = i.repository_id "
+                "WHERE r.registry = ? AND r.name = ? AND (i.digest = ? OR i.index_digest = ?)",
+                [ref.registry, ref.repository, digest, digest],
+            )
+        ]
+    return found
+
+
+def _images(reader: Reader, filters: FindFilters) -> list[_Image]:
+    """The images the filters allow, in find's order (sorted here: PostgreSQL's collation is
+    not Python's)."""
+    chosen = set(image_ids(reader, filters.image_refs)) if filters.image_refs else None
+    rows = reader.rows(
+        "SELECT i.id, i.reference, i.digest, i.platform, r.registry, r.name "
+        "FROM images i JOIN repositories r ON r.id = i.repository_id"
+    )
+    found = []
+    for image_id, reference, digest, platform, registry, repository in rows:
+        if chosen is not None and image_id not in chosen:
+            continue
+        if filters.repos and not {repository, f"{registry}/{repository}"} & set(filters.repos):
+            continue
+        wanted = filters.platform
+        if wanted and platform != wanted and not platform.startswith(wanted + "/"):
+            continue
+        found.append(_Image(image_id, reference, digest, platform))
+    return sorted(found, key=lambda i: (i.reference, i.platform, i.id))
+
+
+def _order(image: _Image) -> tuple[str, str]:
+    return image.reference, image.platform
+
+
+ENTRY_COLUMNS = (
+    "SELECT e.diff_ref, d.path, n.name, e.type, e.size, e.mode, e.link_target, e.sha256 "
+    "FROM entries e JOIN dirs d ON d.id = e.dir_id JOIN names n ON n.id = e.name_id "
+)
+
+
+Layers = dict[int, list[tuple[_Image, int, str]]]  # diff_ref → (image, position, layer digest)
+
+
+def _layers(reader: Reader, batch: list[_Image]) -> Layers:
+    """The indexed layers of the batch's images, by layer content."""
+    images = {image.id: image for image in batch}
+    by_diff: Layers = defaultdict(list)
+    for chunk in chunks(sorted(images)):
+        rows = reader.rows(
+            "SELECT il.image_id, il.position, l.digest, l.diff_ref FROM image_layers il "
+            "JOIN layers l ON l.id = il.layer_id "
+            f"WHERE l.diff_ref IS NOT NULL AND il.image_id IN ({marks(len(chunk))})",
+            chunk,
+        )
+        for image_id, position, digest, diff_ref in rows:
+            # The same layer may sit in many images, and twice in one.
+            by_diff[diff_ref].append((images[image_id], position, digest))
+    return by_diff
+
+
+def _matches(
+    reader: Reader, by_diff: Layers, branches: list[Branch], pattern: PathPattern
+) -> list[_Match]:
+    """The entries of these layers whose paths match, sorted in find's order. Opaque markers
+    are left out: one stands for its directory's path, and says nothing about it."""
+    if not by_diff:
+        return []
+    found: dict[tuple[int, int, str], _Match] = {}
+    for sql, params in _branch_queries(branch_list=branches, diff_refs=sorted(by_diff)):
+        for diff_ref, directory, name, code, size, mode, link_target, sha256 in reader.rows(
+            sql, params
+        ):
+            entry_type = TYPE_NAMES[code]
+            path = stored_path(directory, name)
+            if entry_type is EntryType.OPAQUE or not pattern.matches(path):
+                continue
+            for image, position, digest in by_diff[diff_ref]:
+                found[(image.id, position, path)] = _Match(
+                    image, position, digest, path, entry_type, size, mode, link_target, sha256
+                )
+    return sorted(found.values(), key=lambda m: (*_order(m.image), m.path, m.position, m.image.id))
+
+
+def _branch_queries(
+    branch_list: list[Branch], diff_refs: list[int]
+) -> Iterator[tuple[str, list[object]]]:
+    """SELECTs of the entries, in these layer contents, that each candidate branch names."""
+    for branch in branch_list:
+        dir_ids, name_ids = branch.dir_ids, branch.name_ids
+        if (dir_ids is not None and not dir_ids) or (name_ids is not None and not name_ids):
+            continue  # nothing interned can match
+        for refs in chunks(diff_refs):
+            where = f"WHERE e.diff_ref IN ({marks(len(refs))})"
+            if branch.sha256 is not None:
+                yield f"{ENTRY_COLUMNS}{where} AND e.sha256 = ?", [*refs, branch.sha256]
+                continue
+            # Entries by (diff_ref, dir) through the primary key, by name (and dir) through the
+            # (name_id, dir_id) index; SQLite's statistics (ANALYZE) pick between them.
+            for dirs in [None] if dir_ids is None else chunks(dir_ids):
+                for names in [None] if name_ids is None else chunks(name_ids):
+                    sql, params = ENTRY_COLUMNS + where, list[object](refs)
+                    if dirs is not None:
+                        sql += f" AND e.dir_id IN ({marks(len(dirs))})"
+                        params += dirs
+                    if names is not None:
+                        sql += f" AND e.name_id IN ({marks(len(names))})"
+                        params += names
+                    yield sql, params
+
+
+class _Interned:
+    """Ids of ancestor dirs and names (cached for the whole query), and the stacks of entries
+    at found paths' ancestors: what ``overlay.fate`` needs besides the path's own entries."""
+
+    def __init__(self, reader: Reader) -> None:
+        self.reader = reader
+        self.dir_ids: dict[str, int | None] = {}
+        self.name_ids: dict[str, int | None] = {}
+
+    def stacks(
+        self, matches: Sequence[_Match], layers: Layers, with_path: bool
+    ) -> dict[int, dict[str, list[tuple[int, str, EntryType]]]]:
+        """Per image, by found path: entries of the image's layers at the path's ancestors (as
+        ``(position, upper path, type)``), opaque markers at the directories they make opaque,
+        and with ``with_path`` those at the path itself."""
+        wanted: dict[tuple[str, str], str] = {}  # (dir, name) → the path it stands for
+        uppers_of: dict[str, list[str]] = {}
+        for m in matches:
+            if m.path in uppers_of:
+                continue
+            ancestors = [*overlay.ancestors(m.path)]
+            uppers_of[m.path] = [m.path] * with_path + ancestors
+            for upper in [m.path] * with_path + ancestors[:-1]:  # "/" is no entry
+                wanted[split_path(upper)] = upper
+            for upper in ancestors:
+                wanted[(upper, OPAQUE_MARKER)] = upper
+        self._intern([d for d, _ in wanted], self.dir_ids, "dirs", "path")
+        self._intern([n for _, n in wanted], self.name_ids, "names", "name")
+        pairs: dict[tuple[int, int], str] = {}
+        for (directory, name), upper in wanted.items():
+            dir_id, name_id = self.dir_ids[directory], self.name_ids[name]
+            if dir_id is not None and name_id is not None:
+                pairs[(dir_id, name_id)] = upper
+        lowest: dict[int, int] = {}  # image → its lowest matching layer
+        for m in matches:
+            lowest[m.image.id] = min(m.position, lowest.get(m.image.id, m.position))
+        positions: dict[int, list[tuple[int, int]]] = defaultdict(list)  # diff_ref → (image, pos)
+        for diff_ref, held in layers.items():
+            for image, position, _digest in held:
+                # Only layers above a match can change what it became.
+                if position > lowest.get(image.id, position):
+                    positions[diff_ref].append((image.id, position))
+        by_upper: dict[int, dict[str, list[tuple[int, str, EntryType]]]] = defaultdict(dict)
+        keys = sorted(pairs)
+        refs = sorted(positions)
+        for pair_chunk in chunks(keys):
+            for ref_chunk in chunks(refs):
+                # A VALUES list joined to the entries: one index seek per (dir, name) pair.
+                values = ", ".join(["(?, ?)"] * len(pair_chunk))
+                rows = self.reader.rows(
+                    f"WITH wanted(dir_id, name_id) AS (VALUES {values}) "
+                    "SELECT e.diff_ref, e.dir_id, e.name_id, e.type FROM wanted w "
+                    "JOIN entries e ON e.dir_id = w.dir_id AND e.name_id = w.name_id "
+                    f"WHERE e.diff_ref IN ({marks(len(ref_chunk))})",
+                    [*(i for pair in pair_chunk for i in pair), *ref_chunk],
+                )
+                for diff_ref, dir_id, name_id, code in rows:
+                    upper = pairs[(dir_id, name_id)]
+                    for image_id, position in positions[diff_ref]:
+                        stack = by_upper[image_id].setdefault(upper, [])
+                        stack.append((position, upper, TYPE_NAMES[code]))
+        found: dict[int, dict[str, list[tuple[int, str, EntryType]]]] = defaultdict(dict)
+        for m in matches:
+            per_path = found[m.image.id]
+            if m.path not in per_path:
+                image_stack = by_upper[m.image.id]
+                per_path[m.path] = [e for u in uppers_of[m.path] for e in image_stack.get(u, [])]
+        return found
+
+    def _intern(
+        self, texts: list[str], cache: dict[str, int | None], table: str, column: str
+    ) -> None:
+        missing = sorted({t for t in texts if t not in cache})
+        for chunk in chunks(missing):
+            cache.update(dict.fromkeys(chunk))
+            rows = self.reader.rows(
+                f"SELECT {column}, id FROM {table} WHERE {column} IN ({marks(len(chunk))})", chunk
+            )
+            cache.update(rows)
