@@ -2,7 +2,7 @@
 image, streamed in find's order (image, platform, path, layer) and stopped at ``--limit``.
 
 Plain SQL over a ``database.Reader``: on SQLite the ``find`` command never imports SQLAlchemy.
-With a limit, images are read in growing batches (2 images, then as many as the rows still
+With a limit, images are read in growing batches (one image, then as many as the rows still
 wanted need at the rate so far), so a query stops after the first images that fill it; within a
 batch, what later layers did to each match is looked up only for the matches about to be
 written.
@@ -34,7 +34,7 @@ Row = dict[str, Any]
 
 # Whiteouts and opaque markers are deletions, never what a search finds.
 DELETIONS = frozenset({EntryType.WHITEOUT, EntryType.OPAQUE})
-FIRST_BATCH = 2  # images in the first batch when there is a limit
+FIRST_BATCH = 1  # images in the first batch when there is a limit
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,8 @@ def find(reader: Reader, pattern: PathPattern, filters: FindFilters) -> Iterator
     images = _images(reader, filters)
     limit = filters.limit
     written = done = 0
-    size = FIRST_BATCH if limit is not None else len(images)
+    # An exact path has at most one entry per layer: all images at once cost little.
+    size = FIRST_BATCH if limit is not None and pattern.kind != "exact" else len(images)
     while done < len(images) and (limit is None or written < limit):
         end = min(len(images), done + size)
         # Images sharing a reference and platform (re-indexed under a moved tag) stay in
@@ -111,7 +112,7 @@ def _found_in(
 ) -> Iterator[Row]:
     """The rows of one batch of images, in find's order."""
     layers = _layers(reader, batch)
-    matches = _matches(reader, layers, branches, pattern)
+    matches = _matches(reader, layers, branches, pattern, ids)
     # Every entry at a matching path is a match, whiteouts included (same dir and name): they
     # are the later layers' say over each path itself. Only --digest matches by content, so
     # its paths' other entries are looked up with the ancestors.
@@ -209,9 +210,11 @@ def _order(image: _Image) -> tuple[str, str]:
     return image.reference, image.platform
 
 
+# Ids only: the texts come from the candidates or the interned-text cache, two B-tree
+# lookups a row fewer.
 ENTRY_COLUMNS = (
-    "SELECT e.diff_ref, d.path, n.name, e.type, e.size, e.mode, e.link_target, e.sha256 "
-    "FROM entries e JOIN dirs d ON d.id = e.dir_id JOIN names n ON n.id = e.name_id "
+    "SELECT e.diff_ref, e.dir_id, e.name_id, e.type, e.size, e.mode, e.link_target, e.sha256 "
+    "FROM entries e "
 )
 
 
@@ -236,19 +239,26 @@ def _layers(reader: Reader, batch: list[_Image]) -> Layers:
 
 
 def _matches(
-    reader: Reader, by_diff: Layers, branches: list[Branch], pattern: PathPattern
+    reader: Reader, by_diff: Layers, branches: list[Branch], pattern: PathPattern, ids: _Interned
 ) -> list[_Match]:
     """The entries of these layers whose paths match, sorted in find's order. Opaque markers
     are left out: one stands for its directory's path, and says nothing about it."""
     if not by_diff:
         return []
     found: dict[tuple[int, int, str], _Match] = {}
-    for sql, params in _branch_queries(branch_list=branches, diff_refs=sorted(by_diff)):
-        for diff_ref, directory, name, code, size, mode, link_target, sha256 in reader.rows(
-            sql, params
-        ):
+    for branch in branches:
+        rows = [
+            row
+            for sql, params in _branch_queries(branch, sorted(by_diff))
+            for row in reader.rows(sql, params)
+        ]
+        dirs = branch.dirs if branch.dirs is not None else ids.texts("dirs", {r[1] for r in rows})
+        names = (
+            branch.names if branch.names is not None else ids.texts("names", {r[2] for r in rows})
+        )
+        for diff_ref, dir_id, name_id, code, size, mode, link_target, sha256 in rows:
             entry_type = TYPE_NAMES[code]
-            path = stored_path(directory, name)
+            path = stored_path(dirs[dir_id], names[name_id])
             if entry_type is EntryType.OPAQUE or not pattern.matches(path):
                 continue
             for image, position, digest in by_diff[diff_ref]:
@@ -258,31 +268,29 @@ def _matches(
     return sorted(found.values(), key=lambda m: (*_order(m.image), m.path, m.position, m.image.id))
 
 
-def _branch_queries(
-    branch_list: list[Branch], diff_refs: list[int]
-) -> Iterator[tuple[str, list[object]]]:
-    """SELECTs of the entries, in these layer contents, that each candidate branch names."""
-    for branch in branch_list:
-        dir_ids, name_ids = branch.dir_ids, branch.name_ids
-        if (dir_ids is not None and not dir_ids) or (name_ids is not None and not name_ids):
-            continue  # nothing interned can match
-        for refs in chunks(diff_refs):
-            where = f"WHERE e.diff_ref IN ({marks(len(refs))})"
-            if branch.sha256 is not None:
-                yield f"{ENTRY_COLUMNS}{where} AND e.sha256 = ?", [*refs, branch.sha256]
-                continue
-            # Entries by (diff_ref, dir) through the primary key, by name (and dir) through the
-            # (name_id, dir_id) index; SQLite's statistics (ANALYZE) pick between them.
-            for dirs in [None] if dir_ids is None else chunks(dir_ids):
-                for names in [None] if name_ids is None else chunks(name_ids):
-                    sql, params = ENTRY_COLUMNS + where, list[object](refs)
-                    if dirs is not None:
-                        sql += f" AND e.dir_id IN ({marks(len(dirs))})"
-                        params += dirs
-                    if names is not None:
-                        sql += f" AND e.name_id IN ({marks(len(names))})"
-                        params += names
-                    yield sql, params
+def _branch_queries(branch: Branch, diff_refs: list[int]) -> Iterator[tuple[str, list[object]]]:
+    """SELECTs of the entries, in these layer contents, that a candidate branch names."""
+    dir_ids = None if branch.dirs is None else sorted(branch.dirs)
+    name_ids = None if branch.names is None else sorted(branch.names)
+    if dir_ids == [] or name_ids == []:
+        return  # nothing interned can match
+    for refs in chunks(diff_refs):
+        where = f"WHERE e.diff_ref IN ({marks(len(refs))})"
+        if branch.sha256 is not None:
+            yield f"{ENTRY_COLUMNS}{where} AND e.sha256 = ?", [*refs, branch.sha256]
+            continue
+        # Entries by (diff_ref, dir) through the primary key, by name (and dir) through the
+        # (name_id, dir_id) index; SQLite's statistics (ANALYZE) pick between them.
+        for dirs in [None] if dir_ids is None else chunks(dir_ids):
+            for names in [None] if name_ids is None else chunks(name_ids):
+                sql, params = ENTRY_COLUMNS + where, list[object](refs)
+                if dirs is not None:
+                    sql += f" AND e.dir_id IN ({marks(len(dirs))})"
+                    params += dirs
+                if names is not None:
+                    sql += f" AND e.name_id IN ({marks(len(names))})"
+                    params += names
+                yield sql, params
 
 
 class _Interned:
@@ -293,6 +301,8 @@ class _Interned:
         self.reader = reader
         self.dir_ids: dict[str, int | None] = {}
         self.name_ids: dict[str, int | None] = {}
+        self.dir_texts: dict[int, str] = {}
+        self.name_texts: dict[int, str] = {}
 
     def stacks(
         self, matches: Sequence[_Match], layers: Layers, with_path: bool
@@ -332,13 +342,17 @@ class _Interned:
         refs = sorted(positions)
         for pair_chunk in chunks(keys):
             for ref_chunk in chunks(refs):
-                # A VALUES list joined to the entries: one index seek per (dir, name) pair.
+                # VALUES lists joined in this order: one primary key seek per layer and
+                # (dir, name) pair. (With "diff_ref IN (...)" SQLite builds a Bloom filter
+                # over every entry of the layers first: 0.8 s instead of 2 ms.)
                 values = ", ".join(["(?, ?)"] * len(pair_chunk))
+                layer_values = ", ".join(["(?)"] * len(ref_chunk))
                 rows = self.reader.rows(
-                    f"WITH wanted(dir_id, name_id) AS (VALUES {values}) "
-                    "SELECT e.diff_ref, e.dir_id, e.name_id, e.type FROM wanted w "
-                    "JOIN entries e ON e.dir_id = w.dir_id AND e.name_id = w.name_id "
-                    f"WHERE e.diff_ref IN ({marks(len(ref_chunk))})",
+                    f"WITH wanted(dir_id, name_id) AS (VALUES {values}), "
+                    f"layer(diff_ref) AS (VALUES {layer_values}) "
+                    "SELECT e.diff_ref, e.dir_id, e.name_id, e.type "
+                    "FROM wanted w CROSS JOIN layer l JOIN entries e ON e.diff_ref = l.diff_ref "
+                    "AND e.dir_id = w.dir_id AND e.name_id = w.name_id",
                     [*(i for pair in pair_chunk for i in pair), *ref_chunk],
                 )
                 for diff_ref, dir_id, name_id, code in rows:
@@ -353,6 +367,18 @@ class _Interned:
                 image_stack = by_upper[m.image.id]
                 per_path[m.path] = [e for u in uppers_of[m.path] for e in image_stack.get(u, [])]
         return found
+
+    def texts(self, table: str, wanted: set[int]) -> dict[int, str]:
+        """The texts of these dir or name ids (cached)."""
+        cache = self.dir_texts if table == "dirs" else self.name_texts
+        column = "path" if table == "dirs" else "name"
+        for chunk in chunks(sorted(wanted - cache.keys())):
+            cache.update(
+                self.reader.rows(
+                    f"SELECT id, {column} FROM {table} WHERE id IN ({marks(len(chunk))})", chunk
+                )
+            )
+        return cache
 
     def _intern(
         self, texts: list[str], cache: dict[str, int | None], table: str, column: str

@@ -28,10 +28,11 @@ ID_CHUNK = 5000  # ids per IN (...) list
 
 @dataclass(frozen=True)
 class Branch:
-    """Entries whose dir is in ``dir_ids`` and whose name is in ``name_ids`` (None: any)."""
+    """Entries whose dir is one of ``dirs`` and whose name is one of ``names`` (None: any),
+    each by id with its text."""
 
-    dir_ids: Sequence[int] | None = None
-    name_ids: Sequence[int] | None = None
+    dirs: dict[int, str] | None = None
+    names: dict[int, str] | None = None
     sha256: str | None = None
 
 
@@ -158,7 +159,7 @@ class Candidates:
         if pattern.kind == "digest":
             return [Branch(sha256=pattern.text)]
         if pattern.kind == "name":
-            return [Branch(name_ids=self._equal("names", pattern.text))]
+            return [Branch(names=self._equal("names", pattern.text))]
         if pattern.kind == "contains":
             return self._contains(pattern.text)
         if pattern.kind == "regex":
@@ -168,9 +169,7 @@ class Candidates:
             return [self._glob(pattern.text)]
         directory, _, name = pattern.text.rpartition("/")
         return [
-            Branch(
-                dir_ids=self._equal("dirs", directory or "/"), name_ids=self._equal("names", name)
-            )
+            Branch(dirs=self._equal("dirs", directory or "/"), names=self._equal("names", name))
         ]
 
     def _glob(self, glob: str) -> Branch:
@@ -180,55 +179,56 @@ class Candidates:
         # "**" in the basename crosses directories: the entry's own dir is then anything below.
         one_segment = "**" not in name
         literal_name = bool(name) and one_segment and not is_glob(name)
-        name_ids = self._equal("names", name) if literal_name else None
+        names = self._equal("names", name) if literal_name else None
         if one_segment and not is_glob(directory):
             # Every match sits right in this directory: its entries are few enough to check.
-            return Branch(dir_ids=self._equal("dirs", directory), name_ids=name_ids)
-        if name_ids is None and one_segment and any(c not in "*?" for c in name):
+            return Branch(dirs=self._equal("dirs", directory), names=names)
+        if names is None and one_segment and any(c not in "*?" for c in name):
             regex = re.compile(glob_regex(name))
-            name_ids = self._matching("names", _glob_superset(name), regex.fullmatch)
+            names = self._matching("names", _glob_superset(name), regex.fullmatch)
         literal = max(_glob_literals(directory), key=len, default="").strip("/")
-        dir_ids = None
+        dirs = None
         if literal and one_segment and "**" not in directory:
             # The entry's dir is one the directory glob matches whole.
             regex = re.compile(glob_regex(directory))
-            dir_ids = self._matching("dirs", "*" + _escape_glob(literal) + "*", regex.fullmatch)
-        elif literal and name_ids is None:
+            dirs = self._matching("dirs", "*" + _escape_glob(literal) + "*", regex.fullmatch)
+        elif literal and names is None:
             # With "**" the dir holds the literal, or is below one that does.
-            dir_ids = self._substring("dirs", literal)
-        return Branch(dir_ids=dir_ids, name_ids=name_ids)
+            dirs = self._substring("dirs", literal)
+        return Branch(dirs=dirs, names=names)
 
     def _contains(self, substring: str) -> list[Branch]:
-        found = [Branch(dir_ids=self._substring("dirs", substring))]
+        found = [Branch(dirs=self._substring("dirs", substring))]
         if "/" not in substring:
-            found.append(Branch(name_ids=self._substring("names", substring)))
+            found.append(Branch(names=self._substring("names", substring)))
             return found
         # Across the join: "…/bin/kub" is a dir ending in "…/bin" and a name starting "kub".
         head, _, tail = substring.rpartition("/")
-        name_ids = (
+        names = (
             self._matching("names", _escape_glob(tail) + "*", lambda n: n.startswith(tail))
             if tail
             else None
         )
-        dir_ids = (
+        dirs = (
             self._matching("dirs", "*" + _escape_glob(head), lambda d: d.endswith(head))
             if head
             else None
         )
-        found.append(Branch(dir_ids=dir_ids, name_ids=name_ids))
+        found.append(Branch(dirs=dirs, names=names))
         return found
 
-    def _equal(self, table: Table, value: str) -> list[int]:
+    def _equal(self, table: Table, value: str) -> dict[int, str]:
         column = COLUMN[table]
-        return [
-            i for (i,) in self.reader.rows(f"SELECT id FROM {table} WHERE {column} = ?", [value])
-        ]
+        return dict(
+            self.reader.rows(f"SELECT id, {column} FROM {table} WHERE {column} = ?", [value])
+        )
 
-    def _substring(self, table: Table, substring: str) -> list[int]:
+    def _substring(self, table: Table, substring: str) -> dict[int, str]:
         return self._matching(table, "*" + _escape_glob(substring) + "*", lambda s: substring in s)
 
-    def _matching(self, table: Table, glob: str, check: Callable[[str], object]) -> list[int]:
-        """Ids of ``table`` rows matching the SQLite-style ``glob`` (a superset), then ``check``."""
+    def _matching(self, table: Table, glob: str, check: Callable[[str], object]) -> dict[int, str]:
+        """``table`` rows (id: text) matching the SQLite-style ``glob`` (a superset), then
+        ``check``."""
         column = COLUMN[table]
         if self.reader.dialect == "sqlite" and _longest_literal(glob) >= TRIGRAM:
             # The FTS5 trigram table answers GLOB from its index (case-sensitive).
@@ -243,7 +243,7 @@ class Candidates:
             sql = f"SELECT id, {column} FROM {table} WHERE {expression} LIKE ? ESCAPE '\\'"
             like = _glob_to_like(glob)
             param = like + "/" if table == "dirs" else "/" + like
-        return [i for i, value in self.reader.rows(sql, [param]) if check(value)]
+        return {i: value for i, value in self.reader.rows(sql, [param]) if check(value)}
 
 
 Table = Literal["dirs", "names"]
