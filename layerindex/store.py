@@ -130,25 +130,33 @@ class Interner:
         found = {v: self.cache[v] for v in wanted if v in self.cache}
         missing = sorted(wanted - found.keys())
         if missing:
-            # Insert what may be new, then read every id back: two statements, no races.
             table, column = self.table.name, self.column.name
-            search = connection.dialect.name == "sqlite" and self.search_table is not None
-            if search:
-                newest = connection.exec_driver_sql(f"SELECT max(id) FROM {table}").scalar()
+            sqlite = connection.dialect.name == "sqlite"
+            if sqlite:
+                # One writer: the rows this INSERT adds are exactly those with larger ids.
+                newest = connection.exec_driver_sql(f"SELECT max(id) FROM {table}").scalar() or 0
             connection.exec_driver_sql(
                 f"INSERT INTO {table} ({column}) VALUES ({_mark(connection)}) "
                 "ON CONFLICT DO NOTHING",
                 [(v,) for v in missing],
             )
-            if search:
-                # The new rows into the trigram index in one statement (migration 0004).
-                connection.exec_driver_sql(
-                    f"INSERT INTO {self.search_table}(rowid, {column}) "
-                    f"SELECT id, {column} FROM {table} WHERE id > ?",
-                    (newest or 0,),
-                )
-            for start in range(0, len(missing), SQL_IN_CHUNK):
-                chunk = missing[start : start + SQL_IN_CHUNK]
+            unknown: Sequence[str] = missing
+            if sqlite:
+                added = connection.exec_driver_sql(
+                    f"SELECT {column}, id FROM {table} WHERE id > ?", (newest,)
+                ).all()
+                found.update(added)
+                if self.search_table is not None:
+                    # The new rows into the trigram index in one statement (migration 0004).
+                    connection.exec_driver_sql(
+                        f"INSERT INTO {self.search_table}(rowid, {column}) "
+                        f"SELECT id, {column} FROM {table} WHERE id > ?",
+                        (newest,),
+                    )
+                unknown = [v for v in missing if v not in found]  # there before, not cached
+            # PostgreSQL (other writers may insert at once) and rows there before: by value.
+            for start in range(0, len(unknown), SQL_IN_CHUNK):
+                chunk = unknown[start : start + SQL_IN_CHUNK]
                 rows = connection.execute(
                     select(self.column, self.table.c.id).where(self.column.in_(chunk))
                 )
