@@ -341,3 +341,50 @@ def test_find_streams_in_order_and_stops_at_the_limit(store: Store) -> None:
                 assert (
                     rows(kind, value, all_layers=all_layers, limit=limit) == (everything[:limit])
                 ), (kind, value, all_layers, limit)
+
+
+def test_directories_read_in_path_order_give_the_same_rows(store: Store) -> None:
+    # --contains reads matching directories a few at a time in path order (with a limit);
+    # paths of one dir sort among another's ("/srv/pkg1-x/a" < "/srv/pkg1/a" < "/srv/pkg10/a").
+    layer = []
+    for i in range(100):
+        for folder in (f"/srv/pkg{i}", f"/srv/pkg{i}-x", f"/srv/pkg{i}/sub"):
+            layer += [e(folder, EntryType.DIR), e(f"{folder}/a"), e(f"{folder}/zz")]
+    index_image(store, image("sha256:i1", ["sha256:l0", "sha256:l1"]), [layer, [e("/srv/pkg7")]])
+    index_image(store, image("sha256:i2", ["sha256:l2"], "app:2"), [layer[::2]])
+    finder = Finder(store.engine)
+    for all_layers in (False, True):
+        everything = finder.find(parse("contains", "pkg"), FindFilters(all_layers=all_layers))
+        assert [r["path"] for r in everything[:4]] == [
+            "/srv/pkg0",
+            "/srv/pkg0-x",
+            "/srv/pkg0-x/a",
+            "/srv/pkg0-x/zz",
+        ]
+        for limit in (1, 63, 64, 65, 200, 500, 900, 1000, len(everything)):
+            limited = finder.find(
+                parse("contains", "pkg"), FindFilters(all_layers=all_layers, limit=limit)
+            )
+            assert limited == everything[:limit], (all_layers, limit)
+
+
+def test_an_opaque_root_deletes_every_lower_path(store: Store) -> None:
+    # "/.wh..wh..opq" makes the root opaque: nothing of the layers below stays, even at "/x".
+    index_image(
+        store,
+        image("sha256:i1", ["sha256:l0", "sha256:l1"]),
+        [[e("/x"), e("/usr/bin/x")], [e("/", EntryType.OPAQUE, 0), e("/y")]],
+    )
+    finder = Finder(store.engine)
+    both = [("/usr/bin/x", "deleted", 1), ("/x", "deleted", 1)]
+    for pattern, expected in [
+        (parse("exact", "/x"), both[1:]),
+        (parse("name", "x"), both),
+        (parse("contains", "x"), both),
+    ]:
+        for limit in (None, 1):
+            rows = finder.find(pattern, FindFilters(all_layers=True, limit=limit))
+            assert [(r["path"], r["state"], r["changed_by_layer"]) for r in rows] == (
+                expected[:limit]
+            )
+            assert finder.find(pattern, FindFilters(limit=limit)) == []
