@@ -187,6 +187,9 @@ def marks(count: int) -> str:
     return ", ".join("?" * count)
 
 
+READER_MMAP_BYTES = 1 << 30
+
+
 def open_reader(url: str) -> Reader:
     """Open ``url`` for reading at the latest schema. A missing or empty database is an error
     (there is nothing to read), never created. A SQLite file is read through the stdlib."""
@@ -203,6 +206,8 @@ def open_reader(url: str) -> Reader:
     try:
         # mode=ro: find never writes; a crawler may be writing the same file (WAL).
         connection = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=30)
+        # Pages through a memory map, not a read() each: ancestor checks are page-bound.
+        connection.execute(f"PRAGMA mmap_size={READER_MMAP_BYTES}")
         tables = {r[0] for r in connection.execute("SELECT name FROM sqlite_master")}
         revision = None
         if "alembic_version" in tables:
