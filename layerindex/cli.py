@@ -143,7 +143,9 @@ def index(
     """Index images now: fetch each layer once, record every path.
 
     Prints one line per image: reference, manifest digest, platform, layers indexed / already
-    known / skipped / failed, entries. Exits 1 if any image failed (the others are indexed).
+    known / skipped / failed, entries. An image already fully indexed costs one HEAD request
+    (not counted as a pull by Docker Hub) and shows as unchanged. Exits 1 if any image failed
+    (the others are indexed).
     """
     from layerindex.crawler import Crawler
     from layerindex.job import crawl_lock
@@ -157,7 +159,7 @@ def index(
     failed = False
     with crawl_lock(engine):
         for ref in references:
-            for outcome in crawler.index(ref):
+            for outcome in crawler.index(ref, incremental=True):
                 click.echo(image_line(outcome))
                 for error in outcome.errors:
                     click.echo(f"Error: {error}", err=True)

@@ -28,7 +28,7 @@ from layerindex.platforms import parse_platform
 from layerindex.reference import Reference
 from layerindex.registry import RegistryClient
 from layerindex.spool import spooled
-from layerindex.store import ImageRecord, LayerRecord, LayerState, Store, utcnow
+from layerindex.store import ImageRecord, LayerRecord, LayerState, Store, StoredImage, utcnow
 from layerindex.walker import LayerWalker
 
 log = logging.getLogger("layerindex")
@@ -137,22 +137,20 @@ class Crawler:
                 with self._write_lock:
                     self.store.record_tag(ref.registry, ref.repository, ref.tag, fetched.digest)
             targets: list[tuple[manifest.ImageManifest | manifest.ImageIndex, str | None]]
+            outcomes = []
             if isinstance(parsed, manifest.ImageIndex):
-                children = manifest.select_platforms(parsed, self.platform)
-                targets = [
-                    (
-                        manifest.parse_manifest(
-                            self.client.get_manifest(ref.with_digest(c.digest))
-                        ),
-                        fetched.digest,
-                    )
-                    for c in children
-                ]
+                targets = []
+                for child in manifest.select_platforms(parsed, self.platform):
+                    known = self.store.images_for(ref.registry, ref.repository, child.digest)
+                    if incremental and known and all(s.complete for s in known):
+                        outcomes += self._known(ref, known)  # no request for what is indexed
+                        continue
+                    child_manifest = self.client.get_manifest(ref.with_digest(child.digest))
+                    targets.append((manifest.parse_manifest(child_manifest), fetched.digest))
             else:
                 targets = [(parsed, None)]
         except LayerIndexError as exc:
             return [ImageOutcome(reference=ref.familiar(), errors=[str(exc)])]
-        outcomes = []
         for image, index_digest in targets:
             outcome = ImageOutcome(reference=ref.familiar(), manifest_digest=image.digest)
             try:
@@ -172,7 +170,10 @@ class Crawler:
         if digest is None:
             return []
         stored = self.store.images_for(ref.registry, ref.repository, digest)
-        if self.platform != "all":
+        if self.platform == "all":
+            if any(s.digest != digest for s in stored):
+                return []  # an index: only its manifest says whether every platform is here
+        else:
             wanted = [parse_platform(p) for p in self.platform.split(",")]
             stored = [
                 s for s in stored if any(parse_platform(s.platform).matches(w) for w in wanted)
@@ -181,9 +182,15 @@ class Crawler:
                 return []
         if not stored or not all(s.complete for s in stored):
             return []
-        if ref.tag is not None:
-            with self._write_lock:
+        with self._write_lock:
+            if ref.tag is not None:
                 self.store.record_tag(ref.registry, ref.repository, ref.tag, digest)
+        return self._known(ref, stored)
+
+    def _known(self, ref: Reference, stored: list[StoredImage]) -> list[ImageOutcome]:
+        """Outcomes for images indexed completely before, now seen as ``ref``."""
+        with self._write_lock:
+            self.store.record_reference([s.id for s in stored], ref.familiar())
         return [
             ImageOutcome(
                 reference=ref.familiar(),

@@ -220,6 +220,13 @@ class Store:
             )
             connection.execute(stmt)
 
+    def record_reference(self, image_ids: Sequence[int], reference: str) -> None:
+        """Images found unchanged under ``reference``: it is the one they were last indexed as."""
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(images).where(images.c.id.in_(image_ids)).values(reference=reference)
+            )
+
     def record_image(self, image: ImageRecord) -> tuple[int, list[LayerState]]:
         """Upsert the image and its layer list; returns its id and each layer's state."""
         with self.engine.begin() as connection:

@@ -262,9 +262,9 @@ def test_multi_platform_index(registry: RegistryServer, run: Run) -> None:
     assert run("index", "--platform", "linux/arm64", ref).stdout == index_line(
         ref, arm.digest, "linux/arm64/v8", (1, 0, 0, 0), 1
     )
-    assert run("index", "--platform", "all", ref).stdout == (
-        index_line(ref, amd.digest, "linux/amd64", (0, 1, 0, 0), 1)
-        + index_line(ref, arm.digest, "linux/arm64/v8", (0, 1, 0, 0), 1)
+    assert run("index", "--platform", "all", ref).stdout == (  # both indexed already
+        f"{ref}  {amd.digest}  linux/amd64  unchanged  entries: 1\n"
+        f"{ref}  {arm.digest}  linux/arm64/v8  unchanged  entries: 1\n"
     )
     rows = json.loads(run("find", "/bin/tool", "--json").stdout)
     assert [(r["platform"], r["size"], r["state"]) for r in rows] == [
@@ -305,6 +305,23 @@ def test_layer_shared_by_two_images_is_fetched_once(
     result = run("index", f"{fault_proxy.host}/team/other:1")
     assert "layers: 1 indexed, 1 known, 0 skipped, 0 failed  entries: 8" in result.stdout
     assert len(fault_proxy.seen(f"/blobs/{BASE.digest}", "GET")) == 1
+
+
+def test_index_of_an_image_already_indexed_costs_one_head_request(
+    registry: RegistryServer, fault_proxy: FaultProxy, run: Run
+) -> None:
+    digest = registry.push("team/app", "1.0", APP)
+    ref = f"{fault_proxy.host}/team/app:1.0"
+    assert run("index", ref).exit_code == 0
+    fault_proxy.requests.clear()
+    result = run("index", ref)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{ref}  {digest}  linux/amd64  unchanged  entries: 13\n"
+    # A registry ping, then a HEAD of the tag: no manifest GET (a Docker Hub pull), no blob.
+    assert sorted((r.method, r.path) for r in fault_proxy.requests) == [
+        ("GET", "/v2/"),
+        ("HEAD", "/v2/team/app/manifests/1.0"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -543,3 +560,15 @@ def test_download_cut_mid_layer_resumes_with_a_range_request(
     )
     ranges = [r.headers.get("Range") for r in fault_proxy.seen(f"/blobs/{TOP.digest}", "GET")]
     assert ranges == [None, "bytes=3000-"]
+
+
+def test_all_platforms_after_one_indexes_the_others(registry: RegistryServer, run: Run) -> None:
+    amd = make_image([make_layer({"/bin/tool": b"amd64"})])
+    arm = make_image([make_layer({"/bin/tool": b"arm64!"})], platform="linux/arm64/v8")
+    registry.push("team/multi", "3", make_index([amd, arm]))
+    ref = f"{registry.host}/team/multi:3"
+    assert run("index", ref).stdout == index_line(ref, amd.digest, "linux/amd64", (1, 0, 0, 0), 1)
+    assert run("index", "--platform", "all", ref).stdout == (
+        f"{ref}  {amd.digest}  linux/amd64  unchanged  entries: 1\n"
+        + index_line(ref, arm.digest, "linux/arm64/v8", (1, 0, 0, 0), 1)
+    )
