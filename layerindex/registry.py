@@ -30,7 +30,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 import requests
 
-from layerindex import __version__
+import layerindex
 from layerindex.auth import (
     Challenge,
     TokenCache,
@@ -127,7 +127,7 @@ class RegistryClient:
         self.keychain = keychain if keychain is not None else default_keychain()
         self.insecure = frozenset(h.strip().lower() for h in insecure if h.strip())
         self.timeout = (connect_timeout, read_timeout)
-        self.user_agent = user_agent or f"layerindex/{__version__}"
+        self.user_agent = user_agent or f"layerindex/{layerindex.__version__}"
         self.tokens = TokenCache(clock)
         self.transport = Transport(timeout=self.timeout, user_agent=self.user_agent)
         self.retry = RetryPolicy(
