@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import sqlite3
+from importlib import import_module
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,8 @@ from sqlalchemy import inspect, text
 from layerindex import database
 from layerindex.errors import SchemaOutOfDate
 from layerindex.schema import include_name, metadata
+
+sqlite_head = import_module("layerindex.migrations.sqlite_head")
 
 
 def test_fresh_database_is_created_at_head_matching_the_models(db_url: str) -> None:
@@ -98,3 +102,87 @@ def test_migration_files_are_named_after_their_revisions_in_order() -> None:
     files = sorted(p.stem for p in (database.MIGRATIONS_DIR / "versions").glob("[0-9]*.py"))
     assert chain == files
     assert script.get_current_head() == database.head_revision() == files[-1]
+
+
+def sqlite_dump(path: Path) -> tuple[list[tuple[str, ...]], list[tuple[object, ...]]]:
+    """Everything a SQLite schema is: sqlite_master in creation order (automatic indexes and
+    FTS5 shadow tables included; not the page numbers), and the rows an empty database at head
+    holds."""
+    connection = sqlite3.connect(path)
+    try:
+        master = list(
+            connection.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY rowid")
+        )
+        rows = [
+            *connection.execute("SELECT * FROM alembic_version"),
+            *connection.execute("SELECT * FROM dirs_fts_config"),
+            *connection.execute("SELECT * FROM names_fts_config"),
+        ]
+        return master, rows
+    finally:
+        connection.close()
+
+
+def statements(path: Path) -> list[str]:
+    """The statements that make a database's schema, in order: what SQLite makes by itself
+    (automatic indexes, FTS5 shadow tables) left out."""
+    connection = sqlite3.connect(path)
+    try:
+        shadow = {
+            name
+            for (name,) in connection.execute(
+                "SELECT name FROM pragma_table_list WHERE type = 'shadow'"
+            )
+        }
+        return [
+            sql
+            for name, sql in connection.execute(
+                "SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY rowid"
+            )
+            if name not in shadow
+        ]
+    finally:
+        connection.close()
+
+
+def test_a_new_sqlite_index_is_made_from_the_head_statements_as_the_migrations_make_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    migrated = tmp_path / "migrated.db"
+    database.upgrade(f"sqlite:///{migrated}")  # every migration, through Alembic
+    made = statements(migrated)
+    assert list(sqlite_head.STATEMENTS) == made, (
+        "migrations/sqlite_head.py is not what the migrations make; its STATEMENTS are now:\n"
+        + "\n".join(f"    {statement!r}," for statement in made)
+    )
+    assert database.head_revision() == sqlite_head.REVISION
+
+    def no_alembic(_connection: object = None) -> None:
+        raise AssertionError("a new SQLite database is made without Alembic")
+
+    monkeypatch.setattr(database, "_alembic_config", no_alembic)
+    fresh = tmp_path / "fresh.db"
+    engine = database.open_database(f"sqlite:///{fresh}")
+    with engine.connect() as connection:
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "include_name": include_name}
+        )
+        assert compare_metadata(context, metadata) == []
+    engine.dispose()
+    assert sqlite_dump(fresh) == sqlite_dump(migrated)
+
+
+def test_head_statements_behind_the_migrations_are_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A migration added without new head statements: a new database is migrated instead.
+    newer = tmp_path / "migrations"
+    shutil.copytree(database.MIGRATIONS_DIR, newer)
+    head = database.head_revision()
+    (newer / "versions" / "9999_test_next.py").write_text(NEXT_REVISION.format(head=head))
+    monkeypatch.setattr(database, "MIGRATIONS_DIR", newer)
+    url = f"sqlite:///{tmp_path / 'index.db'}"
+    engine = database.open_database(url)
+    with engine.connect() as connection:
+        assert database.current_revision(connection) == "9999_test_next"
+    engine.dispose()
