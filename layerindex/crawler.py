@@ -12,12 +12,15 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
@@ -27,7 +30,6 @@ from layerindex.errors import LayerIndexError, UnsupportedManifest
 from layerindex.platforms import parse_platform
 from layerindex.reference import Reference
 from layerindex.registry import RegistryClient
-from layerindex.spool import spooled
 from layerindex.store import ImageRecord, LayerRecord, LayerState, Store, StoredImage, utcnow
 from layerindex.walker import LayerWalker
 
@@ -37,6 +39,7 @@ CONFIG_MAX_BYTES = 8 * 1024 * 1024
 LEASE_SECONDS = 300.0  # a killed fetcher's layer is taken over after this
 LEASE_WAIT_POLL = 0.5
 IMAGE_LAYER_THREADS = 4  # layers of one image fetched at once when no pool is given
+DOWNLOAD_CHUNK = 1 << 20
 BACKOFF_FIRST = dt.timedelta(minutes=1)
 BACKOFF_MAX = dt.timedelta(hours=6)
 
@@ -319,28 +322,34 @@ class Crawler:
             stop.set()
             thread.join()
 
+    def _walker(self, blob: BinaryIO, layer: LayerState, where: str) -> LayerWalker:
+        return LayerWalker(
+            blob,
+            digest=layer.digest,
+            diff_id=layer.diff_id,
+            hash_files=self.hash_files,
+            where=where,
+        )
+
     def _fetch_and_walk(self, ref: Reference, layer: LayerState, where: str) -> _LayerResult:
         store = self.store
         try:
             with self.client.open_blob(ref, layer.digest) as stream:
-                walker = LayerWalker(
-                    stream,
-                    digest=layer.digest,
-                    diff_id=layer.diff_id,
-                    hash_files=self.hash_files,
-                    where=where,
-                )
                 writer = self._writer
                 if writer is None or writer.acquire(blocking=False):
                     try:
+                        walker = self._walker(stream, layer, where)
                         count = store.index_layer(layer, walker)
                     finally:
                         if writer is not None:
                             writer.release()
                 else:
-                    # Another layer is writing: walk now, write when the writer is free.
-                    with spooled(walker) as layer_entries, writer:
-                        count = store.index_layer(layer, layer_entries)
+                    # Another layer is being written (SQLite has one writer): download this
+                    # one meanwhile, and walk it from disk when the writer is free.
+                    with _downloaded(stream, where) as blob:
+                        walker = self._walker(blob, layer, where)
+                        with writer:
+                            count = store.index_layer(layer, walker)
         except IntegrityError:
             # Another fetcher indexed the same contents (same diff_id) under another digest.
             with self._write_lock:
@@ -355,3 +364,22 @@ class Crawler:
             return _LayerResult("failed", error=message)
         log.info("%s: %d entries", where, count)
         return _LayerResult("indexed", bytes=walker.compressed_size)
+
+
+@contextlib.contextmanager
+def _downloaded(stream: BinaryIO, where: str) -> Iterator[BinaryIO]:
+    """The rest of ``stream`` in an unnamed temporary file, read back from its start."""
+    with tempfile.TemporaryFile(prefix="layerindex-blob-") as blob:
+        try:
+            download(stream, blob)
+        except OSError as exc:
+            raise LayerIndexError(
+                f"{where}: cannot keep the blob in a temporary file while another layer is "
+                f"written ({exc}); free space in {tempfile.gettempdir()} or set TMPDIR"
+            ) from None
+        blob.seek(0)
+        yield blob
+
+
+def download(stream: BinaryIO, blob: BinaryIO) -> None:
+    shutil.copyfileobj(stream, blob, DOWNLOAD_CHUNK)
