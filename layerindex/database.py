@@ -167,27 +167,39 @@ def check_revision(shown_url: str, revision: str | None) -> None:
 
 class Reader:
     """A read-only DB-API connection: SQL is written once, with ``?`` placeholders, and adapted
-    here to the driver's style (psycopg's ``%s``)."""
+    here to the driver's style (psycopg's ``%s``). The driver's errors become LayerIndexError."""
 
-    def __init__(self, connection: Any, dialect: str, engine: Engine | None = None) -> None:
+    def __init__(
+        self,
+        connection: Any,
+        dialect: str,
+        errors: type[Exception] = sqlite3.Error,
+        engine: Engine | None = None,
+    ) -> None:
         self.connection = connection
         self.dialect = dialect  # "sqlite" or "postgresql"
+        self.errors = errors  # the driver's DB-API Error class
         self._engine = engine  # disposed on close when the reader made it
 
     @classmethod
-    def from_engine(cls, engine: Engine) -> Reader:
-        """A reader on one of ``engine``'s pooled connections (closing returns it)."""
-        return cls(engine.raw_connection(), engine.dialect.name)
+    def from_engine(cls, engine: Engine, owned: bool = False) -> Reader:
+        """A reader on one of ``engine``'s pooled connections (closing returns it; with
+        ``owned``, closing disposes of the engine too)."""
+        errors = engine.dialect.loaded_dbapi.Error
+        return cls(engine.raw_connection(), engine.dialect.name, errors, engine if owned else None)
 
     def rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         if self.dialect != "sqlite":
             sql = sql.replace("?", "%s")
-        cursor = self.connection.cursor()
         try:
-            cursor.execute(sql, tuple(params))
-            return list(cursor.fetchall())
-        finally:
-            cursor.close()
+            cursor = self.connection.cursor()
+            try:
+                cursor.execute(sql, tuple(params))
+                return list(cursor.fetchall())
+            finally:
+                cursor.close()
+        except self.errors as exc:
+            raise LayerIndexError(f"cannot read the index: {exc}") from exc
 
     def close(self) -> None:
         self.connection.close()
@@ -215,7 +227,7 @@ def open_reader(url: str) -> Reader:
     path = _sqlite_file(url)
     if path is None:
         engine = open_database(url)
-        return Reader(engine.raw_connection(), engine.dialect.name, engine)
+        return Reader.from_engine(engine, owned=True)
     shown = url
     if not path.is_file():
         raise LayerIndexError(

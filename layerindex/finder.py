@@ -91,7 +91,8 @@ def image_filter(connection: Connection, refs: Sequence[Reference]) -> Any:
     """A WHERE clause on ``images`` for the images a list of references names (None: all)."""
     if not refs:
         return None
-    reader = Reader(connection.connection, connection.dialect.name)
+    errors = connection.dialect.loaded_dbapi.Error
+    reader = Reader(connection.connection, connection.dialect.name, errors)
     return images.c.id.in_(image_ids(reader, refs))
 
 

@@ -76,10 +76,22 @@ class _Match(NamedTuple):
 
 def find(reader: Reader, pattern: PathPattern, filters: FindFilters) -> Iterator[Row]:
     """Entries matching ``pattern``, by default those each image's final filesystem shows
-    (state ``present``); ``filters.all_layers`` adds those later layers overwrote or deleted."""
+    (state ``present``); ``filters.all_layers`` adds those later layers overwrote or deleted.
+
+    The pattern's candidates and the filters' images are looked up now, so an unknown --image
+    fails before anything is written; the rows come as they are read."""
     branches = Candidates(reader).branches(pattern)
+    return _rows(reader, branches, _images(reader, filters), pattern, filters)
+
+
+def _rows(
+    reader: Reader,
+    branches: list[Branch],
+    images: list[_Image],
+    pattern: PathPattern,
+    filters: FindFilters,
+) -> Iterator[Row]:
     ids = _Interned(reader)
-    images = _images(reader, filters)
     limit = filters.limit
     written = done = 0
     # An exact path has at most one entry per layer: all images at once cost little.

@@ -100,3 +100,18 @@ def test_find_on_postgresql_reads_through_the_drivers_connection(
     result = run("--db", postgres_url, "find", "--contains", "kubect", "--nl")
     assert result.exit_code == 0, result.output
     assert [json.loads(line)["path"] for line in result.stdout.splitlines()] == ["/usr/bin/kubectl"]
+
+
+def test_find_errors_are_messages_before_any_output(home: Path, run: Run) -> None:
+    url = make_index(home / "index.db")
+    unknown = run("--db", url, "find", "/usr/bin/kubectl", "--image", "nothere:1", "--json")
+    assert (unknown.exit_code, unknown.stdout) == (2, "")  # not even the JSON array's "["
+    assert unknown.stderr == (
+        "Error: nothere:1 is not indexed; run: layerindex index docker.io/library/nothere:1\n"
+    )
+    connection = sqlite3.connect(home / "index.db")
+    connection.execute("DROP TABLE names_fts")
+    connection.close()
+    broken = run("--db", url, "find", "--contains", "kubect")
+    assert (broken.exit_code, broken.stdout) == (2, "")
+    assert broken.stderr == "Error: cannot read the index: no such table: names_fts\n"
