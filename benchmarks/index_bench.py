@@ -13,11 +13,12 @@ Builds, in a temporary directory:
 - a ``--huge-mb`` layer (gzip) for a peak-RSS run, and a three-layer image.
 
 pushes each as an image to a real ``docker-registry`` on loopback (tests/registry_server.py),
-then, alternating within each repeat, times ``layerindex index`` (a CLI subprocess, a fresh
-SQLite database each run) against GNU tar listing the same blob from disk. Prints medians,
-the ratio to tar, entries/s, the layerindex process's peak RSS (VmHWM, read inside the process
-as it exits: getrusage would report this benchmark's own peak, which Linux carries across exec)
-and database bytes per entry (database size after the run minus an empty database's, over the
+then, alternating within each repeat, times ``layerindex index`` (a CLI subprocess, a new
+database each run: SQLite, or PostgreSQL with ``--postgres URL``) against GNU tar listing the
+same blob from disk. Prints medians, the ratio to tar, entries/s, the layerindex process's peak
+RSS (VmHWM, read inside the process as it exits: getrusage would report this benchmark's own
+peak, which Linux carries across exec) and database bytes per entry (database size after the
+run minus an empty database's, over the
 entries).
 """
 
@@ -238,47 +239,89 @@ class IndexRun:
     db_bytes: int
 
 
-class Runner:
-    def __init__(self, work: Path, layerindex_args: list[str]) -> None:
+class SqliteDatabases:
+    """A new SQLite file per run."""
+
+    def __init__(self, work: Path) -> None:
         self.work = work
-        self.extra = layerindex_args
+
+    def create(self, name: str) -> str:
+        return f"sqlite:///{self.work / name}.db"
+
+    def entries_and_bytes(self, url: str) -> tuple[int, int]:
+        db = Path(url.removeprefix("sqlite:///"))
+        with sqlite3.connect(db) as connection:
+            (entries,) = connection.execute(ENTRY_COUNT).fetchone()
+        connection.close()
+        return entries, _db_size(db)
+
+    def drop(self, url: str) -> None:
+        db = Path(url.removeprefix("sqlite:///"))
+        for path in db.parent.glob(db.name + "*"):
+            path.unlink()
+
+
+class PostgresDatabases:
+    """A new PostgreSQL database per run on the server at ``server_url`` (no database name)."""
+
+    def __init__(self, server_url: str) -> None:
+        import psycopg
+
+        self.server_url = server_url.rstrip("/")
+        plain = self.server_url.replace("postgresql+psycopg://", "postgresql://")
+        self.admin = psycopg.connect(f"{plain}/postgres", autocommit=True)
+
+    def create(self, name: str) -> str:
+        self.admin.execute(f"DROP DATABASE IF EXISTS {name}")
+        self.admin.execute(f"CREATE DATABASE {name}")
+        return f"{self.server_url}/{name}"
+
+    def entries_and_bytes(self, url: str) -> tuple[int, int]:
+        import psycopg
+
+        name = url.rsplit("/", 1)[1]
+        plain = url.replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(plain) as connection:
+            (entries,) = connection.execute(ENTRY_COUNT).fetchone() or (0,)
+        (size,) = self.admin.execute("SELECT pg_database_size(%s)", (name,)).fetchone() or (0,)
+        return int(entries), int(size)
+
+    def drop(self, url: str) -> None:
+        self.admin.execute(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]}")
+
+
+ENTRY_COUNT = "SELECT COALESCE(SUM(entry_count), 0) FROM diffs"
+
+
+class Runner:
+    def __init__(self, work: Path, databases: SqliteDatabases | PostgresDatabases) -> None:
+        self.work = work
+        self.databases = databases
         self.runs = 0
-        self.empty_db_bytes = 0
-        empty = self._db_path()
+        empty = databases.create("layerindex_bench_empty")
         subprocess.run(
-            [sys.executable, "-m", "layerindex", "--db", f"sqlite:///{empty}", "db", "upgrade"],
+            [sys.executable, "-m", "layerindex", "--db", empty, "db", "upgrade"],
             check=True,
             capture_output=True,
         )
-        self.empty_db_bytes = _db_size(empty)
-        empty.unlink()
-
-    def _db_path(self) -> Path:
-        self.runs += 1
-        return self.work / f"run-{self.runs}.db"
+        self.empty_db_bytes = databases.entries_and_bytes(empty)[1]
+        databases.drop(empty)
 
     def index(self, ref: str) -> IndexRun:
-        """``layerindex index ref`` into a database that does not exist yet."""
-        db = self._db_path()
+        """``layerindex index ref`` into a database that is new and empty."""
+        self.runs += 1
+        url = self.databases.create(f"layerindex_bench_{self.runs}")
         hwm = self.work / "hwm"
         env = {**os.environ, "BENCH_HWM": str(hwm)}
-        command = [sys.executable, "-c", CLI_WITH_HWM, "--db", f"sqlite:///{db}", "index"]
+        command = [sys.executable, "-c", CLI_WITH_HWM, "--db", url, "index", ref]
         start = time.perf_counter()
-        done = subprocess.run(
-            [*command, *self.extra, ref], env=env, capture_output=True, text=True, check=False
-        )
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
         seconds = time.perf_counter() - start
         if done.returncode != 0:
             raise SystemExit(f"layerindex index {ref} failed:\n{done.stdout}{done.stderr}")
-        with sqlite3.connect(db) as connection:
-            (entries,) = connection.execute(
-                "SELECT COALESCE(SUM(entry_count), 0) FROM diffs"
-            ).fetchone()
-        connection.close()
-        size = _db_size(db)
-        for path in db.parent.glob(db.name + "*"):
-            path.unlink()
-        return IndexRun(seconds, entries, int(hwm.read_text()) / 1024, size)
+        entries, size = self.databases.entries_and_bytes(url)
+        self.databases.drop(url)
+        return IndexRun(seconds, entries, int(hwm.read_text()) / 1024, size - self.empty_db_bytes)
 
 
 def _db_size(db: Path) -> int:
@@ -374,6 +417,12 @@ def main() -> None:
     parser.add_argument("--huge-mb", type=int, default=1024, help="peak-RSS layer; 0 skips it")
     parser.add_argument("--no-multi", action="store_true", help="skip the three-layer image")
     parser.add_argument("--keep", type=Path, help="build in this directory and keep it")
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="index into PostgreSQL instead of SQLite: a server URL without a database name, "
+        "e.g. postgresql+psycopg://postgres@127.0.0.1:5432 (a database is made per run)",
+    )
     args = parser.parse_args()
 
     print(f"# {machine()}", flush=True)
@@ -415,7 +464,10 @@ def run_all(
         Case(label, blob, push_image(server, "bench/" + label.split()[0], label.split()[1], [blob]))
         for label, blob in blobs.items()
     ]
-    runner = Runner(work, [])
+    databases: SqliteDatabases | PostgresDatabases = (
+        PostgresDatabases(args.postgres) if args.postgres else SqliteDatabases(work)
+    )
+    runner = Runner(work, databases)
     index_runs: dict[str, list[IndexRun]] = {}
     tar_times: dict[str, list[float]] = {}
     for _ in range(args.repeats):
