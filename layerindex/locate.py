@@ -2,10 +2,10 @@
 image, streamed in find's order (image, platform, path, layer) and stopped at ``--limit``.
 
 Plain SQL over a ``database.Reader``: on SQLite the ``find`` command never imports SQLAlchemy.
-With a limit, images are read in growing batches (one image, then as many as the rows still
-wanted need at the rate so far), so a query stops after the first images that fill it; within a
-batch, what later layers did to each match is looked up only for the matches about to be
-written.
+Images are read in growing batches (one image, then as many as the rows still wanted need at
+the rate so far; without a limit, doubling up to MAX_BATCH), so a query stops after the first
+images that fill its limit and memory stays bounded without one; within a batch, what later
+layers did to each match is looked up only for the matches about to be written.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ Row = dict[str, Any]
 
 # Whiteouts and opaque markers are deletions, never what a search finds.
 DELETIONS = frozenset({EntryType.WHITEOUT, EntryType.OPAQUE})
-FIRST_BATCH = 1  # images in the first batch when there is a limit
+FIRST_BATCH = 1  # images in the first batch
+MAX_BATCH = 16  # images in a batch without a limit: their matches are held at once
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ def _rows(
     limit = filters.limit
     written = done = 0
     # An exact path has at most one entry per layer: all images at once cost little.
-    size = FIRST_BATCH if limit is not None and pattern.kind != "exact" else len(images)
+    size = FIRST_BATCH if pattern.kind != "exact" else len(images)
     while done < len(images) and (limit is None or written < limit):
         end = min(len(images), done + size)
         # Images sharing a reference and platform (re-indexed under a moved tag) stay in
@@ -109,7 +110,9 @@ def _rows(
             if written == limit:
                 return
         done = end
-        if limit is not None:
+        if limit is None:
+            size = min(2 * size, MAX_BATCH)
+        else:
             # The next batch: as many images as the rows still wanted take at the rate so far.
             rate_says = len(images) if written == 0 else (limit - written) * done // written
             size = max(2 * size, rate_says)
@@ -125,7 +128,7 @@ def _found_in(
 ) -> Iterator[Row]:
     """The rows of one batch of images, in find's order."""
     layers = _layers(reader, batch)
-    for run in _runs(reader, layers, branches, pattern, ids, streamed=filters.limit is not None):
+    for run in _runs(reader, layers, branches, pattern, ids):
         # Every entry at a matching path is a match, whiteouts included (same dir and name):
         # they are the later layers' say over each path itself. Only --digest matches by
         # content, so its paths' other entries are looked up with the ancestors.
@@ -154,17 +157,16 @@ def _runs(
     branches: list[Branch],
     pattern: PathPattern,
     ids: _Interned,
-    streamed: bool,
 ) -> Iterator[list[_Match]]:
     """The batch's matches as consecutive sorted runs, each holding every entry of its paths.
 
     A branch of directories alone (``--contains``, a glob's directory) can name most of an
-    image; with ``streamed`` its directories are read in the order of their paths, a few at
-    a time, per image: every path in dir D sorts at or after ``D + "/"``, so once the
-    directories before D are read, the matches before ``D + "/"`` are complete.
+    image: its directories are read in the order of their paths, a few at a time, per image:
+    every path in dir D sorts at or after ``D + "/"``, so once the directories before D are
+    read, the matches before ``D + "/"`` are complete.
     """
     by_dirs = [b for b in branches if b.dirs is not None and b.names is None]
-    if not streamed or not by_dirs:
+    if not by_dirs:
         yield _matches(reader, layers, branches, pattern, ids)
         return
     others = [b for b in branches if not (b.dirs is not None and b.names is None)]
