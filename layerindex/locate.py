@@ -136,6 +136,14 @@ def _found_in(
         for m in run:
             at_path[(m.image.id, m.path)].append((m.position, m.path, m.type))
         wanted = [m for m in run if m.type not in DELETIONS and _kept(m, filters)]
+        if not filters.all_layers and pattern.kind != "digest":
+            # Only a path's topmost entry in an image can be present: the one above overwrites
+            # or deletes every other. The rest need no look at their ancestors.
+            top = {
+                key: max(position for position, _path, _type in held)
+                for key, held in at_path.items()
+            }
+            wanted = [m for m in wanted if m.position == top[(m.image.id, m.path)]]
         # Look up ancestors for the next matches only, as far as a limit may reach.
         step = max(1, len(wanted)) if filters.limit is None else max(filters.limit, 64)
         for start in range(0, len(wanted), step):
