@@ -12,15 +12,12 @@ import contextlib
 import datetime as dt
 import logging
 import os
-import shutil
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import BinaryIO
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
@@ -39,7 +36,6 @@ CONFIG_MAX_BYTES = 8 * 1024 * 1024
 LEASE_SECONDS = 300.0  # a killed fetcher's layer is taken over after this
 LEASE_WAIT_POLL = 0.5
 IMAGE_LAYER_THREADS = 4  # layers of one image fetched at once when no pool is given
-DOWNLOAD_CHUNK = 1 << 20
 BACKOFF_FIRST = dt.timedelta(minutes=1)
 BACKOFF_MAX = dt.timedelta(hours=6)
 
@@ -111,9 +107,9 @@ class Crawler:
         self.lease_seconds = lease_seconds
         self._local = threading.local()
         # SQLite has one writer at a time: threads take turns instead of timing out on its lock.
-        self._writer = threading.RLock() if engine.dialect.name == "sqlite" else None
+        self._one_writer = engine.dialect.name == "sqlite"
         self._write_lock: contextlib.AbstractContextManager[object] = (
-            self._writer or contextlib.nullcontext()
+            threading.RLock() if self._one_writer else contextlib.nullcontext()
         )
 
     @property
@@ -249,8 +245,9 @@ class Crawler:
         if self.layer_pool is not None:
             futures = [self.layer_pool.submit(self._layer, ref, state) for state in pending]
             results = [f.result() for f in futures]
-        elif len(pending) > 1:
-            # The image's layers at once: one downloads and inflates while another is written.
+        elif len(pending) > 1 and not self._one_writer:
+            # PostgreSQL takes several writers: the image's layers at once. (SQLite has one
+            # writer, held for a layer's whole walk: its layers go one after another.)
             with ThreadPoolExecutor(
                 min(len(pending), IMAGE_LAYER_THREADS), thread_name_prefix="layerindex-layer"
             ) as pool:
@@ -322,34 +319,18 @@ class Crawler:
             stop.set()
             thread.join()
 
-    def _walker(self, blob: BinaryIO, layer: LayerState, where: str) -> LayerWalker:
-        return LayerWalker(
-            blob,
-            digest=layer.digest,
-            diff_id=layer.diff_id,
-            hash_files=self.hash_files,
-            where=where,
-        )
-
     def _fetch_and_walk(self, ref: Reference, layer: LayerState, where: str) -> _LayerResult:
         store = self.store
         try:
-            with self.client.open_blob(ref, layer.digest) as stream:
-                writer = self._writer
-                if writer is None or writer.acquire(blocking=False):
-                    try:
-                        walker = self._walker(stream, layer, where)
-                        count = store.index_layer(layer, walker)
-                    finally:
-                        if writer is not None:
-                            writer.release()
-                else:
-                    # Another layer is being written (SQLite has one writer): download this
-                    # one meanwhile, and walk it from disk when the writer is free.
-                    with _downloaded(stream, where) as blob:
-                        walker = self._walker(blob, layer, where)
-                        with writer:
-                            count = store.index_layer(layer, walker)
+            with self.client.open_blob(ref, layer.digest) as stream, self._write_lock:
+                walker = LayerWalker(
+                    stream,
+                    digest=layer.digest,
+                    diff_id=layer.diff_id,
+                    hash_files=self.hash_files,
+                    where=where,
+                )
+                count = store.index_layer(layer, walker)
         except IntegrityError:
             # Another fetcher indexed the same contents (same diff_id) under another digest.
             with self._write_lock:
@@ -364,22 +345,3 @@ class Crawler:
             return _LayerResult("failed", error=message)
         log.info("%s: %d entries", where, count)
         return _LayerResult("indexed", bytes=walker.compressed_size)
-
-
-@contextlib.contextmanager
-def _downloaded(stream: BinaryIO, where: str) -> Iterator[BinaryIO]:
-    """The rest of ``stream`` in an unnamed temporary file, read back from its start."""
-    with tempfile.TemporaryFile(prefix="layerindex-blob-") as blob:
-        try:
-            download(stream, blob)
-        except OSError as exc:
-            raise LayerIndexError(
-                f"{where}: cannot keep the blob in a temporary file while another layer is "
-                f"written ({exc}); free space in {tempfile.gettempdir()} or set TMPDIR"
-            ) from None
-        blob.seek(0)
-        yield blob
-
-
-def download(stream: BinaryIO, blob: BinaryIO) -> None:
-    shutil.copyfileobj(stream, blob, DOWNLOAD_CHUNK)

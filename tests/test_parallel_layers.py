@@ -1,19 +1,15 @@
-"""An image's layers fetched at once. On SQLite (one writer), a layer that finds the writer busy
-is downloaded to a temporary file meanwhile and walked from there when the writer is free."""
+"""An image's layers: at once on PostgreSQL (several writers), one after another on SQLite."""
 
 from __future__ import annotations
 
 import threading
-from pathlib import Path
-from typing import BinaryIO
 
 import pytest
 from faults import FaultProxy
-from images import Image, make_image, make_layer
+from images import make_image, make_layer
 from registry_server import RegistryServer
 from sqlalchemy import Engine, func, select
 
-from layerindex import crawler as crawler_module
 from layerindex.crawler import Crawler, ImageOutcome
 from layerindex.database import open_database
 from layerindex.reference import parse_reference
@@ -23,29 +19,11 @@ from layerindex.store import LayerState, Store, WalkedLayer
 
 CONTENTS = [{f"/layer{n}/file{i}": bytes([n]) * i for i in range(50)} for n in range(3)]
 IMAGE = make_image([make_layer(files) for files in CONTENTS])
-
-
-def force_download_ahead(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
-    """The first layer to take the writer waits until another one has been downloaded ahead,
-    so that path certainly runs."""
-    downloaded = threading.Event()
-    real_download = crawler_module.download
-    real_index_layer = Store.index_layer
-    writers: list[LayerState] = []
-
-    def download(stream: BinaryIO, blob: BinaryIO) -> None:
-        real_download(stream, blob)
-        downloaded.set()
-
-    def index_layer(self: Store, layer: LayerState, walk: WalkedLayer) -> int:
-        if not writers:
-            writers.append(layer)
-            assert downloaded.wait(30), "no layer was downloaded while another was written"
-        return real_index_layer(self, layer, walk)
-
-    monkeypatch.setattr(crawler_module, "download", download)
-    monkeypatch.setattr(Store, "index_layer", index_layer)
-    return downloaded
+EXPECTED = {
+    (layer.digest, path, len(data))
+    for layer, files in zip(IMAGE.layers, CONTENTS, strict=True)
+    for path, data in files.items()
+}
 
 
 def index(engine: Engine, ref: str) -> list[ImageOutcome]:
@@ -64,49 +42,59 @@ def indexed_rows(engine: Engine) -> set[tuple[str, str, int]]:
     return {(digest, f"{d}/{n}", size) for digest, d, n, size in rows}
 
 
-def expected_rows(image: Image) -> set[tuple[str, str, int]]:
-    return {
-        (layer.digest, path, len(data))
-        for layer, files in zip(image.layers, CONTENTS, strict=True)
-        for path, data in files.items()
-    }
+def most_at_once(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Records how many layers were being written at the same time, at most."""
+    real_index_layer = Store.index_layer
+    lock = threading.Lock()
+    now, most = [0], [0]
+    all_started = threading.Barrier(len(IMAGE.layers), timeout=5)
+
+    def index_layer(self: Store, layer: LayerState, walk: WalkedLayer) -> int:
+        with lock:
+            now[0] += 1
+            most[0] = max(most[0], now[0])
+        try:
+            if self.engine.dialect.name != "sqlite":
+                all_started.wait()  # every layer is being written before any one ends
+            return real_index_layer(self, layer, walk)
+        finally:
+            with lock:
+                now[0] -= 1
+
+    monkeypatch.setattr(Store, "index_layer", index_layer)
+    return most
 
 
-def test_layers_downloaded_while_another_is_written_are_indexed(
-    registry: RegistryServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_an_images_layers_are_written_at_once_on_postgresql_only(
+    registry: RegistryServer, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     registry.push("team/parallel", "1", IMAGE)
-    downloaded = force_download_ahead(monkeypatch)
-    engine = open_database(f"sqlite:///{tmp_path / 'index.db'}")
+    most = most_at_once(monkeypatch)
+    engine = open_database(db_url)
     outcomes = index(engine, f"{registry.host}/team/parallel:1")
     assert [(o.indexed, o.failed, o.errors) for o in outcomes] == [(3, 0, [])]
-    assert downloaded.is_set()
+    assert most[0] == (1 if engine.dialect.name == "sqlite" else 3)
     assert outcomes[0].bytes == sum(layer.size for layer in IMAGE.layers)
-    assert indexed_rows(engine) == expected_rows(IMAGE)
+    assert indexed_rows(engine) == EXPECTED
     engine.dispose()
 
 
-def test_a_bad_layer_downloaded_ahead_commits_nothing_and_is_retried(
-    registry: RegistryServer,
-    fault_proxy: FaultProxy,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+def test_bad_layers_written_at_once_commit_nothing_and_are_retried(
+    registry: RegistryServer, fault_proxy: FaultProxy, postgres_url: str
 ) -> None:
     registry.push("team/parallel", "2", IMAGE)
     ref = f"{fault_proxy.host}/team/parallel:2"
-    for layer in IMAGE.layers:  # every layer, so the one downloaded ahead is bad too
+    for layer in IMAGE.layers[1:]:
         fault_proxy.corrupt(f"/blobs/{layer.digest}", times=1)
-    with monkeypatch.context() as patch:
-        downloaded = force_download_ahead(patch)
-        engine = open_database(f"sqlite:///{tmp_path / 'index.db'}")
-        (outcome,) = index(engine, ref)
-    assert downloaded.is_set()
-    assert (outcome.indexed, outcome.failed) == (0, 3)
-    for layer in IMAGE.layers:  # each error names its layer (what is wrong depends on the bytes)
+    engine = open_database(postgres_url)
+    (outcome,) = index(engine, ref)
+    assert (outcome.indexed, outcome.failed) == (1, 2)
+    for layer in IMAGE.layers[1:]:  # each error names its layer
         assert any(f"image {ref} layer {layer.digest}: " in e for e in outcome.errors)
     with engine.connect() as connection:
-        assert connection.execute(select(func.count()).select_from(entries)).scalar_one() == 0
+        count = connection.execute(select(func.count()).select_from(entries)).scalar_one()
+    assert count == len(CONTENTS[0])
     (again,) = index(engine, ref)
-    assert (again.indexed, again.failed, again.errors) == (3, 0, [])
-    assert indexed_rows(engine) == expected_rows(IMAGE)
+    assert (again.indexed, again.known, again.failed, again.errors) == (2, 1, 0, [])
+    assert indexed_rows(engine) == EXPECTED
     engine.dispose()
