@@ -21,16 +21,17 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import IO, BinaryIO
 
 import layerindex
-from layerindex.compression import CHUNK, LayerStream, describe
+from layerindex.compression import CHUNK, LayerStream, describe, prefetched
 from layerindex.errors import LayerFormatError
 
 CHILD_MIN_BYTES = 16 << 20  # compressed bytes from which a child process pays for itself
 PIPE_BYTES = 1 << 20  # pipe buffer asked for (Linux F_SETPIPE_SZ): fewer, bigger reads
+READ_AHEAD_CHUNKS = 16  # tar stream read ahead of the parser, in reads of up to CHUNK bytes
 
 
 class ChildLayerStream:
@@ -65,10 +66,12 @@ class ChildLayerStream:
             target=self._feed, args=(child.stdin, feed_error), name="layerindex-feed", daemon=True
         )
         feeder.start()
+        # Read ahead in a thread: a 1 MiB pipe alone stalls one side whenever the other slows
+        # down (dense small files for the parser, big files for the inflater).
+        tar_stream = prefetched(_reads(child.stdout), READ_AHEAD_CHUNKS, "layerindex-read")
         try:
-            tar_stream = child.stdout.fileno()
             tar_sha256 = hashlib.sha256()  # here, not in the child: it balances the two
-            while chunk := os.read(tar_stream, CHUNK):
+            for chunk in tar_stream:
                 tar_sha256.update(chunk)
                 self.uncompressed_size += len(chunk)
                 yield chunk
@@ -83,6 +86,7 @@ class ChildLayerStream:
             if child.poll() is None:
                 child.kill()
             child.wait()
+            tar_stream.close()  # the read-ahead thread has met the pipe's end
             feeder.join()
             child.stdout.close()
             child.stderr.close()
@@ -112,6 +116,12 @@ class ChildLayerStream:
         self.compression = result["compression"]
         self.compressed_size = result["compressed_size"]
         self.digest = result["digest"]
+
+
+def _reads(pipe: IO[bytes]) -> Iterator[bytes]:
+    fd = pipe.fileno()
+    while chunk := os.read(fd, CHUNK):
+        yield chunk
 
 
 if sys.platform == "linux":
