@@ -15,10 +15,10 @@ Builds, in a temporary directory:
 pushes each as an image to a real ``docker-registry`` on loopback (tests/registry_server.py),
 then, alternating within each repeat, times ``layerindex index`` (a CLI subprocess, a new
 database each run: SQLite, or PostgreSQL with ``--postgres URL``) against GNU tar listing the
-same blob from disk. Prints medians, the ratio to tar, entries/s, peak RSS (the layerindex
-process's VmHWM, read inside it as it exits: getrusage would report this benchmark's own peak,
-which Linux carries across exec; plus the peak of its decompressing child) and database bytes
-per entry (database size after the run minus an empty database's, over the
+same blob from disk. Prints medians, the ratio to tar, entries/s, the layerindex process's peak
+RSS (VmHWM, read inside the process as it exits: getrusage would report this benchmark's own
+peak, which Linux carries across exec) and database bytes per entry (database size after the
+run minus an empty database's, over the
 entries).
 """
 
@@ -63,15 +63,13 @@ BINARY_DIRS = ("/usr/lib", "/usr/bin", "/usr/libexec", "/usr/local/lib", sys.pre
 POOL_BYTES = 96 << 20  # distinct machine code cycled into the big files (> any zstd window)
 BIG_FILE_MB = 50
 
-# Runs the CLI in this interpreter and writes, on the way out, its VmHWM plus the largest peak
-# of its child processes (the decompressing child of a big layer; one at a time), in kB.
+# Runs the CLI in this interpreter and writes its VmHWM (kB) to $BENCH_HWM on the way out.
 CLI_WITH_HWM = """
-import atexit, os, resource, sys
+import atexit, os, sys
 def _hwm():
     status = open('/proc/self/status').read()
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     with open(os.environ['BENCH_HWM'], 'w') as out:
-        out.write(str(int(status.split('VmHWM:')[1].split()[0]) + children))
+        out.write(status.split('VmHWM:')[1].split()[0])
 atexit.register(_hwm)
 from layerindex.cli import main
 sys.argv = ['layerindex', *sys.argv[1:]]

@@ -71,10 +71,9 @@ def describe(where: str) -> str:
 class LayerStream:
     """One pass over a compressed blob; see the module docstring."""
 
-    def __init__(self, stream: BinaryIO, where: str = "", *, hash_tar: bool = True) -> None:
+    def __init__(self, stream: BinaryIO, where: str = "") -> None:
         self.stream = stream
         self.where = describe(where)
-        self.hash_tar = hash_tar  # False: whoever reads the tar stream hashes it
         self.compression = ""
         self.compressed_size = 0
         self.uncompressed_size = 0
@@ -89,8 +88,7 @@ class LayerStream:
         return chunk
 
     def _out(self, data: bytes) -> bytes:
-        if self.hash_tar:
-            self.tar_sha256.update(data)
+        self.tar_sha256.update(data)
         self.uncompressed_size += len(data)
         return data
 
@@ -104,20 +102,9 @@ class LayerStream:
         and hashes are final once the iterator is exhausted; closing it early stops the
         background thread, which never touches the blob stream after that.
         """
-        return prefetched(self.decoded(), QUEUE_CHUNKS, "layerindex-inflate")
+        return prefetched(self._decoded(), QUEUE_CHUNKS, "layerindex-inflate")
 
-    @property
-    def digest(self) -> str:
-        """``sha256:<hex>`` of the compressed bytes read so far (all, once exhausted)."""
-        return "sha256:" + self.compressed_sha256.hexdigest()
-
-    @property
-    def diff_id(self) -> str:
-        """``sha256:<hex>`` of the tar stream so far."""
-        return "sha256:" + self.tar_sha256.hexdigest()
-
-    def decoded(self) -> Iterator[bytes]:
-        """The tar stream in pieces, in this thread (``chunks`` runs it in another)."""
+    def _decoded(self) -> Iterator[bytes]:
         first = b""
         while len(first) < len(ZSTD_MAGIC):
             more = self._read()

@@ -329,7 +329,6 @@ class Crawler:
                     diff_id=layer.diff_id,
                     hash_files=self.hash_files,
                     where=where,
-                    size_hint=layer.size,
                 )
                 count = store.index_layer(layer, walker)
         except IntegrityError:

@@ -106,7 +106,6 @@ class LayerState:
     attempts: int = 0  # failed or successful fetches so far
     last_attempt: dt.datetime | None = None
     last_error: str | None = None
-    size: int | None = None  # compressed bytes, as the manifest says
 
 
 @dataclass(frozen=True)
@@ -324,7 +323,6 @@ class Store:
                     attempts=row.attempts,
                     last_attempt=aware_utc(row.last_attempt),
                     last_error=row.last_error,
-                    size=row.size,
                 )
                 for row in (by_digest[lr.digest] for lr in image.layers)
             ]

@@ -35,7 +35,6 @@ from layerindex.entries import (
     path_text,
 )
 from layerindex.errors import DigestMismatch, LayerFormatError
-from layerindex.inflater import CHILD_MIN_BYTES, ChildLayerStream
 
 BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
@@ -96,10 +95,8 @@ class LayerWalker:
         diff_id: str | None = None,
         hash_files: bool = False,
         where: str = "",
-        size_hint: int | None = None,
     ) -> None:
         self.stream = stream
-        self.size_hint = size_hint  # the blob's size, if known: a big one inflates in a child
         self.digest = digest
         self.diff_id = diff_id
         self.hash_files = hash_files
@@ -115,23 +112,19 @@ class LayerWalker:
         if self._started:
             raise RuntimeError("a LayerWalker reads its stream once; make a new one")
         self._started = True
-        layer: LayerStream | ChildLayerStream
-        if self.size_hint is not None and self.size_hint >= CHILD_MIN_BYTES:
-            layer = ChildLayerStream(self.stream, self.where)
-        else:
-            layer = LayerStream(self.stream, self.where)
+        layer = LayerStream(self.stream, self.where)
         chunks = layer.chunks()
+        self.compression = layer.compression
         try:
             yield from _TarWalk(_Blocks(chunks, self.where), self.hash_files).entries()
             for _ in chunks:  # the blob may go on after the end blocks; the digests cover it all
                 pass
         finally:
             chunks.close()  # on an error: stops the decompressing thread before we go on
-        self.compression = layer.compression
         self.compressed_size = layer.compressed_size
         self.uncompressed_size = layer.uncompressed_size
-        self.digest_seen = layer.digest
-        self.diff_id_seen = layer.diff_id
+        self.digest_seen = "sha256:" + layer.compressed_sha256.hexdigest()
+        self.diff_id_seen = "sha256:" + layer.tar_sha256.hexdigest()
         if self.digest is not None and self.digest != self.digest_seen:
             raise DigestMismatch(
                 f"{self.where}: blob digest mismatch: expected {self.digest}, "
