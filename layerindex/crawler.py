@@ -135,22 +135,30 @@ class Crawler:
             if ref.tag is not None:
                 with self._write_lock:
                     self.store.record_tag(ref.registry, ref.repository, ref.tag, fetched.digest)
-            targets: list[tuple[manifest.ImageManifest | manifest.ImageIndex, str | None]]
-            outcomes = []
+            # (manifest, index digest) to index, or the outcomes of an image indexed before
+            targets_or_known: list[
+                tuple[manifest.ImageManifest | manifest.ImageIndex, str | None] | list[ImageOutcome]
+            ]
             if isinstance(parsed, manifest.ImageIndex):
-                targets = []
+                targets_or_known = []
                 for child in manifest.select_platforms(parsed, self.platform):
-                    known = self.store.images_for(ref.registry, ref.repository, child.digest)
-                    if incremental and known and all(s.complete for s in known):
-                        outcomes += self._known(ref, known)  # no request for what is indexed
+                    if incremental and (known := self._complete(ref, child.digest)):
+                        targets_or_known.append(self._known(ref, known))  # no request for it
                         continue
                     child_manifest = self.client.get_manifest(ref.with_digest(child.digest))
-                    targets.append((manifest.parse_manifest(child_manifest), fetched.digest))
+                    targets_or_known.append(
+                        (manifest.parse_manifest(child_manifest), fetched.digest)
+                    )
             else:
-                targets = [(parsed, None)]
+                targets_or_known = [(parsed, None)]
         except LayerIndexError as exc:
             return [ImageOutcome(reference=ref.familiar(), errors=[str(exc)])]
-        for image, index_digest in targets:
+        outcomes = []
+        for target in targets_or_known:
+            if isinstance(target, list):
+                outcomes += target
+                continue
+            image, index_digest = target
             outcome = ImageOutcome(reference=ref.familiar(), manifest_digest=image.digest)
             try:
                 if not isinstance(image, manifest.ImageManifest):
@@ -181,10 +189,15 @@ class Crawler:
                 return []
         if not stored or not all(s.complete for s in stored):
             return []
-        with self._write_lock:
-            if ref.tag is not None:
+        if ref.tag is not None:
+            with self._write_lock:
                 self.store.record_tag(ref.registry, ref.repository, ref.tag, digest)
         return self._known(ref, stored)
+
+    def _complete(self, ref: Reference, digest: str) -> list[StoredImage]:
+        """The images indexed completely under a manifest digest; [] if any is missing."""
+        stored = self.store.images_for(ref.registry, ref.repository, digest)
+        return stored if stored and all(s.complete for s in stored) else []
 
     def _known(self, ref: Reference, stored: list[StoredImage]) -> list[ImageOutcome]:
         """Outcomes for images indexed completely before, now seen as ``ref``."""

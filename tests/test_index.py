@@ -572,3 +572,17 @@ def test_all_platforms_after_one_indexes_the_others(registry: RegistryServer, ru
         f"{ref}  {amd.digest}  linux/amd64  unchanged  entries: 1\n"
         + index_line(ref, arm.digest, "linux/arm64/v8", (1, 0, 0, 0), 1)
     )
+
+
+def test_all_platforms_keep_the_index_order_when_a_later_one_is_known(
+    registry: RegistryServer, run: Run
+) -> None:
+    amd = make_image([make_layer({"/bin/tool": b"amd64"})])
+    arm = make_image([make_layer({"/bin/tool": b"arm64!"})], platform="linux/arm64/v8")
+    registry.push("team/multi", "4", make_index([amd, arm]))
+    ref = f"{registry.host}/team/multi:4"
+    run("index", "--platform", "linux/arm64", ref)
+    assert run("index", "--platform", "all", ref).stdout == (
+        index_line(ref, amd.digest, "linux/amd64", (1, 0, 0, 0), 1)
+        + f"{ref}  {arm.digest}  linux/arm64/v8  unchanged  entries: 1\n"
+    )
