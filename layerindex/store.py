@@ -203,9 +203,13 @@ def _make_stages(connection: Connection) -> None:
 def _copy(
     connection: Connection, table: str, columns: Sequence[str], rows: Iterable[Sequence[object]]
 ) -> None:
-    """Rows into ``table`` with COPY FROM STDIN: psycopg writes them in C, ~10x executemany."""
-    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+    """Rows into ``table`` with COPY FROM STDIN (psycopg), in the connection's transaction."""
+    psycopg_connection = connection.connection.driver_connection
+    assert psycopg_connection is not None
+    with (
+        psycopg_connection.cursor() as cursor,
+        cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy,
+    ):
         for row in rows:
             copy.write_row(row)
 
