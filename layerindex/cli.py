@@ -58,7 +58,10 @@ class Context:
     def engine(self) -> Any:
         from layerindex.database import open_database
 
-        return open_database(self.db_url)
+        engine = open_database(self.db_url)
+        # Pooled connections close with the command, not whenever the collector gets to them.
+        click.get_current_context().call_on_close(engine.dispose)
+        return engine
 
 
 pass_context = click.make_pass_decorator(Context)
