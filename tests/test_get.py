@@ -339,3 +339,20 @@ def test_multi_platform_needs_a_choice(fault_proxy: FaultProxy, run: Run) -> Non
         f"Error: {ref} is indexed for linux/amd64, linux/arm64/v8; choose one with --platform\n",
     )
     assert run("get", "--platform", "linux/arm64", ref, "/bin/tool").stdout_bytes == b"arm64"
+
+
+def test_get_reads_an_index_in_postgresql(
+    fault_proxy: FaultProxy, run: Run, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LAYERINDEX_DB", postgres_url)
+    ref = indexed(fault_proxy, run, APP)
+    assert run("get", ref, "/usr/bin/a").stdout_bytes == TOOL  # two symlinks, from the index
+    assert run("get", ref, "/srv/old-data").stdout_bytes == (
+        b"zstd layer data, also reached through a hard link"
+    )
+    assert blob_gets(fault_proxy) == [MIDDLE.digest, MIDDLE.digest]
+    deleted = run("get", ref, "/etc/gone")  # by a whiteout in the middle layer
+    assert (deleted.exit_code, deleted.stderr) == (
+        2,
+        f"Error: /etc/gone: not in the image's filesystem: {ref} (linux/amd64)\n",
+    )
