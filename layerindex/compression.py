@@ -1,8 +1,8 @@
 """Compressed layer bytes → tar stream chunks, hashing both sides on the way.
 
-A ``LayerStream`` reads a blob once, in ``CHUNK``-sized reads, detects gzip / zstd / plain tar
+A ``LayerStream`` reads a blob once, in ``READ_SIZE`` reads, detects gzip / zstd / plain tar
 from its first bytes (media types lie in the wild), and yields the uncompressed tar stream in
-pieces of about ``CHUNK`` bytes, however well the layer compresses, so memory stays flat.
+pieces of at most about ``CHUNK`` bytes, however well the layer compresses, so memory stays flat.
 It keeps the sha256 of the compressed bytes (the manifest's layer digest) and of the tar
 stream (the config's diff_id). Every decoding problem becomes a ``LayerFormatError``.
 
@@ -25,8 +25,12 @@ import zstandard
 
 from layerindex.errors import LayerFormatError
 
-CHUNK = 1 << 20  # bytes per read from the blob, and about the most we inflate at once
-QUEUE_CHUNKS = 4  # decompressed chunks the background thread may have ready: ~4 MiB at most
+READ_SIZE = 1 << 20  # bytes per read from the blob
+# About the most we inflate at once. Big: after each call into the inflater or sha256 the
+# background thread must take the GIL back from the parser, and with 1 MiB pieces those waits
+# kept it from keeping up (small-files gzip layer, walk and store: 3.6-3.7 s -> 3.0-3.15 s).
+CHUNK = 8 << 20
+QUEUE_CHUNKS = 2  # decompressed chunks the background thread may have ready: ~16 MiB at most
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -80,8 +84,8 @@ class LayerStream:
         self.compressed_sha256 = hashlib.sha256()
         self.tar_sha256 = hashlib.sha256()
 
-    def _read(self) -> bytes:
-        chunk = self.stream.read(CHUNK)
+    def _read(self, size: int = READ_SIZE) -> bytes:
+        chunk = self.stream.read(size)
         if chunk:
             self.compressed_sha256.update(chunk)
             self.compressed_size += len(chunk)
@@ -127,7 +131,7 @@ class LayerStream:
         while chunk:
             self.uncompressed_size += len(chunk)
             yield chunk
-            chunk = self._read()
+            chunk = self._read(CHUNK)  # the blob is the tar stream: read it in pieces as big
 
     def _gunzip(self, first: bytes) -> Iterator[bytes]:
         pending = first
