@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -46,6 +47,12 @@ def _upsert_entries_sql(source: str) -> str:
         f"INSERT INTO entries ({', '.join(ENTRY_COLUMNS)}) {source} "
         f"ON CONFLICT ({', '.join(ENTRY_KEY)}) DO UPDATE SET {updates}"
     )
+
+
+UPSERT_ENTRY_VALUES = _upsert_entries_sql(f"VALUES ({', '.join(['?'] * len(ENTRY_COLUMNS))})")
+UPSERT_STAGED_ENTRIES = _upsert_entries_sql(
+    f"SELECT {', '.join(ENTRY_COLUMNS)} FROM {STAGE_ENTRIES}"
+)
 
 
 def utcnow() -> dt.datetime:
@@ -175,16 +182,14 @@ class Interner:
         """COPY into a staging table, then one INSERT … SELECT and one join read the ids back
         (other writers may add the same strings at once: ON CONFLICT waits for them)."""
         table, column = self.table.name, self.column.name
-        stage = STAGE_STRINGS
-        _copy(connection, stage, ["value"], ((v,) for v in missing))
-        connection.exec_driver_sql(
-            f"INSERT INTO {table} ({column}) SELECT value FROM {stage} ORDER BY value "
-            "ON CONFLICT DO NOTHING"
-        )
-        rows = connection.exec_driver_sql(
-            f"SELECT t.{column}, t.id FROM {table} t JOIN {stage} s ON t.{column} = s.value"
-        ).all()
-        connection.exec_driver_sql(f"DELETE FROM {stage}")
+        with _staged(connection, STAGE_STRINGS, ["value"], ((v,) for v in missing)) as stage:
+            connection.exec_driver_sql(
+                f"INSERT INTO {table} ({column}) SELECT value FROM {stage} ORDER BY value "
+                "ON CONFLICT DO NOTHING"
+            )
+            rows = connection.exec_driver_sql(
+                f"SELECT t.{column}, t.id FROM {table} t JOIN {stage} s ON t.{column} = s.value"
+            ).all()
         return dict(rows)
 
 
@@ -200,18 +205,22 @@ def _make_stages(connection: Connection) -> None:
         )
 
 
-def _copy(
-    connection: Connection, table: str, columns: Sequence[str], rows: Iterable[Sequence[object]]
-) -> None:
-    """Rows into ``table`` with COPY FROM STDIN (psycopg), in the connection's transaction."""
+@contextlib.contextmanager
+def _staged(
+    connection: Connection, stage: str, columns: Sequence[str], rows: Iterable[Sequence[object]]
+) -> Iterator[str]:
+    """PostgreSQL: ``rows`` in the staging table ``stage`` (COPY FROM STDIN, in C) for the
+    statements of the block; the table is emptied after it, for the next batch."""
     psycopg_connection = connection.connection.driver_connection
     assert psycopg_connection is not None
     with (
         psycopg_connection.cursor() as cursor,
-        cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy,
+        cursor.copy(f"COPY {stage} ({', '.join(columns)}) FROM STDIN") as copy,
     ):
         for row in rows:
             copy.write_row(row)
+    yield stage
+    connection.exec_driver_sql(f"DELETE FROM {stage}")
 
 
 def _batched(walk: Iterable[Entry]) -> Iterator[list[Entry]]:
@@ -456,14 +465,10 @@ class Store:
         ]
         if connection.dialect.name == "sqlite":
             # The hot path: plain DB-API executemany, 3x faster than Core with dict rows.
-            values = f"VALUES ({', '.join(['?'] * len(ENTRY_COLUMNS))})"
-            connection.exec_driver_sql(_upsert_entries_sql(values), rows)
+            connection.exec_driver_sql(UPSERT_ENTRY_VALUES, rows)
         else:
-            stage = STAGE_ENTRIES
-            _copy(connection, stage, ENTRY_COLUMNS, rows)
-            staged = f"SELECT {', '.join(ENTRY_COLUMNS)} FROM {stage}"
-            connection.exec_driver_sql(_upsert_entries_sql(staged))
-            connection.exec_driver_sql(f"DELETE FROM {stage}")
+            with _staged(connection, STAGE_ENTRIES, ENTRY_COLUMNS, rows):
+                connection.exec_driver_sql(UPSERT_STAGED_ENTRIES)
         return len(rows)
 
     def record_skip(self, layer: LayerState, reason: str) -> None:
