@@ -142,7 +142,9 @@ class Crawler:
             if isinstance(parsed, manifest.ImageIndex):
                 targets_or_known = []
                 for child in manifest.select_platforms(parsed, self.platform):
-                    if incremental and (known := self._complete(ref, child.digest)):
+                    if incremental and _complete(
+                        known := self.store.images_for(ref.registry, ref.repository, child.digest)
+                    ):
                         targets_or_known.append(self._known(ref, known))  # no request for it
                         continue
                     child_manifest = self.client.get_manifest(ref.with_digest(child.digest))
@@ -187,17 +189,12 @@ class Crawler:
             ]
             if len(stored) < len(wanted):
                 return []
-        if not stored or not all(s.complete for s in stored):
+        if not _complete(stored):
             return []
         if ref.tag is not None:
             with self._write_lock:
                 self.store.record_tag(ref.registry, ref.repository, ref.tag, digest)
         return self._known(ref, stored)
-
-    def _complete(self, ref: Reference, digest: str) -> list[StoredImage]:
-        """The images indexed completely under a manifest digest; [] if any is missing."""
-        stored = self.store.images_for(ref.registry, ref.repository, digest)
-        return stored if stored and all(s.complete for s in stored) else []
 
     def _known(self, ref: Reference, stored: list[StoredImage]) -> list[ImageOutcome]:
         """Outcomes for images indexed completely before, now seen as ``ref``."""
@@ -358,3 +355,8 @@ class Crawler:
             return _LayerResult("failed", error=message)
         log.info("%s: %d entries", where, count)
         return _LayerResult("indexed", bytes=walker.compressed_size)
+
+
+def _complete(stored: list[StoredImage]) -> bool:
+    """Images found for a digest, every one of them indexed to the end."""
+    return bool(stored) and all(s.complete for s in stored)
