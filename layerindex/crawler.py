@@ -29,6 +29,7 @@ from layerindex.reference import Reference
 from layerindex.registry import RegistryClient
 from layerindex.store import ImageRecord, LayerRecord, LayerState, Store, StoredImage, utcnow
 from layerindex.walker import LayerWalker
+from layerindex.walkproc import walk_in_child
 
 log = logging.getLogger("layerindex")
 
@@ -252,18 +253,18 @@ class Crawler:
                 outcome.skipped += 1
             else:
                 pending.append(state)
+        # Each layer is walked in a child process (walkproc): several at once use several
+        # cores, and on SQLite only writing them takes turns.
         if self.layer_pool is not None:
-            futures = [self.layer_pool.submit(self._layer, ref, state) for state in pending]
+            futures = [self.layer_pool.submit(self._layer, ref, state, True) for state in pending]
             results = [f.result() for f in futures]
-        elif len(pending) > 1 and not self._one_writer:
-            # PostgreSQL takes several writers: the image's layers at once. (SQLite has one
-            # writer, held for a layer's whole walk: its layers go one after another.)
+        elif len(pending) > 1:
             with ThreadPoolExecutor(
                 min(len(pending), IMAGE_LAYER_THREADS), thread_name_prefix="layerindex-layer"
             ) as pool:
-                results = list(pool.map(lambda state: self._layer(ref, state), pending))
+                results = list(pool.map(lambda state: self._layer(ref, state, True), pending))
         else:
-            results = [self._layer(ref, state) for state in pending]
+            results = [self._layer(ref, state, False) for state in pending]
         for result in results:
             if result.kind == "indexed":
                 outcome.indexed += 1
@@ -279,8 +280,11 @@ class Crawler:
             with self._write_lock:
                 self.store.finish_image(image_id)
 
-    def _layer(self, ref: Reference, layer: LayerState) -> _LayerResult:
-        """Index one layer, unless its contents are known or another fetcher has it."""
+    def _layer(self, ref: Reference, layer: LayerState, at_once: bool) -> _LayerResult:
+        """Index one layer, unless its contents are known or another fetcher has it.
+
+        ``at_once``: other layers may be walking at the same time.
+        """
         where = f"image {ref.familiar()} layer {layer.digest}"
         if self.respect_backoff and layer.last_error and layer.last_attempt:
             retry_at = layer.last_attempt + backoff(layer.attempts)
@@ -305,7 +309,7 @@ class Crawler:
             time.sleep(LEASE_WAIT_POLL)
         try:
             with self._heartbeat(layer, owner):
-                return self._fetch_and_walk(ref, layer, where)
+                return self._fetch_and_walk(ref, layer, where, at_once)
         finally:
             with self._write_lock:
                 store.release_lease(layer, owner)
@@ -329,18 +333,27 @@ class Crawler:
             stop.set()
             thread.join()
 
-    def _fetch_and_walk(self, ref: Reference, layer: LayerState, where: str) -> _LayerResult:
+    def _fetch_and_walk(
+        self, ref: Reference, layer: LayerState, where: str, at_once: bool
+    ) -> _LayerResult:
         store = self.store
         try:
-            with self.client.open_blob(ref, layer.digest) as stream, self._write_lock:
-                walker = LayerWalker(
-                    stream,
-                    digest=layer.digest,
-                    diff_id=layer.diff_id,
-                    hash_files=self.hash_files,
-                    where=where,
-                )
-                count = store.index_layer(layer, walker)
+            with (
+                self.client.open_blob(ref, layer.digest) as stream,
+                walk_in_child(
+                    LayerWalker(
+                        stream,
+                        digest=layer.digest,
+                        diff_id=layer.diff_id,
+                        hash_files=self.hash_files,
+                        where=where,
+                    )
+                ) as walked,
+            ):
+                if at_once and self._one_writer:
+                    walked.wait()  # walked to its end before it takes its turn at the writer
+                with self._write_lock:
+                    count = store.index_layer(layer, walked)
         except IntegrityError:
             # Another fetcher indexed the same contents (same diff_id) under another digest.
             with self._write_lock:
@@ -354,7 +367,7 @@ class Crawler:
                 store.record_failure(layer, message)
             return _LayerResult("failed", error=message)
         log.info("%s: %d entries", where, count)
-        return _LayerResult("indexed", bytes=walker.compressed_size)
+        return _LayerResult("indexed", bytes=walked.compressed_size)
 
 
 def _complete(stored: list[StoredImage]) -> bool:

@@ -1,8 +1,11 @@
-"""An image's layers: at once on PostgreSQL (several writers), one after another on SQLite."""
+"""An image's layers are walked at once, each in a child process; written at once on PostgreSQL
+(several writers), one after another on SQLite (one writer)."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 
 import pytest
 from faults import FaultProxy
@@ -16,6 +19,8 @@ from layerindex.reference import parse_reference
 from layerindex.registry import RegistryClient
 from layerindex.schema import diffs, dirs, entries, layers, names
 from layerindex.store import LayerState, Store, WalkedLayer
+from layerindex.walker import LayerWalker
+from layerindex.walkproc import ChildWalk, walk_in_child
 
 CONTENTS = [{f"/layer{n}/file{i}": bytes([n]) * i for i in range(50)} for n in range(3)]
 IMAGE = make_image([make_layer(files) for files in CONTENTS])
@@ -75,6 +80,26 @@ def test_an_images_layers_are_written_at_once_on_postgresql_only(
     assert [(o.indexed, o.failed, o.errors) for o in outcomes] == [(3, 0, [])]
     assert most[0] == (1 if engine.dialect.name == "sqlite" else 3)
     assert outcomes[0].bytes == sum(layer.size for layer in IMAGE.layers)
+    assert indexed_rows(engine) == EXPECTED
+    engine.dispose()
+
+
+def test_an_images_layers_are_walked_at_once_on_every_database(
+    registry: RegistryServer, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry.push("team/parallel", "3", IMAGE)
+    all_walking = threading.Barrier(len(IMAGE.layers), timeout=10)
+
+    @contextlib.contextmanager
+    def walk_at_once(walker: LayerWalker) -> Iterator[ChildWalk]:
+        all_walking.wait()  # every layer is being walked before any one is written
+        with walk_in_child(walker) as walked:
+            yield walked
+
+    monkeypatch.setattr("layerindex.crawler.walk_in_child", walk_at_once)
+    engine = open_database(db_url)
+    outcomes = index(engine, f"{registry.host}/team/parallel:3")
+    assert [(o.indexed, o.failed, o.errors) for o in outcomes] == [(3, 0, [])]
     assert indexed_rows(engine) == EXPECTED
     engine.dispose()
 
