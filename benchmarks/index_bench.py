@@ -15,8 +15,9 @@ Builds, in a temporary directory:
 pushes each as an image to a real ``docker-registry`` on loopback (tests/registry_server.py),
 then, alternating within each repeat, times ``layerindex index`` (a CLI subprocess, a new
 database each run: SQLite, or PostgreSQL with ``--postgres URL``) against GNU tar listing the
-same blob from disk. Prints medians, the ratio to tar, entries/s, the layerindex process's peak
-RSS (VmHWM, read inside the process as it exits: getrusage would report this benchmark's own
+same blob from disk. Prints medians, the ratio to tar, entries/s, peak RSS (VmHWM of the
+layerindex process plus that of its largest walker child, each read inside the process as it
+exits through a ``sitecustomize`` put on PYTHONPATH: getrusage would report this benchmark's own
 peak, which Linux carries across exec) and database bytes per entry (database size after the
 run minus an empty database's, over the
 entries).
@@ -63,17 +64,16 @@ BINARY_DIRS = ("/usr/lib", "/usr/bin", "/usr/libexec", "/usr/local/lib", sys.pre
 POOL_BYTES = 96 << 20  # distinct machine code cycled into the big files (> any zstd window)
 BIG_FILE_MB = 50
 
-# Runs the CLI in this interpreter and writes its VmHWM (kB) to $BENCH_HWM on the way out.
-CLI_WITH_HWM = """
-import atexit, os, sys
+# Put on PYTHONPATH as sitecustomize.py: every Python process of a run (the CLI and its walker
+# children) writes its VmHWM (kB) to $BENCH_HWM_DIR/<pid> on the way out.
+HWM_SITECUSTOMIZE = """
+import atexit, os
 def _hwm():
     status = open('/proc/self/status').read()
-    with open(os.environ['BENCH_HWM'], 'w') as out:
+    with open(os.path.join(os.environ['BENCH_HWM_DIR'], str(os.getpid())), 'w') as out:
         out.write(status.split('VmHWM:')[1].split()[0])
-atexit.register(_hwm)
-from layerindex.cli import main
-sys.argv = ['layerindex', *sys.argv[1:]]
-main()
+if os.environ.get('BENCH_HWM_DIR'):
+    atexit.register(_hwm)
 """
 
 
@@ -311,17 +311,28 @@ class Runner:
         """``layerindex index ref`` into a database that is new and empty."""
         self.runs += 1
         url = self.databases.create(f"layerindex_bench_{self.runs}")
-        hwm = self.work / "hwm"
-        env = {**os.environ, "BENCH_HWM": str(hwm)}
-        command = [sys.executable, "-c", CLI_WITH_HWM, "--db", url, "index", ref]
+        site = self.work / "hwm-site"
+        site.mkdir(exist_ok=True)
+        (site / "sitecustomize.py").write_text(HWM_SITECUSTOMIZE)
+        hwm = self.work / "hwm.d"
+        shutil.rmtree(hwm, ignore_errors=True)
+        hwm.mkdir()
+        path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "BENCH_HWM_DIR": str(hwm), "PYTHONPATH": path}
+        command = [sys.executable, "-m", "layerindex", "--db", url, "index", ref]
         start = time.perf_counter()
-        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        done = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = done.communicate()
         seconds = time.perf_counter() - start
         if done.returncode != 0:
-            raise SystemExit(f"layerindex index {ref} failed:\n{done.stdout}{done.stderr}")
+            raise SystemExit(f"layerindex index {ref} failed:\n{out.decode()}{err.decode()}")
+        peaks = {int(f.name): int(f.read_text()) / 1024 for f in hwm.iterdir()}
+        cli = peaks.pop(done.pid)
+        # The CLI and its largest walker child: an upper bound of one layer's peak together.
+        peak = cli + max(peaks.values(), default=0)
         entries, size = self.databases.entries_and_bytes(url)
         self.databases.drop(url)
-        return IndexRun(seconds, entries, int(hwm.read_text()) / 1024, size - self.empty_db_bytes)
+        return IndexRun(seconds, entries, peak, size - self.empty_db_bytes)
 
 
 def _db_size(db: Path) -> int:
