@@ -256,15 +256,17 @@ class Crawler:
         # Each layer is walked in a child process (walkproc): several at once use several
         # cores, and on SQLite only writing them takes turns.
         if self.layer_pool is not None:
-            futures = [self.layer_pool.submit(self._layer, ref, state, True) for state in pending]
+            futures = [
+                self.layer_pool.submit(self._layer, ref, state, at_once=True) for state in pending
+            ]
             results = [f.result() for f in futures]
         elif len(pending) > 1:
             with ThreadPoolExecutor(
                 min(len(pending), IMAGE_LAYER_THREADS), thread_name_prefix="layerindex-layer"
             ) as pool:
-                results = list(pool.map(lambda state: self._layer(ref, state, True), pending))
+                results = list(pool.map(lambda s: self._layer(ref, s, at_once=True), pending))
         else:
-            results = [self._layer(ref, state, False) for state in pending]
+            results = [self._layer(ref, state, at_once=False) for state in pending]
         for result in results:
             if result.kind == "indexed":
                 outcome.indexed += 1
@@ -280,7 +282,7 @@ class Crawler:
             with self._write_lock:
                 self.store.finish_image(image_id)
 
-    def _layer(self, ref: Reference, layer: LayerState, at_once: bool) -> _LayerResult:
+    def _layer(self, ref: Reference, layer: LayerState, *, at_once: bool) -> _LayerResult:
         """Index one layer, unless its contents are known or another fetcher has it.
 
         ``at_once``: other layers may be walking at the same time.
@@ -309,7 +311,7 @@ class Crawler:
             time.sleep(LEASE_WAIT_POLL)
         try:
             with self._heartbeat(layer, owner):
-                return self._fetch_and_walk(ref, layer, where, at_once)
+                return self._fetch_and_walk(ref, layer, where, at_once=at_once)
         finally:
             with self._write_lock:
                 store.release_lease(layer, owner)
@@ -334,7 +336,7 @@ class Crawler:
             thread.join()
 
     def _fetch_and_walk(
-        self, ref: Reference, layer: LayerState, where: str, at_once: bool
+        self, ref: Reference, layer: LayerState, where: str, *, at_once: bool
     ) -> _LayerResult:
         store = self.store
         try:
