@@ -189,7 +189,12 @@ class FaultProxy:
         return self.add(path, action, method=method, times=times, name=f"stall after {after}")
 
     def hang(
-        self, path: str, *, seconds: float = 30, times: int = 1, method: str | None = None
+        self,
+        path: str,
+        *,
+        seconds: float = 30,
+        times: int | None = 1,
+        method: str | None = None,
     ) -> Rule:
         """Say nothing for ``seconds`` (or until ``reset``), then close the connection."""
         return self.add(path, self._hang(seconds), method=method, times=times, name="hang")

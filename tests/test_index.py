@@ -21,7 +21,7 @@ from images import (
     whiteout,
 )
 from registry_server import BasicRegistry, HubRegistry, RegistryServer
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import FromClause, create_engine, func, select
 from token_server import PASSWORD, USERNAME
 
 from layerindex.schema import entries
@@ -33,7 +33,7 @@ def db_path(home: Path) -> Path:
     return home / "data" / "layerindex" / "index.db"
 
 
-def count_rows(home: Path, table: object) -> int:
+def count_rows(home: Path, table: FromClause) -> int:
     engine = create_engine(f"sqlite:///{db_path(home)}")
     with engine.connect() as connection:
         value = int(connection.execute(select(func.count()).select_from(table)).scalar_one())

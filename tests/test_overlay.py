@@ -58,19 +58,17 @@ def test_similar_prefix_is_not_an_ancestor() -> None:
 
 
 def test_final_view_applies_whiteouts_opaque_and_replacement() -> None:
-    view = final_view(
+    layers: list[list[tuple[str, T, str | None]]] = [
         [
-            [
-                ("/a", T.DIR, "l0"),
-                ("/a/x", T.FILE, "l0"),
-                ("/b", T.DIR, "l0"),
-                ("/b/y", T.FILE, "l0"),
-            ],
-            [("/a/z", T.FILE, "l1"), ("/a", T.OPAQUE, None), ("/b", T.SYMLINK, "l1")],
-            [("/a/z", T.WHITEOUT, None), ("/c", T.FILE, "l2")],
-        ]
-    )
-    assert view == {
+            ("/a", T.DIR, "l0"),
+            ("/a/x", T.FILE, "l0"),
+            ("/b", T.DIR, "l0"),
+            ("/b/y", T.FILE, "l0"),
+        ],
+        [("/a/z", T.FILE, "l1"), ("/a", T.OPAQUE, None), ("/b", T.SYMLINK, "l1")],
+        [("/a/z", T.WHITEOUT, None), ("/c", T.FILE, "l2")],
+    ]
+    assert final_view(layers) == {
         "/a": (0, T.DIR, "l0"),
         "/b": (1, T.SYMLINK, "l1"),
         "/c": (2, T.FILE, "l2"),

@@ -16,7 +16,8 @@ from test_index import APP, KUBECTL, Run, db_path, table
 from test_store import e, image, index_image
 
 from layerindex.entries import EntryType
-from layerindex.finder import Finder, FindFilters
+from layerindex.finder import Finder
+from layerindex.locate import FindFilters
 from layerindex.schema import entries, names
 from layerindex.search import glob_regex, parse, regex_literal
 from layerindex.store import Store

@@ -6,11 +6,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import FromClause, func, select
 
 from layerindex.entries import Entry, EntryType
 from layerindex.errors import LayerFormatError
-from layerindex.finder import Finder, FindFilters, Row
+from layerindex.finder import Finder, Row
+from layerindex.locate import FindFilters
 from layerindex.schema import diffs, dirs, entries, layers, names
 from layerindex.search import parse
 from layerindex.store import ImageRecord, LayerRecord, Store
@@ -71,7 +72,7 @@ def index_image(store: Store, record: ImageRecord, contents: Sequence[Sequence[E
     store.finish_image(image_id)
 
 
-def count(store: Store, table: object) -> int:
+def count(store: Store, table: FromClause) -> int:
     with store.engine.connect() as connection:
         return int(connection.execute(select(func.count()).select_from(table)).scalar_one())
 

@@ -383,7 +383,7 @@ def test_digest_mismatch_names_where_expected_and_actual() -> None:
     blob = tarcorpus.gzip_blob(everyday())
     wrong = "sha256:" + "0" * 64
     walker = LayerWalker(io.BytesIO(blob), digest=wrong, where="image alpine:3.20 layer sha256:ab")
-    seen = []
+    seen: list[Entry] = []
     with pytest.raises(DigestMismatch) as caught:
         seen.extend(walker)
     message = str(caught.value)
