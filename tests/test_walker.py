@@ -22,6 +22,7 @@ import pytest
 import tarcorpus
 from tarcorpus import COMPRESSIONS, compress, info, member, with_tarfile
 
+from layerindex import compression as compression_module
 from layerindex.compression import CHUNK, QUEUE_CHUNKS, ZSTD_BLOCK_MAX, LayerStream, prefetched
 from layerindex.entries import (
     OPAQUE_MARKER,
@@ -328,6 +329,15 @@ def test_plain_tar_is_detected_without_magic() -> None:
     assert walker.compression == "tar"
 
 
+@pytest.fixture(params=["isal", "zlib"])
+def gzip_inflater(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The gzip tests run with isal's IgzipDecompressor and with the zlib fallback."""
+    if request.param == "zlib":
+        monkeypatch.setattr(compression_module, "_new_inflater", compression_module._ZlibMember)
+    return str(request.param)
+
+
+@pytest.mark.usefixtures("gzip_inflater")
 def test_multi_member_gzip() -> None:
     blob = tarcorpus.gzip_blob(everyday(), members=7)
     walker = LayerWalker(io.BytesIO(blob))
@@ -336,6 +346,7 @@ def test_multi_member_gzip() -> None:
     assert walker.compressed_size == len(blob)
 
 
+@pytest.mark.usefixtures("gzip_inflater")
 def test_gzip_zero_padding_after_the_last_member() -> None:
     blob = tarcorpus.gzip_blob(everyday()) + bytes(1000)
     walker = LayerWalker(io.BytesIO(blob))
@@ -412,6 +423,7 @@ def assert_format_error(blob: bytes, *fragments: str) -> None:
         assert fragment in message
 
 
+@pytest.mark.usefixtures("gzip_inflater")
 def test_truncated_gzip() -> None:
     blob = tarcorpus.gzip_blob(everyday())
     assert_format_error(blob[: len(blob) // 2], "truncated gzip")
@@ -422,10 +434,18 @@ def test_truncated_zstd() -> None:
     assert_format_error(blob[: len(blob) // 2], "truncated zstd")
 
 
+@pytest.mark.usefixtures("gzip_inflater")
 def test_corrupt_gzip() -> None:
     blob = bytearray(tarcorpus.gzip_blob(everyday()))
     blob[100:110] = b"\xff" * 10
-    assert_format_error(bytes(blob))
+    assert_format_error(bytes(blob), "corrupt gzip stream")
+
+
+@pytest.mark.usefixtures("gzip_inflater")
+def test_gzip_member_with_a_wrong_crc() -> None:
+    blob = bytearray(tarcorpus.gzip_blob(everyday()))
+    blob[-8] ^= 0xFF  # the member trailer: CRC32, then ISIZE
+    assert_format_error(bytes(blob), "corrupt gzip stream")
 
 
 def test_corrupt_zstd() -> None:
@@ -434,6 +454,7 @@ def test_corrupt_zstd() -> None:
     assert_format_error(bytes(blob))
 
 
+@pytest.mark.usefixtures("gzip_inflater")
 def test_gzip_trailing_garbage() -> None:
     assert_format_error(tarcorpus.gzip_blob(everyday()) + b"garbage", "trailing garbage")
 
