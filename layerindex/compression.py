@@ -59,6 +59,7 @@ class _ZlibMember:
 
     def __init__(self) -> None:
         self._zlib = zlib.decompressobj(16 + 15)
+        self._full = False  # the last call filled max_length: output may be waiting inside
 
     @property
     def eof(self) -> bool:
@@ -70,10 +71,12 @@ class _ZlibMember:
 
     @property
     def needs_input(self) -> bool:
-        return not self._zlib.unconsumed_tail
+        return not (self._zlib.unconsumed_tail or self._full)
 
     def decompress(self, data: bytes, max_length: int = 0) -> bytes:
-        return self._zlib.decompress(self._zlib.unconsumed_tail + data, max_length)
+        out = self._zlib.decompress(self._zlib.unconsumed_tail + data, max_length)
+        self._full = max_length > 0 and len(out) == max_length
+        return out
 
 
 _INFLATE_ERRORS: tuple[type[Exception], ...]
