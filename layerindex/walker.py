@@ -67,6 +67,8 @@ PAX_LOCAL = (ord("x"), ord("X"))  # X: Solaris' name for the same pax extended h
 PAX_GLOBAL = ord("g")
 GNU_LONGNAME, GNU_LONGLINK, GNU_SPARSE, GNU_VOLUME = ord("L"), ord("K"), ord("S"), ord("V")
 POSIX_MAGIC = b"ustar\x00"
+TIME_KEYS = frozenset((b"mtime", b"atime", b"ctime"))
+SPARSE_00_KEYS = (b"GNU.sparse.offset", b"GNU.sparse.numbytes")
 
 # tuple.__new__ skips NamedTuple's Python-level __new__: a third of the cost of an Entry.
 _new_entry: Callable[[type[Entry], tuple[object, ...]], Entry] = tuple.__new__
@@ -285,7 +287,7 @@ class _TarWalk:
         adler32 = zlib.adler32
         types_get = TYPES.get
         pax: dict[bytes, bytes] | None = None
-        sparse_pax: list[int] = []
+        pax_records: list[tuple[bytes, bytes]] = []
         long_name: bytes | None = None
         long_link: bytes | None = None
         while True:
@@ -322,11 +324,7 @@ class _TarWalk:
                     self.global_pax.update(records)
                     continue
                 pax = dict(records)
-                sparse_pax = [
-                    int(v)
-                    for k, v in records
-                    if k in (b"GNU.sparse.offset", b"GNU.sparse.numbytes")
-                ]
+                pax_records = records  # GNU sparse 0.0 repeats its keys: kept in order
                 continue
             if typeflag == GNU_LONGNAME:
                 long_name = self._data(size).partition(b"\0")[0]
@@ -368,7 +366,15 @@ class _TarWalk:
             if typeflag == GNU_SPARSE:
                 logical_size, sparse_map = self._old_sparse(header, offset)
 
-            if pax is not None or self.global_pax:
+            if pax is not None and not self.global_pax and pax.keys() <= TIME_KEYS:
+                # The common case (containerd, tarfile): a pax header for the times alone.
+                if b"mtime" in pax:
+                    try:
+                        mtime = _fraction_seconds(pax[b"mtime"])
+                    except ValueError:
+                        raise blocks.error("bad number in pax extended header", offset) from None
+                pax = None
+            elif pax is not None or self.global_pax:
                 merged = {**self.global_pax, **pax} if pax is not None else self.global_pax
                 pax = None
                 try:
@@ -387,7 +393,7 @@ class _TarWalk:
                     if b"GNU.sparse.map" in merged:  # 0.1
                         sparse_map = [int(x) for x in merged[b"GNU.sparse.map"].split(b",")]
                     elif b"GNU.sparse.size" in merged:  # 0.0
-                        sparse_map = sparse_pax
+                        sparse_map = [int(v) for k, v in pax_records if k in SPARSE_00_KEYS]
                     if b"GNU.sparse.realsize" in merged:  # 1.0
                         logical_size = int(merged[b"GNU.sparse.realsize"])
                     elif b"GNU.sparse.size" in merged:

@@ -273,6 +273,20 @@ def test_rule_pax_mtime_fraction_rounds_down() -> None:
     assert [e.mtime for e in walk(tar)] == [10, -2]
 
 
+def test_rule_pax_header_of_times_only_sets_mtime() -> None:
+    # containerd writes a pax header with the times on every member: the walker's fast path.
+    times = [(b"atime", b"5.5"), (b"mtime", b"1700000000.75"), (b"ctime", b"6")]
+    (entry,) = one(tarcorpus.pax_member(times), member(b"./a", b"xy", mtime=1))
+    assert (entry.path, entry.size, entry.mtime) == ("/a", 2, 1700000000)
+    (entry,) = one(tarcorpus.pax_member([(b"atime", b"5")]), member(b"./a", mtime=7))
+    assert entry.mtime == 7  # no mtime record: the header's
+
+
+def test_bad_pax_mtime_is_a_format_error() -> None:
+    with pytest.raises(LayerFormatError, match="bad number in pax extended header"):
+        one(tarcorpus.pax_member([(b"mtime", b"soon")]), member(b"./a"))
+
+
 def test_rule_pax_global_header_applies_to_later_members() -> None:
     tar = with_tarfile(
         tarfile.PAX_FORMAT, [(info("./a"), b""), (info("./b"), b"")], pax_headers={"uid": "4242"}
