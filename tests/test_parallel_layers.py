@@ -1,11 +1,13 @@
 """An image's layers are walked at once, each in a child process; written at once on PostgreSQL
-(several writers), one after another on SQLite (one writer)."""
+(several writers), one after another on SQLite (one writer). Layers under
+CHILD_WALK_MIN_BYTES are walked in process: these tests lower it to walk theirs in children."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from faults import FaultProxy
@@ -13,7 +15,7 @@ from images import make_image, make_layer
 from registry_server import RegistryServer
 from sqlalchemy import Engine, func, select
 
-from layerindex.crawler import Crawler, ImageOutcome
+from layerindex.crawler import CHILD_WALK_MIN_BYTES, Crawler, ImageOutcome
 from layerindex.database import open_database
 from layerindex.reference import parse_reference
 from layerindex.registry import RegistryClient
@@ -29,6 +31,11 @@ EXPECTED = {
     for layer, files in zip(IMAGE.layers, CONTENTS, strict=True)
     for path, data in files.items()
 }
+
+
+@pytest.fixture(autouse=True)
+def walk_every_layer_in_a_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("layerindex.crawler.CHILD_WALK_MIN_BYTES", 0)
 
 
 def index(engine: Engine, ref: str) -> list[ImageOutcome]:
@@ -104,14 +111,14 @@ def test_an_images_layers_are_walked_at_once_on_every_database(
     engine.dispose()
 
 
-def test_bad_layers_written_at_once_commit_nothing_and_are_retried(
-    registry: RegistryServer, fault_proxy: FaultProxy, postgres_url: str
+def test_bad_layers_walked_at_once_commit_nothing_and_are_retried(
+    registry: RegistryServer, fault_proxy: FaultProxy, db_url: str
 ) -> None:
     registry.push("team/parallel", "2", IMAGE)
     ref = f"{fault_proxy.host}/team/parallel:2"
     for layer in IMAGE.layers[1:]:
         fault_proxy.corrupt(f"/blobs/{layer.digest}", times=1)
-    engine = open_database(postgres_url)
+    engine = open_database(db_url)
     (outcome,) = index(engine, ref)
     assert (outcome.indexed, outcome.failed) == (1, 2)
     for layer in IMAGE.layers[1:]:  # each error names its layer
@@ -121,5 +128,19 @@ def test_bad_layers_written_at_once_commit_nothing_and_are_retried(
     assert count == len(CONTENTS[0])
     (again,) = index(engine, ref)
     assert (again.indexed, again.known, again.failed, again.errors) == (2, 1, 0, [])
+    assert indexed_rows(engine) == EXPECTED
+    engine.dispose()
+
+
+def test_small_layers_are_walked_in_process(
+    registry: RegistryServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("layerindex.crawler.CHILD_WALK_MIN_BYTES", CHILD_WALK_MIN_BYTES)
+    assert all(layer.size < CHILD_WALK_MIN_BYTES for layer in IMAGE.layers)
+    monkeypatch.setattr("layerindex.crawler.walk_in_child", None)  # a child would fail
+    registry.push("team/parallel", "4", IMAGE)
+    engine = open_database(f"sqlite:///{tmp_path / 'index.db'}")
+    outcomes = index(engine, f"{registry.host}/team/parallel:4")
+    assert [(o.indexed, o.failed, o.errors) for o in outcomes] == [(3, 0, [])]
     assert indexed_rows(engine) == EXPECTED
     engine.dispose()
