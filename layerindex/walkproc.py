@@ -2,7 +2,8 @@
 
 ``LayerWalker``'s per-member work (tar headers, pax records, building entries) is Python and
 holds the GIL; in one process it takes turns with the database writer, and threads walking
-several layers take turns with each other. The crawler therefore walks every layer as
+several layers take turns with each other. The crawler therefore walks every layer of
+``crawler.CHILD_WALK_MIN_BYTES`` or more (smaller ones cost less than a child's start) as
 ``python -m layerindex.walkproc``:
 
 - the parent keeps every network concern (tokens, redirects, retries, resumed reads) and pipes
