@@ -7,6 +7,7 @@ import io
 import stat
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tarcorpus
@@ -21,10 +22,11 @@ from layerindex.walkproc import FRAME_ENTRIES, walk_in_child
 WHERE = "image example/app:1 layer sha256:abc"
 
 
-def walkers(blob: bytes, **kw: object) -> tuple[LayerWalker, LayerWalker]:
-    return tuple(  # type: ignore[return-value]
-        LayerWalker(io.BytesIO(blob), where=WHERE, **kw)  # type: ignore[arg-type]
-        for _ in range(2)
+def walkers(blob: bytes, **kw: Any) -> tuple[LayerWalker, LayerWalker]:
+    """Two walkers of the same blob: one to run here, one to hand to a child."""
+    return (
+        LayerWalker(io.BytesIO(blob), where=WHERE, **kw),
+        LayerWalker(io.BytesIO(blob), where=WHERE, **kw),
     )
 
 
