@@ -226,8 +226,7 @@ def open_reader(url: str) -> Reader:
     (there is nothing to read), never created. A SQLite file is read through the stdlib."""
     path = _sqlite_file(url)
     if path is None:
-        engine = open_database(url)
-        return Reader.from_engine(engine, owned=True)
+        return Reader.from_engine(_existing_database(url), owned=True)
     shown = url
     if not path.is_file():
         raise LayerIndexError(
@@ -257,6 +256,32 @@ def open_reader(url: str) -> Reader:
         connection.close()
         raise
     return Reader(connection, "sqlite")
+
+
+def _existing_database(url: str) -> Engine:
+    """``url`` (PostgreSQL, or SQLite beyond a plain file) at the latest schema, for reading:
+    an empty database is an error, never created."""
+    from sqlalchemy import inspect
+    from sqlalchemy.exc import OperationalError
+
+    engine = create(url)
+    shown = repr(engine.url)  # the password masked
+    try:
+        with engine.connect() as connection:
+            revision = current_revision(connection)
+            empty = revision is None and not inspect(connection).get_table_names()
+        if empty:
+            raise LayerIndexError(
+                f"the database {shown} is empty; index an image first (layerindex index REF)"
+            )
+        check_revision(shown, revision)
+    except OperationalError as exc:
+        engine.dispose()
+        raise LayerIndexError(f"cannot open database {shown}: {exc.orig}") from exc
+    except LayerIndexError:
+        engine.dispose()
+        raise
+    return engine
 
 
 def _sqlite_file(url: str) -> Path | None:

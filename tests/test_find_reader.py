@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sqlalchemy import create_engine, inspect, make_url
 from test_index import Run
 from test_store import e, image, index_image
 
@@ -89,6 +90,21 @@ def test_find_refuses_what_is_not_a_layerindex_database(home: Path, run: Run) ->
     for path, message in expected.items():
         result = run("--db", f"sqlite:///{path}", "find", "/usr/bin/kubectl")
         assert (result.exit_code, result.stdout, result.stderr) == (2, "", message)
+
+
+def test_find_on_an_empty_postgresql_database_says_so_and_creates_nothing(
+    postgres_url: str, run: Run
+) -> None:
+    result = run("--db", postgres_url, "find", "/usr/bin/kubectl")
+    shown = repr(make_url(postgres_url))
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        2,
+        "",
+        f"Error: the database {shown} is empty; index an image first (layerindex index REF)\n",
+    )
+    engine = create_engine(postgres_url)
+    assert inspect(engine).get_table_names() == []  # reading made no schema
+    engine.dispose()
 
 
 def test_find_on_postgresql_reads_through_the_drivers_connection(
