@@ -366,39 +366,37 @@ class _TarWalk:
             if typeflag == GNU_SPARSE:
                 logical_size, sparse_map = self._old_sparse(header, offset)
 
-            if pax is not None and not self.global_pax and pax.keys() <= TIME_KEYS:
-                # The common case (containerd, tarfile): a pax header for the times alone.
-                if b"mtime" in pax:
-                    try:
-                        mtime = _fraction_seconds(pax[b"mtime"])
-                    except ValueError:
-                        raise blocks.error("bad number in pax extended header", offset) from None
+            if pax is not None or self.global_pax:
+                if pax is None:
+                    merged = self.global_pax
+                else:
+                    merged = {**self.global_pax, **pax} if self.global_pax else pax
                 pax = None
-            elif pax is not None or self.global_pax:
-                merged = {**self.global_pax, **pax} if pax is not None else self.global_pax
-                pax = None
+                sparse_10 = False
                 try:
-                    name = merged.get(b"path", name)
-                    link = merged.get(b"linkpath", link)
-                    if b"size" in merged:
-                        size = logical_size = int(merged[b"size"])
-                    if b"uid" in merged:
-                        uid = int(merged[b"uid"])
-                    if b"gid" in merged:
-                        gid = int(merged[b"gid"])
                     if b"mtime" in merged:
                         mtime = _fraction_seconds(merged[b"mtime"])
-                    # GNU pax sparse formats: the real name and size are in GNU.sparse.* keys.
-                    name = merged.get(b"GNU.sparse.name", name)
-                    if b"GNU.sparse.map" in merged:  # 0.1
-                        sparse_map = [int(x) for x in merged[b"GNU.sparse.map"].split(b",")]
-                    elif b"GNU.sparse.size" in merged:  # 0.0
-                        sparse_map = [int(v) for k, v in pax_records if k in SPARSE_00_KEYS]
-                    if b"GNU.sparse.realsize" in merged:  # 1.0
-                        logical_size = int(merged[b"GNU.sparse.realsize"])
-                    elif b"GNU.sparse.size" in merged:
-                        logical_size = int(merged[b"GNU.sparse.size"])
-                    sparse_10 = merged.get(b"GNU.sparse.major") == b"1"
+                    # The common case (containerd, tarfile): a pax header for the times alone.
+                    if not merged.keys() <= TIME_KEYS:
+                        name = merged.get(b"path", name)
+                        link = merged.get(b"linkpath", link)
+                        if b"size" in merged:
+                            size = logical_size = int(merged[b"size"])
+                        if b"uid" in merged:
+                            uid = int(merged[b"uid"])
+                        if b"gid" in merged:
+                            gid = int(merged[b"gid"])
+                        # GNU pax sparse formats: the real name and size in GNU.sparse.* keys.
+                        name = merged.get(b"GNU.sparse.name", name)
+                        if b"GNU.sparse.map" in merged:  # 0.1
+                            sparse_map = [int(x) for x in merged[b"GNU.sparse.map"].split(b",")]
+                        elif b"GNU.sparse.size" in merged:  # 0.0
+                            sparse_map = [int(v) for k, v in pax_records if k in SPARSE_00_KEYS]
+                        if b"GNU.sparse.realsize" in merged:  # 1.0
+                            logical_size = int(merged[b"GNU.sparse.realsize"])
+                        elif b"GNU.sparse.size" in merged:
+                            logical_size = int(merged[b"GNU.sparse.size"])
+                        sparse_10 = merged.get(b"GNU.sparse.major") == b"1"
                 except ValueError:
                     raise blocks.error("bad number in pax extended header", offset) from None
                 if sparse_10 and typeflag not in HEADER_ONLY:
