@@ -31,6 +31,7 @@ from layerindex.entries import (
     WHITEOUT_PREFIX,
     Entry,
     EntryType,
+    new_entry,
     normalise,
     path_text,
 )
@@ -69,9 +70,6 @@ GNU_LONGNAME, GNU_LONGLINK, GNU_SPARSE, GNU_VOLUME = ord("L"), ord("K"), ord("S"
 POSIX_MAGIC = b"ustar\x00"
 TIME_KEYS = frozenset((b"mtime", b"atime", b"ctime"))
 SPARSE_00_KEYS = (b"GNU.sparse.offset", b"GNU.sparse.numbytes")
-
-# tuple.__new__ skips NamedTuple's Python-level __new__: a third of the cost of an Entry.
-_new_entry: Callable[[type[Entry], tuple[object, ...]], Entry] = tuple.__new__
 
 
 class LayerWalker:
@@ -433,7 +431,7 @@ class _TarWalk:
             else:
                 entry_size = 0
                 target = None
-            yield _new_entry(
+            yield new_entry(
                 Entry,
                 (path, entry_type, entry_size, mode & 0o7777, uid, gid, mtime, target, digest),
             )

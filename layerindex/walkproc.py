@@ -33,12 +33,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import IO, Any, cast
 
 from layerindex import errors
 from layerindex.compression import READ_SIZE
-from layerindex.entries import TYPE_CODES, TYPE_NAMES, Entry
+from layerindex.entries import TYPE_CODES, TYPE_NAMES, Entry, new_entry
 from layerindex.errors import LayerIndexError
 from layerindex.walker import LayerWalker
 
@@ -54,8 +54,6 @@ STDERR_TAIL = 2000  # characters of a crashed child's stderr quoted in the error
 # 4.4 s at 5 ms, 3.8 s at 1 ms, 3.55 s at 0.2 ms). The child is ours alone, so we may set it.
 CHILD_SWITCH_INTERVAL = 0.0002
 PIPE_SIZE = 1 << 20  # the blob's pipe into the child: one READ_SIZE, not 64 KiB
-
-_new_entry: Callable[[type[Entry], tuple[object, ...]], Entry] = tuple.__new__
 
 
 class ChildWalk:
@@ -125,7 +123,7 @@ class ChildWalk:
         types = TYPE_NAMES
         for batch in self._frames(load=ENTRIES + DONE + ERROR):
             for path, code, size, mode, uid, gid, mtime, link, sha in batch:
-                yield _new_entry(Entry, (path, types[code], size, mode, uid, gid, mtime, link, sha))
+                yield new_entry(Entry, (path, types[code], size, mode, uid, gid, mtime, link, sha))
         self._conclude()
 
     def _frames(self, load: bytes) -> Iterator[list[Any]]:
