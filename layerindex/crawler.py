@@ -247,7 +247,7 @@ class Crawler:
                     ],
                 )
             )
-        pending: list[tuple[LayerState, int]] = []  # with its compressed size
+        pending: list[tuple[LayerState, bool]] = []  # with: walk it in a child?
         for descriptor, state in zip(image.layers, states, strict=True):
             if state.indexed:
                 outcome.known += 1
@@ -256,22 +256,27 @@ class Crawler:
                     self.store.record_skip(state, reason)
                 outcome.skipped += 1
             else:
-                pending.append((state, descriptor.size))
+                pending.append((state, descriptor.size >= CHILD_WALK_MIN_BYTES))
         # A layer of CHILD_WALK_MIN_BYTES or more is walked in a child process (walkproc):
         # several at once use several cores, and on SQLite only writing them takes turns.
         if self.layer_pool is not None:
             futures = [
-                self.layer_pool.submit(self._layer, ref, state, size, at_once=True)
-                for state, size in pending
+                self.layer_pool.submit(self._layer, ref, state, in_child=in_child, at_once=True)
+                for state, in_child in pending
             ]
             results = [f.result() for f in futures]
         elif len(pending) > 1:
             with ThreadPoolExecutor(
                 min(len(pending), IMAGE_LAYER_THREADS), thread_name_prefix="layerindex-layer"
             ) as pool:
-                results = list(pool.map(lambda p: self._layer(ref, *p, at_once=True), pending))
+                results = list(
+                    pool.map(lambda p: self._layer(ref, p[0], in_child=p[1], at_once=True), pending)
+                )
         else:
-            results = [self._layer(ref, state, size, at_once=False) for state, size in pending]
+            results = [
+                self._layer(ref, state, in_child=in_child, at_once=False)
+                for state, in_child in pending
+            ]
         for result in results:
             if result.kind == "indexed":
                 outcome.indexed += 1
@@ -288,12 +293,12 @@ class Crawler:
                 self.store.finish_image(image_id)
 
     def _layer(
-        self, ref: Reference, layer: LayerState, size: int, *, at_once: bool
+        self, ref: Reference, layer: LayerState, *, in_child: bool, at_once: bool
     ) -> _LayerResult:
-        """Index one layer (``size``: compressed bytes, as the manifest says), unless its
-        contents are known or another fetcher has it.
+        """Index one layer, unless its contents are known or another fetcher has it.
 
-        ``at_once``: other layers may be walking at the same time.
+        ``in_child``: walk it in a child process; ``at_once``: other layers may be walking at
+        the same time.
         """
         where = f"image {ref.familiar()} layer {layer.digest}"
         if self.respect_backoff and layer.last_error and layer.last_attempt:
@@ -319,7 +324,6 @@ class Crawler:
             time.sleep(LEASE_WAIT_POLL)
         try:
             with self._heartbeat(layer, owner):
-                in_child = size >= CHILD_WALK_MIN_BYTES
                 return self._fetch_and_walk(ref, layer, where, at_once=at_once, in_child=in_child)
         finally:
             with self._write_lock:
