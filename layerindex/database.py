@@ -102,8 +102,9 @@ def current_revision(connection: Connection) -> str | None:
         return None
 
 
-def open_database(url: str) -> Engine:
-    """Open ``url`` at the latest schema: a new database is created, an older one refused."""
+def open_database(url: str, *, create_empty: bool = True) -> Engine:
+    """Open ``url`` at the latest schema: a new database is created (with ``create_empty``,
+    else it is an error: there is nothing to read), an older one refused."""
     from sqlalchemy import inspect
     from sqlalchemy.exc import OperationalError
 
@@ -112,14 +113,23 @@ def open_database(url: str) -> Engine:
         with engine.begin() as connection:
             revision = current_revision(connection)
             if revision is None and not inspect(connection).get_table_names():
+                if not create_empty:
+                    raise LayerIndexError(
+                        f"the database {engine.url!r} is empty; "
+                        "index an image first (layerindex index REF)"
+                    )
                 if not _create_sqlite_at_head(connection):
                     from alembic import command
 
                     command.upgrade(_alembic_config(connection), "head")
                 return engine
+        check_revision(repr(engine.url), revision)
     except OperationalError as exc:
+        engine.dispose()
         raise LayerIndexError(f"cannot open database {engine.url!r}: {exc.orig}") from exc
-    check_revision(repr(engine.url), revision)
+    except LayerIndexError:
+        engine.dispose()
+        raise
     return engine
 
 
@@ -226,7 +236,7 @@ def open_reader(url: str) -> Reader:
     (there is nothing to read), never created. A SQLite file is read through the stdlib."""
     path = _sqlite_file(url)
     if path is None:
-        return Reader.from_engine(_existing_database(url), owned=True)
+        return Reader.from_engine(open_database(url, create_empty=False), owned=True)
     shown = url
     if not path.is_file():
         raise LayerIndexError(
@@ -256,32 +266,6 @@ def open_reader(url: str) -> Reader:
         connection.close()
         raise
     return Reader(connection, "sqlite")
-
-
-def _existing_database(url: str) -> Engine:
-    """``url`` (PostgreSQL, or SQLite beyond a plain file) at the latest schema, for reading:
-    an empty database is an error, never created."""
-    from sqlalchemy import inspect
-    from sqlalchemy.exc import OperationalError
-
-    engine = create(url)
-    shown = repr(engine.url)  # the password masked
-    try:
-        with engine.connect() as connection:
-            revision = current_revision(connection)
-            empty = revision is None and not inspect(connection).get_table_names()
-        if empty:
-            raise LayerIndexError(
-                f"the database {shown} is empty; index an image first (layerindex index REF)"
-            )
-        check_revision(shown, revision)
-    except OperationalError as exc:
-        engine.dispose()
-        raise LayerIndexError(f"cannot open database {shown}: {exc.orig}") from exc
-    except LayerIndexError:
-        engine.dispose()
-        raise
-    return engine
 
 
 def _sqlite_file(url: str) -> Path | None:
