@@ -306,18 +306,18 @@ class Runner:
         )
         self.empty_db_bytes = databases.entries_and_bytes(empty)[1]
         databases.drop(empty)
+        self.site = work / "hwm-site"
+        self.site.mkdir(exist_ok=True)
+        (self.site / "sitecustomize.py").write_text(HWM_SITECUSTOMIZE)
 
     def index(self, ref: str) -> IndexRun:
         """``layerindex index ref`` into a database that is new and empty."""
         self.runs += 1
         url = self.databases.create(f"layerindex_bench_{self.runs}")
-        site = self.work / "hwm-site"
-        site.mkdir(exist_ok=True)
-        (site / "sitecustomize.py").write_text(HWM_SITECUSTOMIZE)
         hwm = self.work / "hwm.d"
         shutil.rmtree(hwm, ignore_errors=True)
         hwm.mkdir()
-        path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+        path = os.pathsep.join(filter(None, [str(self.site), os.environ.get("PYTHONPATH")]))
         env = {**os.environ, "BENCH_HWM_DIR": str(hwm), "PYTHONPATH": path}
         command = [sys.executable, "-m", "layerindex", "--db", url, "index", ref]
         start = time.perf_counter()
