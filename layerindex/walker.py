@@ -37,6 +37,13 @@ from layerindex.entries import (
 )
 from layerindex.errors import DigestMismatch, LayerFormatError
 
+Scan = Callable[[bytes, int, list[Entry], type[Entry], tuple[EntryType, ...], bool], int]
+_scan: Scan | None
+try:  # the C fast path for plain members (layerindex/_tarscan.c), built where a compiler is
+    from layerindex._tarscan import scan as _scan
+except ImportError:  # the loop in _TarWalk.entries reads every member
+    _scan = None
+
 BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
 SPECIAL_MAX = 1 << 20  # largest pax / GNU long-name header we read into memory
@@ -50,6 +57,8 @@ _FILE, _DIR, _SYMLINK, _HARDLINK = (
     EntryType.HARDLINK,
 )
 _WHITEOUT, _OPAQUE = EntryType.WHITEOUT, EntryType.OPAQUE
+# What _tarscan.scan yields for file, dir, symlink, hardlink, char, block, fifo members.
+SCAN_TYPES = (_FILE, _DIR, _SYMLINK, _HARDLINK, EntryType.CHAR, EntryType.BLOCK, EntryType.FIFO)
 TYPES: dict[int, EntryType] = {
     ord("0"): _FILE,
     0: _FILE,  # v7 "AREGTYPE"
@@ -171,6 +180,12 @@ class _Blocks:
         self.buf, self.pos = b"".join(parts), 0
         return have >= n
 
+    def ahead(self) -> bytes:
+        """The buffer, holding a whole block from ``pos`` on unless the stream ends first."""
+        if len(self.buf) - self.pos < BLOCK:
+            self._fill(BLOCK)
+        return self.buf
+
     def header(self) -> bytes | None:
         """The next 512-byte block, or None at a clean end of stream."""
         if len(self.buf) - self.pos < BLOCK and not self._fill(BLOCK):
@@ -278,6 +293,7 @@ class _TarWalk:
         self.blocks = blocks
         self.hash_files = hash_files
         self.global_pax: dict[bytes, bytes] = {}
+        self.scan = _scan
 
     def entries(self) -> Iterator[Entry]:
         blocks = self.blocks
@@ -288,7 +304,17 @@ class _TarWalk:
         pax_records: list[tuple[bytes, bytes]] = []
         long_name: bytes | None = None
         long_link: bytes | None = None
+        scan = self.scan
+        global_pax = self.global_pax  # updated in place by "g" headers
         while True:
+            # Plain members in C, up to the first one that needs a rule of this loop, which
+            # then reads that one. Not between a pax or long-name header and its member.
+            pending = pax is not None or long_name is not None or long_link is not None
+            if scan is not None and not pending and not global_pax:
+                plain: list[Entry] = []
+                buf = blocks.ahead()
+                blocks.pos = scan(buf, blocks.pos, plain, Entry, SCAN_TYPES, hash_files)
+                yield from plain
             offset = blocks.offset
             header = blocks.header()
             if header is None:

@@ -23,6 +23,7 @@ import tarcorpus
 from tarcorpus import COMPRESSIONS, compress, info, member, with_tarfile
 
 from layerindex import compression as compression_module
+from layerindex import walker as walker_module
 from layerindex.compression import CHUNK, QUEUE_CHUNKS, ZSTD_BLOCK_MAX, LayerStream, prefetched
 from layerindex.entries import (
     OPAQUE_MARKER,
@@ -50,6 +51,19 @@ TARFILE_TYPES = {
 }
 
 Row = tuple[str, EntryType, int, int, int, int, int, str | None]
+
+
+@pytest.fixture(autouse=True, params=["c", "python"])
+def member_reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs twice: with the C fast path for plain members, and without it (the
+    pure-Python walker, as installed where no C compiler was found)."""
+    if request.param == "c":
+        assert walker_module._scan is not None, (
+            "layerindex._tarscan is not built: run pip install -e . on a machine with a C compiler"
+        )
+    else:
+        monkeypatch.setattr(walker_module, "_scan", None)
+    return str(request.param)
 
 
 @functools.cache

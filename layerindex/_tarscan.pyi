@@ -1,0 +1,11 @@
+from layerindex.entries import Entry, EntryType
+
+def scan(
+    buffer: bytes,
+    pos: int,
+    out: list[Entry],
+    entry_class: type[Entry],
+    types: tuple[EntryType, ...],
+    hash_files: bool,
+    /,
+) -> int: ...

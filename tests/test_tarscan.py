@@ -1,0 +1,151 @@
+"""The walker's C fast path (layerindex/_tarscan.c) against the Python loop it stands in for."""
+
+from __future__ import annotations
+
+import io
+import random
+
+import pytest
+import tarcorpus
+from tarcorpus import member
+
+from layerindex import walker as walker_module
+from layerindex.entries import Entry, EntryType
+from layerindex.errors import LayerFormatError
+from layerindex.walker import SCAN_TYPES, LayerWalker
+
+scan = walker_module._scan
+
+
+def walk(blob: bytes, **kw: object) -> list[Entry]:
+    return list(LayerWalker(io.BytesIO(blob), **kw))  # type: ignore[arg-type]
+
+
+def test_fast_path_is_built() -> None:
+    assert scan is not None, "layerindex._tarscan is not built: pip install -e . with a C compiler"
+
+
+def scanned(tar: bytes, hash_files: bool = False) -> tuple[list[Entry], int]:
+    assert scan is not None
+    out: list[Entry] = []
+    return out, scan(tar, 0, out, Entry, SCAN_TYPES, hash_files)
+
+
+def test_plain_members_and_pax_times_and_paths_are_read_in_c() -> None:
+    members = [member(b"./usr/", typeflag=b"5"), member(b"./usr/bin/x", b"#!", mtime=5)]
+    members += [pax_times(1), member(b"usr/lib/l", typeflag=b"2", linkname=b"../bin/x")]
+    long_name = b"./opt/" + b"long/" * 40 + b"name"
+    records = [(b"path", b"./lost"), (b"mtime", b"-1.5"), (b"path", long_name)]
+    members += [tarcorpus.pax_member(records), member(b"short", b"data")]
+    members += [tarcorpus.pax_member([(b"linkpath", long_name)]), member(b"h", typeflag=b"1")]
+    tar = b"".join(members)
+    out, end = scanned(tar + tarcorpus.END)
+    assert end == len(tar)  # stops at the end blocks: the Python loop ends the archive
+    assert out == walk(tar + tarcorpus.END)
+    kinds = [EntryType.DIR, EntryType.FILE, EntryType.SYMLINK, EntryType.FILE, EntryType.HARDLINK]
+    assert [e.type for e in out] == kinds
+    assert out[2].mtime == 1_700_000_001 and type(out[2]) is Entry
+    assert (out[3].path, out[3].mtime, out[3].size) == (long_name[1:].decode(), -2, 4)
+    assert out[4].link_target == long_name[1:].decode()
+
+
+@pytest.mark.parametrize(
+    ("special", "why"),
+    [
+        (member(b"./usr/.wh.x"), "whiteout"),
+        (member(b"./"), "the root"),
+        (member(b"./a//b"), "a name to canonicalise"),
+        (member(b"caf\xe9"), "not UTF-8"),
+        (member(b"a\\b"), "a backslash"),
+        (tarcorpus.pax_member([(b"uid", b"5")]) + member(b"x"), "a pax key not read in C"),
+        (member(b"././@LongLink", b"long\0", typeflag=b"L") + member(b"x"), "a GNU long name"),
+        (member(b"x", b"data", size=tarcorpus.base256(4, 12)), "a base-256 number"),
+        (member(b"x", extra=[(100, b"000064x\0")]), "an unreadable number"),
+        (tarcorpus.pax_member([(b"mtimes", b"1")]) + member(b"x"), "a key that is not a time"),
+        (member(b"x", typeflag=b"S"), "an old GNU sparse file"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "",
+)
+def test_members_with_a_rule_of_their_own_are_handed_back(special: bytes, why: str) -> None:
+    before = member(b"a") + member(b"b", b"data")
+    out, end = scanned(before + special + member(b"c") + tarcorpus.END)
+    assert (end, [e.path for e in out]) == (len(before), ["/a", "/b"]), why
+
+
+def test_a_member_whose_data_runs_past_the_buffer_is_handed_back() -> None:
+    before = member(b"a")
+    out, end = scanned(before + member(b"big", b"x" * 600)[:1024])  # the walker's chunk ends
+    assert ([e.path for e in out], end) == (["/a"], len(before))
+
+
+def test_regular_files_are_handed_back_when_their_content_is_hashed() -> None:
+    tar = member(b"d", typeflag=b"5") + member(b"f", b"data") + tarcorpus.END
+    out, end = scanned(tar, hash_files=True)
+    assert ([e.path for e in out], end) == (["/d"], 512)
+
+
+def outcome(tar: bytes, **kw: object) -> list[Entry] | str:
+    try:
+        return walk(tar, **kw)
+    except LayerFormatError as exc:
+        return str(exc)
+
+
+def test_fast_path_reads_damaged_tars_as_python_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C reader hands back every member it is unsure of: on headers damaged in the fields
+    it reads (numbers, names, checksum, type, pax records), the entries, or the error and its
+    offset, are those of the Python loop, byte for byte."""
+    rng = random.Random(7)
+    tars = [
+        tarcorpus.corpus()[name] for name in ("pax", "ustar", "gnu", "v7", "whiteouts", "odd-types")
+    ]
+    plain = b"".join(
+        member(b"./d%d/f" % i, b"x" * (i * 37), mtime=i) + pax_times(i) + member(b"p%d" % i)
+        for i in range(20)
+    )
+    tars.append(plain + tarcorpus.END)
+    fields = [(0, 100), (100, 108), (108, 116), (116, 124), (124, 136), (136, 148), (148, 156)]
+    fields += [(156, 157), (157, 263), (345, 500)]
+    tried = 0
+    for tar in tars:
+        headers = [at for at in range(0, len(tar), 512) if is_header(tar[at : at + 512])]
+        pax_data = [at + 512 for at in headers if tar[at + 156] == ord("x")]
+        for _ in range(150):
+            damaged = bytearray(tar)
+            if pax_data and rng.random() < 0.2:  # the records of a pax header
+                start, (low, high) = rng.choice(pax_data), (0, 40)
+            else:
+                start, (low, high) = rng.choice(headers), rng.choice(fields)
+            for _ in range(rng.randrange(1, 4)):
+                damaged[start + rng.randrange(low, high)] = rng.choice(b"\0\0  /.-789x+_\n=\x80w.h")
+            if rng.random() < 0.7:  # keep the checksum right, so the damage reaches the fields
+                fix_checksum(damaged, start)
+            for hash_files in (False, True):
+                with monkeypatch.context() as patch:
+                    patch.setattr(walker_module, "_scan", None)
+                    expected = outcome(bytes(damaged), hash_files=hash_files)
+                assert outcome(bytes(damaged), hash_files=hash_files) == expected
+                tried += 1
+    assert tried == 2 * 150 * len(tars)
+
+
+def is_header(block: bytes) -> bool:
+    stored = block[148:156].partition(b"\0")[0].strip()
+    return len(block) == 512 and stored.isdigit() and int(stored, 8) == checksum(block)
+
+
+def checksum(block: bytes | bytearray) -> int:
+    return sum(block[:148]) + 8 * 32 + sum(block[156:512])
+
+
+def fix_checksum(tar: bytearray, start: int) -> None:
+    tar[start + 148 : start + 156] = b"%06o\0 " % checksum(tar[start : start + 512])
+
+
+def pax_times(i: int) -> bytes:
+    """A pax header of times (containerd), odd ones with a fraction, every third with a path
+    (tarfile, Go: names too long for the header)."""
+    records = [(b"mtime", b"%d.%d" % (1_700_000_000 + i, i % 3)), (b"atime", b"1")]
+    if i % 3 == 0:
+        records.append((b"path", b"./pax/%d/" % i + b"n" * 100))
+    return tarcorpus.pax_member(records if i % 2 else records[:1])
