@@ -121,7 +121,8 @@ static int plain_pax(const unsigned char *data, size_t size, struct pax *pax) {
     size_t pos = 0;
     while (pos < size && data[pos] != 0) {
         size_t length = 0, i = pos;
-        while (i < size && i < pos + 24 && data[i] >= '0' && data[i] <= '9') {
+        /* At most 18 digits, no overflow: a longer length is Python's to refuse. */
+        while (i < size && i < pos + 18 && data[i] >= '0' && data[i] <= '9') {
             length = length * 10 + (data[i] - '0');
             i++;
         }
