@@ -35,6 +35,7 @@ def test_built_wheel_carries_migrations_and_creates_a_database(tmp_path: Path) -
     assert "layerindex/migrations/versions/0001_initial_schema.py" in names
     assert "layerindex/migrations/script.py.mako" in names
     assert "layerindex/data/images.txt" in names  # the default list of `layerindex crawl`
+    assert any(n.startswith("layerindex/_tarscan.") and n.endswith(".so") for n in names)
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
@@ -61,3 +62,11 @@ def test_built_wheel_carries_migrations_and_creates_a_database(tmp_path: Path) -
         cwd=tmp_path,
     )
     assert where.stdout.startswith(str(venv))
+    fast_path = subprocess.run(
+        [venv / "bin" / "python", "-c", "import layerindex.walker as w; print(w._scan)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
+    assert fast_path.stdout == "<built-in function scan>\n"
