@@ -2,9 +2,13 @@
 
 The tar headers are parsed by hand, not with ``tarfile``: in stream mode tarfile walks ~31k
 members/s and keeps every member in ``.members``, while a 512-byte header parser that skips data
-blocks without touching them does several times that. Formats read: v7, ustar (prefix field),
-pax (``x``/``X`` and global ``g`` headers), GNU long names and links (``L``/``K``), GNU old
-sparse (``S``) and pax sparse 0.0/0.1/1.0, base-256 numbers.
+blocks without touching them does several times that. Plain members (ustar headers, with or
+without a pax header of times and paths) are read in C where ``layerindex._tarscan`` was built;
+it hands every other member back to the loop below, which holds all the rules.
+
+Formats read: v7, ustar (prefix field), pax (``x``/``X`` and global ``g`` headers), GNU long
+names and links (``L``/``K``), GNU old sparse (``S``) and pax sparse 0.0/0.1/1.0, base-256
+numbers.
 
 Which member types carry data follows Go's archive/tar and Python's tarfile (what Docker and
 containerd extract with): links, devices, directories and fifos never do, whatever their size
@@ -293,7 +297,6 @@ class _TarWalk:
         self.blocks = blocks
         self.hash_files = hash_files
         self.global_pax: dict[bytes, bytes] = {}
-        self.scan = _scan
 
     def entries(self) -> Iterator[Entry]:
         blocks = self.blocks
@@ -304,7 +307,7 @@ class _TarWalk:
         pax_records: list[tuple[bytes, bytes]] = []
         long_name: bytes | None = None
         long_link: bytes | None = None
-        scan = self.scan
+        scan = _scan
         global_pax = self.global_pax  # updated in place by "g" headers
         while True:
             # Plain members in C, up to the first one that needs a rule of this loop, which
