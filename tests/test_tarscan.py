@@ -149,3 +149,37 @@ def pax_times(i: int) -> bytes:
     if i % 3 == 0:
         records.append((b"path", b"./pax/%d/" % i + b"n" * 100))
     return tarcorpus.pax_member(records if i % 2 else records[:1])
+
+
+def test_any_bytes_at_any_offset_are_read_safely() -> None:
+    """scan() is handed whatever the blob holds: random blocks, most of them headers, some of
+    those damaged (checksums fixed), at offsets inside and outside the buffer."""
+    assert scan is not None
+    rng = random.Random(11)
+    read = 0
+    for _ in range(3000):
+        blocks = bytearray(rng.randbytes(512 * rng.randrange(1, 5) + rng.randrange(512)))
+        for at in range(0, len(blocks) - 511, 512):
+            if rng.random() < 0.8:
+                parts = rng.choices(
+                    ["usr", "bin", "café", ".hidden", "a-b", ""], k=rng.randrange(1, 5)
+                )
+                name = "/".join(parts).encode()
+                size = rng.choice([0, 1, 600, 10**6])
+                blocks[at : at + 512] = tarcorpus.header(
+                    name, rng.choice([b"0", b"5", b"x"]), size=size
+                )
+                for _ in range(rng.choice([0, 0, 1, 2])):
+                    blocks[at + rng.randrange(512)] = rng.randrange(256)
+                fix_checksum(blocks, at)
+        start = rng.choice(
+            [0, 0, 512, -1, len(blocks), len(blocks) + 1, rng.randrange(len(blocks))]
+        )
+        out: list[Entry] = []
+        end = scan(bytes(blocks), start, out, Entry, SCAN_TYPES, rng.random() < 0.5)
+        if not 0 <= start <= len(blocks):
+            assert (end, out) == (start, [])
+        assert all(type(e) is Entry and e.path.startswith("/") for e in out)
+        assert start <= end <= max(start, len(blocks)) and (end - start) % 512 == 0
+        read += len(out)
+    assert read > 200, read  # the plain members among the noise were read
