@@ -31,7 +31,16 @@ def scanned(tar: bytes, hash_files: bool = False) -> tuple[list[Entry], int]:
     return out, scan(tar, 0, out, Entry, SCAN_TYPES, hash_files)
 
 
-def test_plain_members_and_pax_times_and_paths_are_read_in_c() -> None:
+def python_walk(tar: bytes, monkeypatch: pytest.MonkeyPatch, **kw: object) -> list[Entry]:
+    """The walker without the C fast path: every member read by the Python loop."""
+    with monkeypatch.context() as patch:
+        patch.setattr(walker_module, "_scan", None)
+        return walk(tar, **kw)
+
+
+def test_plain_members_and_pax_times_and_paths_are_read_in_c(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     members = [member(b"./usr/", typeflag=b"5"), member(b"./usr/bin/x", b"#!", mtime=5)]
     members += [pax_times(1), member(b"usr/lib/l", typeflag=b"2", linkname=b"../bin/x")]
     long_name = b"./opt/" + b"long/" * 40 + b"name"
@@ -41,7 +50,7 @@ def test_plain_members_and_pax_times_and_paths_are_read_in_c() -> None:
     tar = b"".join(members)
     out, end = scanned(tar + tarcorpus.END)
     assert end == len(tar)  # stops at the end blocks: the Python loop ends the archive
-    assert out == walk(tar + tarcorpus.END)
+    assert out == python_walk(tar + tarcorpus.END, monkeypatch)
     kinds = [EntryType.DIR, EntryType.FILE, EntryType.SYMLINK, EntryType.FILE, EntryType.HARDLINK]
     assert [e.type for e in out] == kinds
     assert out[2].mtime == 1_700_000_001 and type(out[2]) is Entry
@@ -84,9 +93,12 @@ def test_regular_files_are_handed_back_when_their_content_is_hashed() -> None:
     assert ([e.path for e in out], end) == (["/d"], 512)
 
 
-def outcome(tar: bytes, **kw: object) -> list[Entry] | str:
+def outcome(
+    tar: bytes, monkeypatch: pytest.MonkeyPatch, python: bool = False, **kw: object
+) -> list[Entry] | str:
+    """The entries, or the error's message."""
     try:
-        return walk(tar, **kw)
+        return python_walk(tar, monkeypatch, **kw) if python else walk(tar, **kw)
     except LayerFormatError as exc:
         return str(exc)
 
@@ -121,10 +133,8 @@ def test_fast_path_reads_damaged_tars_as_python_does(monkeypatch: pytest.MonkeyP
             if rng.random() < 0.7:  # keep the checksum right, so the damage reaches the fields
                 fix_checksum(damaged, start)
             for hash_files in (False, True):
-                with monkeypatch.context() as patch:
-                    patch.setattr(walker_module, "_scan", None)
-                    expected = outcome(bytes(damaged), hash_files=hash_files)
-                assert outcome(bytes(damaged), hash_files=hash_files) == expected
+                expected = outcome(bytes(damaged), monkeypatch, python=True, hash_files=hash_files)
+                assert outcome(bytes(damaged), monkeypatch, hash_files=hash_files) == expected
                 tried += 1
     assert tried == 2 * 150 * len(tars)
 
