@@ -4,8 +4,9 @@
 
 Builds, in a temporary directory, a many-small-files layer from this Python's stdlib and
 site-packages (files over 256 KiB left out) compressed with gzip (zlib level 6) and zstd (level 3),
-times LayerWalker (counting entries, no database) against GNU tar listing the same blob,
-alternating, and reports the peak RSS of walking a big (~500 MB) layer in a child process.
+times LayerWalker (counting entries, no database; with its C fast path and without it, where
+layerindex._tarscan is built) against GNU tar listing the same blob, alternating, and reports
+the peak RSS of walking a big (~500 MB) layer in a child process.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ from pathlib import Path
 
 import zstandard
 
+from layerindex import walker as walker_module
 from layerindex.walker import LayerWalker
+
+FAST_SCAN = walker_module._scan  # None where layerindex._tarscan was not built
 
 SMALL_FILE_MAX = 256 << 10
 
@@ -74,8 +78,15 @@ def timed(run: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def walking(blob: Path) -> Callable[[], object]:
-    return lambda: walk_count(blob)
+def walking(blob: Path, fast: bool) -> Callable[[], object]:
+    def run() -> object:
+        walker_module._scan = FAST_SCAN if fast else None
+        try:
+            return walk_count(blob)
+        finally:
+            walker_module._scan = FAST_SCAN
+
+    return run
 
 
 def shell(command: str) -> Callable[[], object]:
@@ -138,25 +149,33 @@ def main() -> None:
             ("gzip", gz, f"tar -tvzf {gz}"),
             ("zstd", zst, f"zstd -dc {zst} | tar -tv"),
         ]
+        walkers = [("LayerWalker", True), ("LayerWalker, pure Python", False)]
+        if FAST_SCAN is None:
+            print("layerindex._tarscan is not built: the pure-Python walker only")
+            walkers = walkers[1:]
         times: dict[str, list[float]] = {}
         for _ in range(args.repeats):
             for _, blob, command in cases:
-                times.setdefault(f"walker {blob.name}", []).append(timed(walking(blob)))
+                for name, fast in walkers:
+                    key = f"{name} {blob.name}"
+                    times.setdefault(key, []).append(timed(walking(blob, fast)))
                 times.setdefault(command, []).append(timed(shell(command)))
         header = f"{'case':44} {'MB':>7} {'median s':>9} {'vs tar':>7} {'entries/s':>10}"
         print(header)
         print("-" * len(header))
         for compression, blob, command in cases:
             tool = statistics.median(times[command])
-            mine = statistics.median(times[f"walker {blob.name}"])
             megabytes = blob.stat().st_size / 1e6
             print(
                 f"{command[:44]:44} {megabytes:7.1f} {tool:9.3f} {1.0:7.2f} {entries / tool:10.0f}"
             )
-            label = f"LayerWalker ({compression})"
-            print(
-                f"{label:44} {megabytes:7.1f} {mine:9.3f} {mine / tool:7.2f} {counted / mine:10.0f}"
-            )
+            for name, _ in walkers:
+                mine = statistics.median(times[f"{name} {blob.name}"])
+                label = f"{name} ({compression})"
+                print(
+                    f"{label:44} {megabytes:7.1f} {mine:9.3f} {mine / tool:7.2f} "
+                    f"{counted / mine:10.0f}"
+                )
 
         big = work / "big.tar"
         build_big_tar(big, args.big_mb)
