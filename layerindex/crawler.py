@@ -28,7 +28,7 @@ from layerindex.platforms import parse_platform
 from layerindex.reference import Reference
 from layerindex.registry import RegistryClient
 from layerindex.store import ImageRecord, LayerRecord, LayerState, Store, StoredImage, utcnow
-from layerindex.walker import LayerWalker
+from layerindex.walker import LayerWalker, has_fast_path
 from layerindex.walkproc import ChildWalk, walk_in_child
 
 log = logging.getLogger("layerindex")
@@ -116,6 +116,12 @@ class Crawler:
         self._write_lock: contextlib.AbstractContextManager[object] = (
             threading.RLock() if self._one_writer else contextlib.nullcontext()
         )
+        if not has_fast_path():
+            log.info(
+                "the tar walker's C fast path (layerindex._tarscan) is not built: layers are "
+                "read in pure Python, 1.4-1.9x slower; reinstall layerindex where a C compiler "
+                "and the Python headers are found to build it"
+            )
 
     @property
     def store(self) -> Store:

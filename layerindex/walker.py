@@ -48,6 +48,12 @@ try:  # the C fast path for plain members (layerindex/_tarscan.c), built where a
 except ImportError:  # the loop in _TarWalk.entries reads every member
     _scan = None
 
+
+def has_fast_path() -> bool:
+    """Whether ``layerindex._tarscan`` was built; without it every member is read in Python."""
+    return _scan is not None
+
+
 BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
 SPECIAL_MAX = 1 << 20  # largest pax / GNU long-name header we read into memory

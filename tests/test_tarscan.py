@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import io
+import logging
 import random
+from pathlib import Path
 
 import pytest
 import tarcorpus
 from tarcorpus import member
 
 from layerindex import walker as walker_module
+from layerindex.crawler import Crawler
+from layerindex.database import open_database
 from layerindex.entries import Entry, EntryType
 from layerindex.errors import LayerFormatError
+from layerindex.registry import RegistryClient
 from layerindex.walker import SCAN_TYPES, LayerWalker
 
 scan = walker_module._scan
@@ -193,3 +198,18 @@ def test_any_bytes_at_any_offset_are_read_safely() -> None:
         assert start <= end <= max(start, len(blocks)) and (end - start) % 512 == 0
         read += len(out)
     assert read > 200, read  # the plain members among the noise were read
+
+
+@pytest.mark.parametrize("built", [True, False])
+def test_crawler_says_when_the_fast_path_is_missing(
+    built: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    if not built:
+        monkeypatch.setattr(walker_module, "_scan", None)
+    engine = open_database(f"sqlite:///{tmp_path / 'index.db'}")
+    with caplog.at_level(logging.INFO, logger="layerindex"):
+        Crawler(RegistryClient(), engine)
+    engine.dispose()
+    said = [r.getMessage() for r in caplog.records if "_tarscan" in r.getMessage()]
+    assert len(said) == (0 if built else 1)
+    assert built or "reinstall layerindex where a C compiler" in said[0]
