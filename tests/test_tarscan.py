@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import random
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -213,3 +216,26 @@ def test_crawler_says_when_the_fast_path_is_missing(
     said = [r.getMessage() for r in caplog.records if "_tarscan" in r.getMessage()]
     assert len(said) == (0 if built else 1)
     assert built or "reinstall layerindex where a C compiler" in said[0]
+
+
+@pytest.mark.parametrize("fmt", ["posix", "gnu", "ustar"])
+def test_gnu_tar_archives_of_a_real_tree_read_alike(
+    fmt: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What GNU tar writes of this repository's own tree (long names, symlinks, hard links,
+    non-ASCII and odd names added) reads the same with and without the C reader."""
+    tree = tmp_path / "tree"
+    shutil.copytree(
+        Path(__file__).parent, tree / "tests", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    deep = tree / ("long-directory-name-" * 4) / ("and-again-" * 8)
+    deep.mkdir(parents=True)
+    (deep / "café file.txt").write_text("x")
+    (tree / "link").symlink_to("tests/conftest.py")
+    os.link(tree / "tests" / "conftest.py", tree / "hard")
+    tar = tmp_path / "tree.tar"
+    subprocess.run(["tar", f"--format={fmt}", "-cf", str(tar), "-C", str(tree), "."], check=True)
+    blob = tar.read_bytes()
+    fast = walk(blob)
+    assert len(fast) > 30
+    assert fast == python_walk(blob, monkeypatch)
