@@ -54,19 +54,18 @@ def test_built_wheel_carries_migrations_and_creates_a_database(tmp_path: Path) -
     )
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout == f"upgraded empty database -> {database.head_revision()}\n"
-    where = subprocess.run(
-        [venv / "bin" / "python", "-c", "import layerindex.migrations as m; print(m.__file__)"],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=tmp_path,
-    )
-    assert where.stdout.startswith(str(venv))
-    fast_path = subprocess.run(
-        [venv / "bin" / "python", "-c", "import layerindex.walker as w; print(w._scan)"],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=tmp_path,
-    )
-    assert fast_path.stdout == "<built-in function scan>\n"
+
+    def installed(code: str) -> str:
+        """What the wheel's Python prints for ``code``, run outside the source tree."""
+        return subprocess.run(
+            [venv / "bin" / "python", "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=tmp_path,
+        ).stdout
+
+    where = installed("import layerindex.migrations as m; print(m.__file__)")
+    assert where.startswith(str(venv))
+    fast_path = installed("import layerindex.walker as w; print(w._scan)")
+    assert fast_path == "<built-in function scan>\n"
