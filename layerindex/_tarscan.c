@@ -21,7 +21,7 @@
 #include <string.h>
 
 #define BLOCK 512
-#define SPECIAL_MAX (1 << 20) /* walker.SPECIAL_MAX: a bigger pax header is Python's error */
+#define SPECIAL_MAX (1 << 20) /* walker.SPECIAL_MAX (a test keeps them equal): bigger is an error */
 #define PATH_BYTES 4096       /* longer names (pax path records) are canonicalised in Python */
 
 enum { T_FILE, T_DIR, T_SYMLINK, T_HARDLINK, T_CHAR, T_BLOCK, T_FIFO, T_COUNT };
@@ -318,4 +318,9 @@ static struct PyModuleDef module = {
     NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__tarscan(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__tarscan(void) {
+    PyObject *m = PyModule_Create(&module);
+    /* For the test that keeps it equal to walker.SPECIAL_MAX. */
+    if (m && PyModule_AddIntConstant(m, "SPECIAL_MAX", SPECIAL_MAX) < 0) Py_CLEAR(m);
+    return m;
+}

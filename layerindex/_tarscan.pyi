@@ -1,5 +1,7 @@
 from layerindex.entries import Entry, EntryType
 
+SPECIAL_MAX: int
+
 def scan(
     buffer: bytes,
     pos: int,

@@ -33,6 +33,12 @@ def test_fast_path_is_built() -> None:
     assert scan is not None, "layerindex._tarscan is not built: pip install -e . with a C compiler"
 
 
+def test_fast_path_refuses_the_pax_headers_python_refuses() -> None:
+    from layerindex import _tarscan
+
+    assert _tarscan.SPECIAL_MAX == walker_module.SPECIAL_MAX
+
+
 def scanned(tar: bytes, hash_files: bool = False) -> tuple[list[Entry], int]:
     assert scan is not None
     out: list[Entry] = []
