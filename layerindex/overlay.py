@@ -53,16 +53,21 @@ def fate(position: int, path: str, later: Iterable[tuple[int, str, EntryType]]) 
 
     ``later`` may hold entries of any layer at ``path`` or its ancestors (opaque markers at the
     directory they make opaque); those of layers at or below ``position`` are ignored, since a
-    layer's own opaque marker and whiteouts apply only to the layers beneath it.
+    layer's own opaque marker and whiteouts apply only to the layers beneath it. Within the
+    deciding layer a deletion wins over an overwrite, whatever the order of ``later``: its
+    whiteouts and opaque markers are applied before its other entries.
     """
     first: Fate = PRESENT
     for upper_position, upper_path, upper_type in later:
         if upper_position <= position:
             continue
-        if first.by_position is not None and upper_position >= first.by_position:
+        if first.by_position is not None and (
+            upper_position > first.by_position
+            or (upper_position == first.by_position and first.state == "deleted")
+        ):
             continue
         state = effect(upper_path, upper_type, path)
-        if state is not None:
+        if state is not None and (upper_position != first.by_position or state == "deleted"):
             first = Fate(state, upper_position)
     return first
 

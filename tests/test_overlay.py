@@ -78,3 +78,12 @@ def test_final_view_applies_whiteouts_opaque_and_replacement() -> None:
 def test_final_view_later_layer_wins() -> None:
     view = final_view([[("/etc/os-release", T.FILE, 1)], [("/etc/os-release", T.FILE, 2)]])
     assert view == {"/etc/os-release": (1, T.FILE, 2)}
+
+
+def test_a_deletion_decides_its_layer_whatever_the_order() -> None:
+    # Layer 2 whites out /a/b and writes a new /a/b/c: the old /a/b/c was deleted first.
+    later = [(2, "/a/b/c", T.FILE), (2, "/a/b", T.WHITEOUT)]
+    assert fate(1, "/a/b/c", later) == Fate("deleted", 2)
+    assert fate(1, "/a/b/c", later[::-1]) == Fate("deleted", 2)
+    # An earlier layer's overwrite still comes first.
+    assert fate(0, "/a/b/c", [(1, "/a/b/c", T.FILE), *later]) == Fate("overwritten", 1)

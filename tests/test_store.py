@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import pytest
 from sqlalchemy import FromClause, func, select
 
+from layerindex import overlay
 from layerindex.entries import Entry, EntryType
 from layerindex.errors import LayerFormatError
 from layerindex.finder import Finder, Row
@@ -121,6 +123,64 @@ def test_opaque_directory_deletes_lower_contents(store: Store) -> None:
         (0, "dir"),
         (1, "dir"),
     ]
+
+
+def test_find_agrees_with_overlay_rules_on_random_images(store: Store) -> None:
+    # Images stacked from a pool of random layers (a layer may sit in several images, and
+    # twice in one): every row find gives, and its state, must be what overlay.fate says over
+    # *all* the image's later entries, not only those find looks up.
+    rng = random.Random(5)
+    universe = ["/a", "/a/b", "/a/b/c", "/a/b/c/d", "/a/x", "/b", "/b/c"]
+    kinds = [EntryType.FILE, EntryType.DIR, EntryType.SYMLINK, EntryType.WHITEOUT]
+    pool: dict[str, list[Entry]] = {}
+    for n in range(10):
+        layer = []
+        for path in universe:
+            if rng.random() < 0.45:
+                kind = rng.choice(kinds)
+                layer.append(e(path, kind, 0 if kind is EntryType.DIR else n + 1))
+                if kind is EntryType.DIR and rng.random() < 0.25:
+                    layer.append(e(path, EntryType.OPAQUE, 0))
+        pool[f"sha256:p{n}"] = layer
+    stacks = [rng.choices(list(pool), k=rng.randint(1, 5)) for _ in range(12)]
+    for n, digests in enumerate(stacks):
+        index_image(
+            store, image(f"sha256:i{n}", digests, f"app:{n:02}"), [pool[d] for d in digests]
+        )
+    finder = Finder(store.engine)
+    for kind, value in [
+        *(("exact", path) for path in universe),
+        ("name", "c"),
+        ("contains", "b"),
+        ("glob", "/a/**"),
+    ]:
+        pattern = parse(kind, value)  # type: ignore[arg-type]
+        expected = []
+        shown = set()  # what the image's final filesystem shows: find's rows without --all-layers
+        for n, digests in enumerate(stacks):
+            view = overlay.final_view([(x.path, x.type, None) for x in pool[d]] for d in digests)
+            shown |= {
+                (f"app:{n:02}", path, position)
+                for path, (position, _type, _) in view.items()
+                if pattern.matches(path)
+            }
+            held = [(pos, x.path, x.type) for pos, d in enumerate(digests) for x in pool[d]]
+            for position, path, entry_type in held:
+                if entry_type in (EntryType.WHITEOUT, EntryType.OPAQUE):
+                    continue
+                if pattern.matches(path):
+                    fate = overlay.fate(position, path, held)
+                    expected.append((f"app:{n:02}", path, position, fate.state, fate.by_position))
+        for all_layers in (True, False):
+            found = finder.find(pattern, FindFilters(all_layers=all_layers))
+            got = [
+                (r["image"], r["path"], r["layer_index"], r["state"], r["changed_by_layer"])
+                for r in found
+            ]
+            wanted = sorted(x for x in expected if all_layers or x[3] == "present")
+            assert got == wanted, (kind, value, all_layers)
+            if not all_layers:
+                assert {x[:3] for x in got} == shown, (kind, value)
 
 
 def test_paths_are_interned_once_across_layers(store: Store) -> None:
