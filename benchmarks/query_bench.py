@@ -33,19 +33,27 @@ from layerindex.store import ImageRecord, LayerRecord, Store
 
 LAYERS_PER_IMAGE = 5
 VARIANTS = 12  # how many versions of a path tree the corpus holds (python3.x, app builds, …)
+# Like real upper layers, some delete what lower ones wrote: ~10 whiteouts and a few opaque
+# directories in a layer of 50,000 entries.
+WHITEOUT_EVERY = 4999
+OPAQUE_EVERY = 997
 
 
-def real_paths(limit: int) -> list[str]:
+def real_paths(limit: int) -> tuple[list[str], frozenset[str]]:
+    """Up to ``limit`` paths of this machine's trees in walk order, and which are directories
+    (a layer's tar lists its directories too: later layers re-declare a path's ancestors)."""
     roots = [sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"], "/usr"]
     paths: list[str] = []
+    directories: set[str] = set()
     for root in roots:
         for directory, dirnames, filenames in os.walk(root):
             dirnames.sort()
             paths.append(directory)
+            directories.add(directory)
             paths.extend(os.path.join(directory, f) for f in sorted(filenames))
             if len(paths) >= limit:
-                return paths[:limit]
-    return paths
+                return paths[:limit], frozenset(directories)
+    return paths, frozenset(directories)
 
 
 @dataclass
@@ -53,6 +61,7 @@ class SyntheticLayer:
     """A layer's entries, as a walker yields them (what Store.index_layer reads)."""
 
     paths: list[str]
+    directories: frozenset[str]
     variant: int
     compression: str = "gzip"
     uncompressed_size: int = 0
@@ -60,14 +69,25 @@ class SyntheticLayer:
     def __iter__(self) -> Iterator[Entry]:
         v = self.variant
         for i, path in enumerate(self.paths):
+            directory = path in self.directories
+            if directory:
+                kind, size = EntryType.DIR, 0
+            elif i % WHITEOUT_EVERY == 1:
+                kind, size = EntryType.WHITEOUT, 0
+            else:
+                kind, size = EntryType.FILE, (i * 7919) % 100_000
             # Half the paths differ between variants: /usr/lib/x → /usr/lib.v3/x.
             if v and i % 2:
                 head, _, tail = path.rpartition("/")
                 path = f"{head}.v{v}/{tail}"
-            yield Entry(path, EntryType.FILE, (i * 7919) % 100_000, 0o644, 0, 0, 1700000000, None)
+            yield Entry(path, kind, size, 0o644, 0, 0, 1700000000, None)
+            if directory and i % OPAQUE_EVERY == 0:
+                yield Entry(path, EntryType.OPAQUE, 0, 0o644, 0, 0, 1700000000, None)
 
 
-def build(db: str, entries: int, per_layer: int, pool: list[str]) -> float:
+def build(
+    db: str, entries: int, per_layer: int, pool: list[str], directories: frozenset[str]
+) -> float:
     engine = open_database(db)
     store = Store(engine)
     rng = random.Random(1)
@@ -94,7 +114,9 @@ def build(db: str, entries: int, per_layer: int, pool: list[str]) -> float:
         image_id, states = store.record_image(record)
         for n, state in enumerate(states):
             start = rng.randrange(0, max(1, len(pool) - per_layer))
-            layer = SyntheticLayer(pool[start : start + per_layer], (image + n) % VARIANTS)
+            layer = SyntheticLayer(
+                pool[start : start + per_layer], directories, (image + n) % VARIANTS
+            )
             store.index_layer(state, layer)
         store.finish_image(image_id)
         done = min(layers, image + LAYERS_PER_IMAGE) * per_layer
@@ -119,10 +141,10 @@ def main() -> None:
     parser.add_argument("--cli-runs", type=int, default=10)
     args = parser.parse_args()
     db_url = f"sqlite:///{args.db}"
-    pool = real_paths(max(args.per_layer * 3, 150_000))
+    pool, directories = real_paths(max(args.per_layer * 3, 150_000))
     print(f"path pool: {len(pool):,} real paths", file=sys.stderr)
     if not Path(args.db).exists():
-        seconds = build(db_url, args.entries, args.per_layer, pool)
+        seconds = build(db_url, args.entries, args.per_layer, pool, directories)
         print(f"built in {seconds:.1f}s ({args.entries / seconds:,.0f} entries/s)", file=sys.stderr)
     engine = open_database(db_url)
     with engine.connect() as connection:
