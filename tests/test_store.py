@@ -235,9 +235,24 @@ def test_failed_layer_commits_no_rows_and_stays_unindexed(store: Store) -> None:
     with store.engine.connect() as connection:
         row = connection.execute(select(layers.c.diff_ref, layers.c.last_error)).one()
     assert tuple(row) == (None, "truncated gzip stream")
+    # Another layer takes the ids the rolled-back transaction had handed out.
+    index_image(
+        store, image("sha256:i2", ["sha256:other"]), [[e(f"/other/g{i}") for i in range(50)]]
+    )
     # The next run retries it; interned ids from the rolled-back transaction are not reused.
     assert store.index_layer(states[0], Walked(rows)) == 12000
-    assert count(store, entries) == 12000
+    assert count(store, entries) == 12050
+    # Every row names the dir and name it was written with.
+    with store.engine.connect() as connection:
+        paths = connection.execute(
+            select(dirs.c.path, names.c.name)
+            .select_from(entries.join(dirs, dirs.c.id == entries.c.dir_id))
+            .join(names, names.c.id == entries.c.name_id)
+            .join(diffs, diffs.c.id == entries.c.diff_ref)
+        ).all()
+    assert sorted(f"{d}/{n}" for d, n in paths) == sorted(
+        [r.path for r in rows] + [f"/other/g{i}" for i in range(50)]
+    )
 
 
 def test_duplicate_path_in_one_layer_keeps_the_last(store: Store) -> None:
