@@ -158,6 +158,7 @@ def _found_in(
 
 
 FIRST_DIRS = 64  # directories in the first read of a streamed candidate branch; then doubling
+PAIR_SEEKS_MAX = 64  # (dir, name) pairs of a branch looked up by primary key in each layer
 
 
 def _runs(
@@ -365,11 +366,23 @@ def _branch_queries(branch: Branch, diff_refs: list[int]) -> Iterator[tuple[str,
                 else:
                     yield f"{sql} AND e.dir_id IN ({marks(len(dirs))})", [*refs, *dirs]
             continue
+        layer_values = ", ".join(["(?)"] * len(refs))
+        if dir_ids is not None and len(dir_ids) * len(name_ids) <= PAIR_SEEKS_MAX:
+            # A few paths (an exact one, a name in a few dirs): one primary key seek per path
+            # and layer, half the work of the name index's seek and then the row's.
+            pairs = [(d, n) for d in dir_ids for n in name_ids]
+            yield (
+                f"WITH wanted(dir_id, name_id) AS (VALUES {', '.join(['(?, ?)'] * len(pairs))}), "
+                f"layer(diff_ref) AS (VALUES {layer_values}) "
+                f"SELECT {ENTRY_COLUMNS} FROM layer l CROSS JOIN wanted w JOIN entries e "
+                "ON e.diff_ref = l.diff_ref AND e.dir_id = w.dir_id AND e.name_id = w.name_id",
+                [*(i for pair in pairs for i in pair), *refs],
+            )
+            continue
         # ix_entries_name_layer: one seek per (name, layer), joined in this order, then each
         # found key's row. (Asked for "name_id IN (...) AND diff_ref IN (...)", or for the
         # columns at once, SQLite reads whole layers through the primary key: 48 ms instead of
         # 19 ms for 424 names in 5 layers, 10 s when joined.)
-        layer_values = ", ".join(["(?)"] * len(refs))
         for names in chunks(name_ids):
             for dirs in [None] if dir_ids is None else chunks(dir_ids):
                 in_dirs = "" if dirs is None else f" AND e.dir_id IN ({marks(len(dirs))})"
