@@ -27,7 +27,7 @@ from layerindex.entries import (
     stored_path,
 )
 from layerindex.errors import NotFound
-from layerindex.search import Branch, Candidates, PathPattern, chunks
+from layerindex.search import ID_CHUNK, Branch, Candidates, PathPattern, chunks
 
 if TYPE_CHECKING:
     from layerindex.reference import Reference
@@ -158,6 +158,8 @@ def _found_in(
 
 
 FIRST_DIRS = 64  # directories in the first read of a streamed candidate branch; then doubling
+FIRST_KEYS = 64  # entries in the first read of a streamed name branch; then doubling
+STREAM_KEYS_MIN = 2000  # name branches with more entries than this in a batch are streamed
 PAIR_SEEKS_MAX = 64  # (dir, name) pairs of a branch looked up by primary key in each layer
 
 
@@ -170,16 +172,22 @@ def _runs(
 ) -> Iterator[list[_Match]]:
     """The batch's matches as consecutive sorted runs, each holding every entry of its paths.
 
-    A branch of directories alone (``--contains``, a glob's directory) can name most of an
-    image: its directories are read in the order of their paths, a few at a time, per image:
-    every path in dir D sorts at or after ``D + "/"``, so once the directories before D are
-    read, the matches before ``D + "/"`` are complete.
+    A branch of directories alone (``--contains``, a glob's directory) or of names alone
+    (``--name``, ``--contains``) can name most of an image. Per image, such branches are read
+    in the order of their paths, a few at a time (``_DirStream``, ``_NameStream``); once each
+    stream has been read up to some path, the matches before it are complete. Names are
+    streamed only when the batch holds more than STREAM_KEYS_MIN of their entries: the keys of
+    those come first, from the name index alone; fewer are read at once, in one statement.
     """
     by_dirs = [b for b in branches if b.dirs is not None and b.names is None]
-    if not by_dirs:
+    by_names = [b for b in branches if b.dirs is None and b.names is not None]
+    names = {i: t for b in by_names for i, t in (b.names or {}).items()}
+    keys = _name_keys(reader, sorted(layers), names) if _many(reader, layers, names) else []
+    streamed = [*by_dirs, *by_names] if keys else by_dirs
+    others = [b for b in branches if all(b is not s for s in streamed)]
+    if not streamed:
         yield _matches(reader, layers, branches, pattern, ids)
         return
-    others = [b for b in branches if not (b.dirs is not None and b.names is None)]
     dirs = sorted({i: t for b in by_dirs for i, t in (b.dirs or {}).items()}.items(), key=_dir_key)
     groups: dict[tuple[str, str], Layers] = defaultdict(lambda: defaultdict(list))
     for diff_ref, held in layers.items():
@@ -187,20 +195,81 @@ def _runs(
             groups[_order(holder[0])][diff_ref].append(holder)
     for _key, group in sorted(groups.items()):
         pending = _matches(reader, group, others, pattern, ids)
-        start, size = 0, FIRST_DIRS
+        streams: list[_DirStream | _NameStream] = [_DirStream(dirs)] if dirs else []
+        if group_keys := [k for k in keys if k[0] in group]:
+            streams.append(_NameStream(group_keys, names, pattern, ids))
         while True:
-            chunk = dict(dirs[start : start + size])
-            start, size = start + size, size * 2
-            read = _matches(reader, group, [Branch(dirs=chunk)], pattern, ids) if chunk else []
-            merged = {(m.image.id, m.position, m.path): m for m in [*pending, *read]}
-            pending = sorted(merged.values(), key=_match_order)
-            if start >= len(dirs):
+            open_streams = [s for s in streams if s.bound is not None]
+            if open_streams:
+                nearest = min(open_streams, key=lambda s: s.bound or "")
+                pending = _merged(pending, nearest.read(reader, group, pattern, ids))
+            bound = min((s.bound for s in streams if s.bound is not None), default=None)
+            if bound is None:
                 yield pending
                 break
-            bound = _dir_key(dirs[start])
             complete = bisect.bisect_left([m.path for m in pending], bound)
             yield pending[:complete]
             pending = pending[complete:]
+
+
+class _DirStream:
+    """A branch of directories alone, read in the order of their paths: every path in dir D
+    sorts at or after ``D + "/"``."""
+
+    def __init__(self, dirs: list[tuple[int, str]]) -> None:
+        self.dirs = dirs
+        self.start, self.size = 0, FIRST_DIRS
+
+    @property
+    def bound(self) -> str | None:
+        """Where the matches not read yet start; None once all are read."""
+        return _dir_key(self.dirs[self.start]) if self.start < len(self.dirs) else None
+
+    def read(
+        self, reader: Reader, group: Layers, pattern: PathPattern, ids: _Interned
+    ) -> list[_Match]:
+        chunk = dict(self.dirs[self.start : self.start + self.size])
+        self.start, self.size = self.start + self.size, self.size * 2
+        return _matches(reader, group, [Branch(dirs=chunk)], pattern, ids)
+
+
+class _NameStream:
+    """A branch of names alone in one image: the keys of its entries sorted by their paths,
+    whose rows are read a few paths at a time."""
+
+    def __init__(
+        self,
+        keys: list[tuple[int, int, int]],
+        names: dict[int, str],
+        pattern: PathPattern,
+        ids: _Interned,
+    ) -> None:
+        dirs = ids.texts("dirs", {dir_id for _, dir_id, _ in keys})
+        paths = [(stored_path(dirs[key[1]], names[key[2]]), key) for key in keys]
+        self.keys = sorted((path, key) for path, key in paths if pattern.matches(path))
+        self.names = names
+        self.start, self.size = 0, FIRST_KEYS
+
+    @property
+    def bound(self) -> str | None:
+        """The first path not read yet; None once all are read."""
+        return self.keys[self.start][0] if self.start < len(self.keys) else None
+
+    def read(
+        self, reader: Reader, group: Layers, pattern: PathPattern, ids: _Interned
+    ) -> list[_Match]:
+        end = min(len(self.keys), self.start + self.size)
+        chunk = [key for _path, key in self.keys[self.start : end]]
+        self.start, self.size = end, self.size * 2
+        return _keyed_matches(reader, group, chunk, self.names, pattern, ids)
+
+
+def _merged(found: list[_Match], read: list[_Match]) -> list[_Match]:
+    """Both lists' matches (one per image, layer and path) in find's order."""
+    if not read:
+        return found
+    unique = {(m.image.id, m.position, m.path): m for m in [*found, *read]}
+    return sorted(unique.values(), key=_match_order)
 
 
 def _dir_key(item: tuple[int, str]) -> str:
@@ -314,8 +383,7 @@ def _layers(reader: Reader, batch: list[_Image]) -> Layers:
 def _matches(
     reader: Reader, by_diff: Layers, branches: list[Branch], pattern: PathPattern, ids: _Interned
 ) -> list[_Match]:
-    """The entries of these layers whose paths match, sorted in find's order. Opaque markers
-    are left out: one stands for its directory's path, and says nothing about it."""
+    """The entries of these layers whose paths match, sorted in find's order."""
     if not by_diff:
         return []
     found: dict[tuple[int, int, str], _Match] = {}
@@ -329,16 +397,54 @@ def _matches(
         names = (
             branch.names if branch.names is not None else ids.texts("names", {r[2] for r in rows})
         )
-        for diff_ref, dir_id, name_id, code, size, mode, link_target, sha256 in rows:
-            entry_type = TYPE_NAMES[code]
-            path = stored_path(dirs[dir_id], names[name_id])
-            if entry_type is EntryType.OPAQUE or not pattern.matches(path):
-                continue
-            for image, position, digest in by_diff[diff_ref]:
-                found[(image.id, position, path)] = _Match(
-                    image, position, digest, path, entry_type, size, mode, link_target, sha256
-                )
+        _add_matches(found, rows, dirs, names, by_diff, pattern)
     return sorted(found.values(), key=_match_order)
+
+
+def _keyed_matches(
+    reader: Reader,
+    by_diff: Layers,
+    keys: Sequence[tuple[int, int, int]],
+    names: dict[int, str],
+    pattern: PathPattern,
+    ids: _Interned,
+) -> list[_Match]:
+    """``_matches`` of the entries at these keys (diff_ref, dir_id, name_id) of these layers:
+    one primary key seek each."""
+    found: dict[tuple[int, int, str], _Match] = {}
+    for chunk in chunks([key for key in keys if key[0] in by_diff]):
+        values = ", ".join(["(?, ?, ?)"] * len(chunk))
+        rows = reader.rows(
+            f"WITH wanted(diff_ref, dir_id, name_id) AS (VALUES {values}) "
+            f"SELECT {ENTRY_COLUMNS} FROM wanted w JOIN entries e ON e.diff_ref = w.diff_ref "
+            "AND e.dir_id = w.dir_id AND e.name_id = w.name_id",
+            [i for key in chunk for i in key],
+        )
+        dirs = ids.texts("dirs", {r[1] for r in rows})
+        _add_matches(found, rows, dirs, names, by_diff, pattern)
+    return sorted(found.values(), key=_match_order)
+
+
+def _add_matches(
+    found: dict[tuple[int, int, str], _Match],
+    rows: list[tuple[Any, ...]],
+    dirs: dict[int, str],
+    names: dict[int, str],
+    by_diff: Layers,
+    pattern: PathPattern,
+) -> None:
+    """The entry rows (``ENTRY_COLUMNS``) whose paths match, as matches in each image holding
+    their layer. Opaque markers are left out: one stands for its directory's path, and says
+    nothing about it."""
+    for diff_ref, dir_id, name_id, code, size, mode, link_target, sha256 in rows:
+        entry_type = TYPE_NAMES[code]
+        path = stored_path(dirs[dir_id], names[name_id])
+        if entry_type is EntryType.OPAQUE or not pattern.matches(path):
+            continue
+        for image, position, digest in by_diff[diff_ref]:
+            found[(image.id, position, path)] = _Match(
+                image, position, digest, path, entry_type, size, mode, link_target, sha256
+            )
 
 
 def _match_order(m: _Match) -> tuple[str, str, str, int, int]:
@@ -366,36 +472,75 @@ def _branch_queries(branch: Branch, diff_refs: list[int]) -> Iterator[tuple[str,
                 else:
                     yield f"{sql} AND e.dir_id IN ({marks(len(dirs))})", [*refs, *dirs]
             continue
-        layer_values = ", ".join(["(?)"] * len(refs))
         if dir_ids is not None and len(dir_ids) * len(name_ids) <= PAIR_SEEKS_MAX:
             # A few paths (an exact one, a name in a few dirs): one primary key seek per path
             # and layer, half the work of the name index's seek and then the row's.
             pairs = [(d, n) for d in dir_ids for n in name_ids]
             yield (
                 f"WITH wanted(dir_id, name_id) AS (VALUES {', '.join(['(?, ?)'] * len(pairs))}), "
-                f"layer(diff_ref) AS (VALUES {layer_values}) "
+                f"layer(diff_ref) AS (VALUES {', '.join(['(?)'] * len(refs))}) "
                 f"SELECT {ENTRY_COLUMNS} FROM layer l CROSS JOIN wanted w JOIN entries e "
                 "ON e.diff_ref = l.diff_ref AND e.dir_id = w.dir_id AND e.name_id = w.name_id",
                 [*(i for pair in pairs for i in pair), *refs],
             )
             continue
-        # ix_entries_name_layer: one seek per (name, layer), joined in this order, then each
-        # found key's row. (Asked for "name_id IN (...) AND diff_ref IN (...)", or for the
-        # columns at once, SQLite reads whole layers through the primary key: 48 ms instead of
-        # 19 ms for 424 names in 5 layers, 10 s when joined.)
         for names in chunks(name_ids):
             for dirs in [None] if dir_ids is None else chunks(dir_ids):
-                in_dirs = "" if dirs is None else f" AND e.dir_id IN ({marks(len(dirs))})"
                 yield (
-                    f"WITH wanted(name_id) AS (VALUES {', '.join(['(?)'] * len(names))}), "
-                    f"layer(diff_ref) AS (VALUES {layer_values}), "
-                    "found AS MATERIALIZED (SELECT e.diff_ref, e.dir_id, e.name_id "
-                    "FROM wanted w CROSS JOIN layer l JOIN entries e "
-                    f"ON e.name_id = w.name_id AND e.diff_ref = l.diff_ref{in_dirs}) "
+                    f"{_found_by_name(len(names), len(refs), None if dirs is None else len(dirs))} "
                     f"SELECT {ENTRY_COLUMNS} FROM found f JOIN entries e ON e.diff_ref = "
                     "f.diff_ref AND e.dir_id = f.dir_id AND e.name_id = f.name_id",
                     [*names, *refs, *(dirs or [])],
                 )
+
+
+def _found_by_name(names: int, layers: int, dirs: int | None, materialized: bool = True) -> str:
+    """A WITH clause making ``found``: the keys (diff_ref, dir_id, name_id) of the entries with
+    these names in these layers (and these dirs), bound in that order. ix_entries_name_layer:
+    one seek per (name, layer), joined in this order. (Asked for "name_id IN (...) AND
+    diff_ref IN (...)", or for the columns at once, SQLite reads whole layers through the
+    primary key: 48 ms instead of 19 ms for 424 names in 5 layers, 10 s when joined.) Not
+    materialised, a LIMIT on it stops the seeks."""
+    in_dirs = f" AND e.dir_id IN ({marks(dirs)})" if dirs else ""
+    return (
+        f"WITH wanted(name_id) AS (VALUES {', '.join(['(?)'] * names)}), "
+        f"layer(diff_ref) AS (VALUES {', '.join(['(?)'] * layers)}), "
+        f"found AS {'' if materialized else 'NOT '}MATERIALIZED "
+        "(SELECT e.diff_ref, e.dir_id, e.name_id FROM wanted w CROSS JOIN layer l JOIN entries e "
+        f"ON e.name_id = w.name_id AND e.diff_ref = l.diff_ref{in_dirs})"
+    )
+
+
+def _many(reader: Reader, layers: Layers, names: dict[int, str]) -> bool:
+    """Whether these layers hold more than STREAM_KEYS_MIN entries with these names (the name
+    index, read no further than that)."""
+    if not names:
+        return False
+    refs, name_ids = sorted(layers), sorted(names)
+    if len(refs) > ID_CHUNK or len(name_ids) > ID_CHUNK:
+        return True
+    rows = reader.rows(
+        f"{_found_by_name(len(name_ids), len(refs), None, materialized=False)} "
+        "SELECT count(*) FROM (SELECT 1 FROM found LIMIT ?) f",
+        [*name_ids, *refs, STREAM_KEYS_MIN + 1],
+    )
+    return int(rows[0][0]) > STREAM_KEYS_MIN
+
+
+def _name_keys(
+    reader: Reader, diff_refs: list[int], names: dict[int, str]
+) -> list[tuple[int, int, int]]:
+    """The keys (diff_ref, dir_id, name_id) of the entries with these names in these layers:
+    the name index alone answers."""
+    keys: list[tuple[int, int, int]] = []
+    for refs in chunks(diff_refs):
+        for chunk in chunks(sorted(names)):
+            keys += reader.rows(
+                f"{_found_by_name(len(chunk), len(refs), None)} "
+                "SELECT diff_ref, dir_id, name_id FROM found",
+                [*chunk, *refs],
+            )
+    return keys
 
 
 class _Interned:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 from sqlalchemy import FromClause, func, select
 
-from layerindex import overlay
+from layerindex import locate, overlay
 from layerindex.entries import Entry, EntryType
 from layerindex.errors import LayerFormatError
 from layerindex.finder import Finder, Row
@@ -125,10 +125,18 @@ def test_opaque_directory_deletes_lower_contents(store: Store) -> None:
     ]
 
 
-def test_find_agrees_with_overlay_rules_on_random_images(store: Store) -> None:
+@pytest.mark.parametrize("streamed", [False, True], ids=["read-at-once", "streamed"])
+def test_find_agrees_with_overlay_rules_on_random_images(
+    store: Store, streamed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Images stacked from a pool of random layers (a layer may sit in several images, and
     # twice in one): every row find gives, and its state, must be what overlay.fate says over
-    # *all* the image's later entries, not only those find looks up.
+    # *all* the image's later entries, not only those find looks up. Streamed: candidates are
+    # read path by path, a key or a directory at a time; and any limit gives the first rows.
+    if streamed:
+        monkeypatch.setattr(locate, "STREAM_KEYS_MIN", 0)
+        monkeypatch.setattr(locate, "FIRST_KEYS", 1)
+        monkeypatch.setattr(locate, "FIRST_DIRS", 1)
     rng = random.Random(5)
     universe = ["/a", "/a/b", "/a/b/c", "/a/b/c/d", "/a/x", "/b", "/b/c"]
     kinds = [EntryType.FILE, EntryType.DIR, EntryType.SYMLINK, EntryType.WHITEOUT]
@@ -181,6 +189,9 @@ def test_find_agrees_with_overlay_rules_on_random_images(store: Store) -> None:
             assert got == wanted, (kind, value, all_layers)
             if not all_layers:
                 assert {x[:3] for x in got} == shown, (kind, value)
+            for limit in {1, 2, 3, 5, 8, len(found) - 1, len(found), len(found) + 1} - {0}:
+                limited = finder.find(pattern, FindFilters(all_layers=all_layers, limit=limit))
+                assert limited == found[:limit], (kind, value, all_layers, limit)
 
 
 def test_paths_are_interned_once_across_layers(store: Store) -> None:
