@@ -518,7 +518,7 @@ def _many(reader: Reader, layers: Layers, names: dict[int, str]) -> bool:
         return False
     refs, name_ids = sorted(layers), sorted(names)
     if len(refs) > ID_CHUNK or len(name_ids) > ID_CHUNK:
-        return True
+        return True  # too many layers or names for one statement: stream them
     rows = reader.rows(
         f"{_found_by_name(len(name_ids), len(refs), None, materialized=False)} "
         "SELECT count(*) FROM (SELECT 1 FROM found LIMIT ?) f",
