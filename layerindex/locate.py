@@ -158,6 +158,7 @@ def _found_in(
 
 
 FIRST_DIRS = 64  # directories in the first read of a streamed candidate branch; then doubling
+DIRS_SCANNED = 1024  # a read of this many directories or more takes all those left
 FIRST_KEYS = 64  # entries in the first read of a streamed name branch; then doubling
 STREAM_KEYS_MIN = 2000  # name branches with more entries than this in a batch are streamed
 PAIR_SEEKS_MAX = 64  # (dir, name) pairs of a branch looked up by primary key in each layer
@@ -228,8 +229,11 @@ class _DirStream:
     def read(
         self, reader: Reader, group: Layers, pattern: PathPattern, ids: _Interned
     ) -> list[_Match]:
-        chunk = dict(self.dirs[self.start : self.start + self.size])
-        self.start, self.size = self.start + self.size, self.size * 2
+        # From ~1,000 dirs on SQLite reads the layers whole instead of seeking each dir: then
+        # the rest are read at once, a few scans instead of one per doubling.
+        end = self.start + self.size if self.size < DIRS_SCANNED else len(self.dirs)
+        chunk = dict(self.dirs[self.start : end])
+        self.start, self.size = end, self.size * 2
         return _matches(reader, group, [Branch(dirs=chunk)], pattern, ids)
 
 
