@@ -137,6 +137,7 @@ def test_find_agrees_with_overlay_rules_on_random_images(
         monkeypatch.setattr(locate, "STREAM_KEYS_MIN", 0)
         monkeypatch.setattr(locate, "FIRST_KEYS", 1)
         monkeypatch.setattr(locate, "FIRST_DIRS", 1)
+        monkeypatch.setattr(locate, "DIRS_SCANNED", 2)
     rng = random.Random(5)
     universe = ["/a", "/a/b", "/a/b/c", "/a/b/c/d", "/a/x", "/b", "/b/c"]
     kinds = [EntryType.FILE, EntryType.DIR, EntryType.SYMLINK, EntryType.WHITEOUT]
