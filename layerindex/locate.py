@@ -129,7 +129,7 @@ def _found_in(
 ) -> Iterator[Row]:
     """The rows of one batch of images, in find's order."""
     layers = _layers(reader, batch)
-    for run in _runs(reader, layers, branches, pattern, ids):
+    for run in _runs(reader, layers, branches, pattern, ids, limited=filters.limit is not None):
         # Every entry at a matching path is a match, whiteouts included (same dir and name):
         # they are the later layers' say over each path itself. Only --digest matches by
         # content, so its paths' other entries are looked up with the ancestors.
@@ -170,6 +170,7 @@ def _runs(
     branches: list[Branch],
     pattern: PathPattern,
     ids: _Interned,
+    limited: bool,
 ) -> Iterator[list[_Match]]:
     """The batch's matches as consecutive sorted runs, each holding every entry of its paths.
 
@@ -177,13 +178,15 @@ def _runs(
     (``--name``, ``--contains``) can name most of an image. Per image, such branches are read
     in the order of their paths, a few at a time (``_DirStream``, ``_NameStream``); once each
     stream has been read up to some path, the matches before it are complete. Names are
-    streamed only when the batch holds more than STREAM_KEYS_MIN of their entries: the keys of
-    those come first, from the name index alone; fewer are read at once, in one statement.
+    streamed only under a limit (without one every row is read anyway) and when the batch holds
+    more than STREAM_KEYS_MIN of their entries: the keys of those come first, from the name
+    index alone; fewer are read at once, in one statement.
     """
     by_dirs = [b for b in branches if b.dirs is not None and b.names is None]
     by_names = [b for b in branches if b.dirs is None and b.names is not None]
     names = {i: t for b in by_names for i, t in (b.names or {}).items()}
-    keys = _name_keys(reader, sorted(layers), names) if _many(reader, layers, names) else []
+    many = limited and _many(reader, layers, names)
+    keys = _name_keys(reader, sorted(layers), names) if many else []
     streamed = [*by_dirs, *by_names] if keys else by_dirs
     others = [b for b in branches if all(b is not s for s in streamed)]
     if not streamed:
