@@ -66,9 +66,18 @@ def header(
     block[345 : 345 + len(prefix)] = prefix
     for offset, value in extra:
         block[offset : offset + len(value)] = value
-    block[148:156] = b"        "
-    block[148:156] = b"%06o\x00 " % sum(block)
+    fix_checksum(block)
     return bytes(block)
+
+
+def checksum(block: bytes | bytearray) -> int:
+    """A header's checksum: the sum of its bytes, the checksum field's read as spaces."""
+    return sum(block[:148]) + 8 * 32 + sum(block[156:512])
+
+
+def fix_checksum(tar: bytearray, start: int = 0) -> None:
+    """Write into the header at ``start`` its checksum."""
+    tar[start + 148 : start + 156] = b"%06o\0 " % checksum(tar[start : start + 512])
 
 
 def member(name: bytes, data: bytes = b"", typeflag: bytes = b"0", **fields: object) -> bytes:

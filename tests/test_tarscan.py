@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import tarcorpus
-from tarcorpus import member
+from tarcorpus import checksum, fix_checksum, member
 
 from layerindex import walker as walker_module
 from layerindex.crawler import Crawler
@@ -158,14 +158,6 @@ def test_fast_path_reads_damaged_tars_as_python_does(monkeypatch: pytest.MonkeyP
 def is_header(block: bytes) -> bool:
     stored = block[148:156].partition(b"\0")[0].strip()
     return len(block) == 512 and stored.isdigit() and int(stored, 8) == checksum(block)
-
-
-def checksum(block: bytes | bytearray) -> int:
-    return sum(block[:148]) + 8 * 32 + sum(block[156:512])
-
-
-def fix_checksum(tar: bytearray, start: int) -> None:
-    tar[start + 148 : start + 156] = b"%06o\0 " % checksum(tar[start : start + 512])
 
 
 def pax_times(i: int) -> bytes:
