@@ -416,10 +416,10 @@ def _keyed_matches(
     pattern: PathPattern,
     ids: _Interned,
 ) -> list[_Match]:
-    """``_matches`` of the entries at these keys (diff_ref, dir_id, name_id) of these layers:
-    one primary key seek each."""
+    """``_matches`` of the entries at these keys (diff_ref, dir_id, name_id), all in these
+    layers: one primary key seek each."""
     found: dict[tuple[int, int, str], _Match] = {}
-    for chunk in chunks([key for key in keys if key[0] in by_diff]):
+    for chunk in chunks(keys):
         values = ", ".join(["(?, ?, ?)"] * len(chunk))
         rows = reader.rows(
             f"WITH wanted(diff_ref, dir_id, name_id) AS (VALUES {values}) "
