@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import os
 import sys
@@ -65,6 +66,14 @@ class Context:
 
 
 pass_context = click.make_pass_decorator(Context)
+
+
+def _imports_done() -> None:
+    """Hide what start-up made (modules, classes: ~60k objects, every one alive to the end)
+    from the garbage collector: its full collections during a crawl, and the ones the
+    interpreter runs at exit, walk them all each time (``layerindex index`` of a 62,573-entry
+    layer: 0.15 s of CPU and 0.1 s of wall in 1.7 s; see benchmarks/RESULTS.md)."""
+    gc.freeze()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -159,6 +168,7 @@ def index(
     crawler = Crawler(
         _client(insecure), engine, platform=platform, hash_files=hash_files, exclusive=True
     )
+    _imports_done()
     failed = False
     with crawl_lock(engine):
         for ref in references:
@@ -697,6 +707,7 @@ def crawl(
         on_image=progress.image,
         on_total=progress.set_total,
     )
+    _imports_done()
     if interval is None:
         summary = job.run(read_list(path))
         progress.summary(summary)

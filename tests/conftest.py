@@ -10,6 +10,7 @@ log lines written during it in its report.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
@@ -123,11 +124,14 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def run(home: Path) -> Callable[..., Result]:
+def run(home: Path) -> Iterator[Callable[..., Result]]:
     def invoke(*args: str) -> Result:
         return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
-    return invoke
+    yield invoke
+    # `index` and `crawl` freeze every object alive (cli._imports_done): in a real process its
+    # start-up, but here also whatever earlier tests left behind.
+    gc.unfreeze()
 
 
 # --- databases -------------------------------------------------------------------------------
