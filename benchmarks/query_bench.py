@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from installed import cli_env
 from sqlalchemy import text
 
 from layerindex import locate
@@ -147,6 +148,7 @@ def main() -> None:
     parser.add_argument("--cli-runs", type=int, default=10)
     args = parser.parse_args()
     db_url = f"sqlite:///{args.db}"
+    env = cli_env(Path(args.db).parent / "layerindex-bench-pycache")
     pool, directories = real_paths(max(args.per_layer * 3, 150_000))
     print(f"path pool: {len(pool):,} real paths", file=sys.stderr)
     if not Path(args.db).exists():
@@ -188,7 +190,7 @@ def main() -> None:
             times.append((time.perf_counter() - t) * 1000)
             rows.append(len(found))
         cli = []
-        for _kind, value in queries[: args.cli_runs]:
+        for i, (_kind, value) in enumerate(queries[: args.cli_runs + 1]):
             t = time.perf_counter()
             subprocess.run(
                 [
@@ -204,10 +206,12 @@ def main() -> None:
                     "--limit",
                     "1000",
                 ],
+                env=env,
                 capture_output=True,
                 check=False,
             )
-            cli.append((time.perf_counter() - t) * 1000)
+            if i:  # the first call is not timed: it fills the bytecode cache
+                cli.append((time.perf_counter() - t) * 1000)
         p50, p95 = percentiles(times)
         print(
             f"{label:<12} {p50:>9.2f} {p95:>9.2f} {statistics.median(rows):>9.0f} "
