@@ -480,14 +480,15 @@ def _branch_queries(branch: Branch, diff_refs: list[int]) -> Iterator[tuple[str,
                     yield f"{sql} AND e.dir_id IN ({marks(len(dirs))})", [*refs, *dirs]
             continue
         if dir_ids is not None and len(dir_ids) * len(name_ids) <= PAIR_SEEKS_MAX:
-            # A few paths (an exact one, a name in a few dirs): one primary key seek per path
-            # and layer, half the work of the name index's seek and then the row's.
+            # A few paths (an exact one, a name in a few dirs): which layers hold each, one
+            # seek per path and layer in the name's range of ix_entries_name_layer (dense:
+            # most land on pages the one before read), then the rows of those alone.
             pairs = [(d, n) for d in dir_ids for n in name_ids]
             yield (
-                f"WITH wanted(dir_id, name_id) AS (VALUES {', '.join(['(?, ?)'] * len(pairs))}), "
-                f"layer(diff_ref) AS (VALUES {', '.join(['(?)'] * len(refs))}) "
-                f"SELECT {ENTRY_COLUMNS} FROM layer l CROSS JOIN wanted w JOIN entries e "
-                "ON e.diff_ref = l.diff_ref AND e.dir_id = w.dir_id AND e.name_id = w.name_id",
+                f"WITH {_pairs_in_layers(len(pairs), len(refs))}, held AS MATERIALIZED "
+                "(SELECT e.diff_ref, e.dir_id, e.name_id FROM "
+                f"{_PAIR_SEEKS}) SELECT {ENTRY_COLUMNS} FROM held h JOIN entries e ON "
+                "e.diff_ref = h.diff_ref AND e.dir_id = h.dir_id AND e.name_id = h.name_id",
                 [*(i for pair in pairs for i in pair), *refs],
             )
             continue
@@ -499,6 +500,23 @@ def _branch_queries(branch: Branch, diff_refs: list[int]) -> Iterator[tuple[str,
                     "f.diff_ref AND e.dir_id = f.dir_id AND e.name_id = f.name_id",
                     [*names, *refs, *(dirs or [])],
                 )
+
+
+def _pairs_in_layers(pairs: int, layers: int) -> str:
+    """The WITH terms ``wanted(dir_id, name_id)`` and ``layer(diff_ref)``, bound in that order."""
+    return (
+        f"wanted(dir_id, name_id) AS (VALUES {', '.join(['(?, ?)'] * pairs)}), "
+        f"layer(diff_ref) AS (VALUES {', '.join(['(?)'] * layers)})"
+    )
+
+
+# The entries at ``wanted`` pairs in ``layer``s: joined in this order, one seek per pair and
+# layer, a pair's layers in the order ix_entries_name_layer keeps them. (With "diff_ref IN
+# (...)" SQLite builds a Bloom filter over every entry of the layers first: 0.8 s, not 2 ms.)
+_PAIR_SEEKS = (
+    "wanted w CROSS JOIN layer l JOIN entries e "
+    "ON e.name_id = w.name_id AND e.diff_ref = l.diff_ref AND e.dir_id = w.dir_id"
+)
 
 
 def _found_by_name(names: int, layers: int, dirs: int | None, materialized: bool = True) -> str:
@@ -622,16 +640,11 @@ class _Interned:
         for ref_chunk in chunks(refs):
             layer_values = ", ".join(["(?)"] * len(ref_chunk))
             for pair_chunk in chunks(seeks):
-                # VALUES lists joined in this order: one primary key seek per layer and
-                # (dir, name) pair, in key order. (With "diff_ref IN (...)" SQLite builds a
-                # Bloom filter over every entry of the layers first: 0.8 s instead of 2 ms.)
-                values = ", ".join(["(?, ?)"] * len(pair_chunk))
+                # ix_entries_name_layer holds the type: the index alone answers.
                 yield from self.reader.rows(
-                    f"WITH wanted(dir_id, name_id) AS (VALUES {values}), "
-                    f"layer(diff_ref) AS (VALUES {layer_values}), "
+                    f"WITH {_pairs_in_layers(len(pair_chunk), len(ref_chunk))}, "
                     "held AS MATERIALIZED (SELECT e.diff_ref, e.dir_id, e.name_id, e.type "
-                    "FROM layer l CROSS JOIN wanted w JOIN entries e ON e.diff_ref = l.diff_ref "
-                    "AND e.dir_id = w.dir_id AND e.name_id = w.name_id) "
+                    f"FROM {_PAIR_SEEKS}) "
                     f"SELECT diff_ref, dir_id, name_id, type FROM held{merging}",
                     [*(i for pair in pair_chunk for i in pair), *ref_chunk],
                 )

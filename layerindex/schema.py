@@ -145,8 +145,15 @@ entries = Table(
     Column("sha256", Text),
     sqlite_with_rowid=False,
 )
-# find by path / by basename in a batch of layers: one seek per (name, layer), then the dir.
-Index("ix_entries_name_layer", entries.c.name_id, entries.c.diff_ref, entries.c.dir_id)
+# find by path / by basename in a batch of layers: one seek per (name, layer), then the dir;
+# with the type, what later layers hold at a match's ancestors needs no row (migration 0006).
+Index(
+    "ix_entries_name_layer",
+    entries.c.name_id,
+    entries.c.diff_ref,
+    entries.c.dir_id,
+    entries.c.type,
+)
 # find --digest: which images ship this exact file. Partial: only hashed files have a sha256.
 Index(
     "ix_entries_sha256",

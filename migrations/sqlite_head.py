@@ -6,7 +6,7 @@ the migrations makes (same sqlite_master) and prints the new text when a migrati
 layerindex.database runs the migrations instead whenever REVISION is not the head revision.
 """
 
-REVISION = "0005_name_layer_index"
+REVISION = "0006_name_layer_type_index"
 
 STATEMENTS = (
     "CREATE TABLE alembic_version (\n\tversion_num VARCHAR(32) NOT NULL, \n\tCONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)\n)",
@@ -31,5 +31,5 @@ STATEMENTS = (
     "CREATE TABLE runs (\n\tid INTEGER NOT NULL, \n\tstarted_at DATETIME NOT NULL, \n\tfinished_at DATETIME, \n\tstatus TEXT NOT NULL, \n\tworker TEXT NOT NULL, \n\timages INTEGER NOT NULL, \n\timages_unchanged INTEGER NOT NULL, \n\timages_failed INTEGER NOT NULL, \n\tlayers_indexed INTEGER NOT NULL, \n\tlayers_known INTEGER NOT NULL, \n\tlayers_skipped INTEGER NOT NULL, \n\tlayers_failed INTEGER NOT NULL, \n\tbytes BIGINT NOT NULL, \n\terrors TEXT, \n\tCONSTRAINT pk_runs PRIMARY KEY (id)\n)",
     "CREATE TABLE targets (\n\treference TEXT NOT NULL, \n\tlast_checked DATETIME, \n\tlast_digest TEXT, \n\tfailures INTEGER NOT NULL, \n\tlast_error TEXT, \n\tnext_attempt DATETIME, \n\tlease_owner TEXT, \n\tlease_until DATETIME, \n\tCONSTRAINT pk_targets PRIMARY KEY (reference)\n)",
     "CREATE INDEX ix_layers_diff_ref ON layers (diff_ref)",
-    "CREATE INDEX ix_entries_name_layer ON entries (name_id, diff_ref, dir_id)",
+    "CREATE INDEX ix_entries_name_layer ON entries (name_id, diff_ref, dir_id, type)",
 )

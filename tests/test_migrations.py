@@ -13,10 +13,14 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
+from test_store import e, find_all, image, index_image
 
-from layerindex import database
+from layerindex import database, locate
+from layerindex.entries import EntryType
 from layerindex.errors import SchemaOutOfDate
+from layerindex.finder import Finder
 from layerindex.schema import include_name, metadata
+from layerindex.store import Store
 
 sqlite_head = import_module("layerindex.migrations.sqlite_head")
 
@@ -186,3 +190,40 @@ def test_head_statements_behind_the_migrations_are_not_used(
     with engine.connect() as connection:
         assert database.current_revision(connection) == "9999_test_next"
     engine.dispose()
+
+
+def test_an_index_with_entries_upgraded_to_0006_answers_ancestors_from_the_name_index(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'index.db'}"
+    store = Store(database.open_database(url))
+    index_image(
+        store,
+        image("sha256:i1", ["sha256:l0", "sha256:l1", "sha256:l2"]),
+        [
+            [e("/usr", EntryType.DIR, 0), e("/usr/bin", EntryType.DIR, 0), e("/usr/bin/kubectl")],
+            [e("/usr", EntryType.DIR, 0), e("/usr/bin/kubectl", size=2)],
+            [e("/usr/bin", EntryType.SYMLINK, 0, target="/bin")],
+        ],
+    )
+    store.analyze()
+    before = find_all(Finder(store.engine), "/usr/bin/kubectl")
+    store.engine.dispose()
+    database.downgrade(url, "0005_name_layer_index")
+
+    assert database.upgrade(url) == ("0005_name_layer_index", "0006_name_layer_type_index")
+    engine = database.open_database(url)
+    assert find_all(Finder(engine), "/usr/bin/kubectl") == before
+    assert [(r["layer_index"], r["state"], r["changed_by_layer"]) for r in before] == [
+        (0, "overwritten", 1),
+        (1, "overwritten", 2),
+    ]
+    engine.dispose()
+    # The statistics the dropped index had are made again: what later layers hold at a match's
+    # ancestors (type included) comes from the index, not from the rows.
+    plan = sqlite3.connect(tmp_path / "index.db").execute(
+        f"EXPLAIN QUERY PLAN WITH {locate._pairs_in_layers(2, 2)} "
+        f"SELECT e.diff_ref, e.type FROM {locate._PAIR_SEEKS}",
+        [1, 2, 3, 4, 1, 2],
+    )
+    assert "USING COVERING INDEX ix_entries_name_layer" in " ".join(row[3] for row in plan)
