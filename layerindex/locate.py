@@ -82,7 +82,7 @@ def find(reader: Reader, pattern: PathPattern, filters: FindFilters) -> Iterator
 
     The pattern's candidates and the filters' images are looked up now, so an unknown --image
     fails before anything is written; the rows come as they are read."""
-    branches = Candidates(reader).branches(pattern)
+    branches = Candidates(reader, many_dirs_later=filters.limit is not None).branches(pattern)
     return _rows(reader, branches, _images(reader, filters), pattern, filters)
 
 
@@ -176,13 +176,14 @@ def _runs(
 
     A branch of directories alone (``--contains``, a glob's directory) or of names alone
     (``--name``, ``--contains``) can name most of an image. Per image, such branches are read
-    in the order of their paths, a few at a time (``_DirStream``, ``_NameStream``); once each
-    stream has been read up to some path, the matches before it are complete. Names are
+    in the order of their paths, a few at a time (``_DirStream``, ``_HoldingDirStream`` when
+    the dirs were too many to list, ``_NameStream``); once each stream has been read up to some
+    path, the matches before it are complete. Names are
     streamed only under a limit (without one every row is read anyway) and when the batch holds
     more than STREAM_KEYS_MIN of their entries: the keys of those come first, from the name
     index alone; fewer are read at once, in one statement.
     """
-    by_dirs = [b for b in branches if b.dirs is not None and b.names is None]
+    by_dirs = [b for b in branches if b.dirs_holding or (b.dirs is not None and b.names is None)]
     by_names = [b for b in branches if b.dirs is None and b.names is not None]
     names = {i: t for b in by_names for i, t in (b.names or {}).items()}
     many = limited and _many(reader, layers, names)
@@ -193,13 +194,17 @@ def _runs(
         yield _matches(reader, layers, branches, pattern, ids)
         return
     dirs = sorted({i: t for b in by_dirs for i, t in (b.dirs or {}).items()}.items(), key=_dir_key)
+    holding = [b.dirs_holding for b in by_dirs if b.dirs_holding]
     groups: dict[tuple[str, str], Layers] = defaultdict(lambda: defaultdict(list))
     for diff_ref, held in layers.items():
         for holder in held:
             groups[_order(holder[0])][diff_ref].append(holder)
     for _key, group in sorted(groups.items()):
         pending = _matches(reader, group, others, pattern, ids)
-        streams: list[_DirStream | _NameStream] = [_DirStream(dirs)] if dirs else []
+        streams: list[_DirStream | _HoldingDirStream | _NameStream] = [
+            *([_DirStream(dirs)] if dirs else []),
+            *(_HoldingDirStream(substring) for substring in holding),
+        ]
         if group_keys := [k for k in keys if k[0] in group]:
             streams.append(_NameStream(group_keys, names, pattern, ids))
         while True:
@@ -237,6 +242,34 @@ class _DirStream:
         end = self.start + self.size if self.size < DIRS_SCANNED else len(self.dirs)
         chunk = dict(self.dirs[self.start : end])
         self.start, self.size = end, self.size * 2
+        return _matches(reader, group, [Branch(dirs=chunk)], pattern, ids)
+
+
+class _HoldingDirStream:
+    """Every directory whose path holds a substring (``Branch.dirs_holding``: too many to list),
+    read from the index of dir paths in its order: every path in dir D sorts after D itself, so
+    the first dir not read yet bounds the matches still to come. (SQLite only: its index order
+    is that of Python's strings.)"""
+
+    def __init__(self, substring: str) -> None:
+        self.substring = substring
+        self.bound: str | None = ""  # where the dirs not read yet start; None once all are read
+        self.size = FIRST_DIRS
+
+    def read(
+        self, reader: Reader, group: Layers, pattern: PathPattern, ids: _Interned
+    ) -> list[_Match]:
+        # As _DirStream: from DIRS_SCANNED dirs on, all the rest at once. One more row than
+        # the chunk says where the next read starts.
+        rest = self.size >= DIRS_SCANNED
+        rows = reader.rows(
+            "SELECT id, path FROM dirs WHERE path >= ? AND instr(path, ?) > 0 ORDER BY path"
+            + ("" if rest else " LIMIT ?"),
+            [self.bound, self.substring, *([] if rest else [self.size + 1])],
+        )
+        chunk = dict(rows if rest else rows[: self.size])
+        self.bound = None if rest or len(rows) <= self.size else rows[self.size][1]
+        self.size *= 2
         return _matches(reader, group, [Branch(dirs=chunk)], pattern, ids)
 
 

@@ -24,6 +24,9 @@ GLOB_CHARS = frozenset("*?[")
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 TRIGRAM = 3  # the trigram indexes need 3 literal characters in a row
 ID_CHUNK = 5000  # ids per IN (...) list
+# More dirs than this holding a substring (`--contains python3`: 108k of 158k) are not listed
+# up front when a limit may stop the query early: they are read in path order as needed.
+MANY_DIRS = 2000
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,9 @@ class Branch:
     dirs: dict[int, str] | None = None
     names: dict[int, str] | None = None
     sha256: str | None = None
+    # Instead of ``dirs``: every dir whose path holds this substring, too many to list
+    # (``Candidates(many_dirs_later=True)``); read in path order by ``locate``.
+    dirs_holding: str | None = None
 
 
 @dataclass(frozen=True)
@@ -150,10 +156,15 @@ def regex_literal(pattern: str) -> str:
 
 
 class Candidates:
-    """Looks up the interned dirs and names a pattern can match."""
+    """Looks up the interned dirs and names a pattern can match.
 
-    def __init__(self, reader: Reader) -> None:
+    With ``many_dirs_later`` (a limit may stop the query early), on SQLite, a substring held by
+    more than MANY_DIRS dirs makes a ``Branch(dirs_holding=...)`` instead of a list of them.
+    """
+
+    def __init__(self, reader: Reader, many_dirs_later: bool = False) -> None:
         self.reader = reader
+        self.many_dirs_later = many_dirs_later and reader.dialect == "sqlite"
 
     def branches(self, pattern: PathPattern) -> list[Branch]:
         if pattern.kind == "digest":
@@ -198,7 +209,12 @@ class Candidates:
         return Branch(dirs=dirs, names=names)
 
     def _contains(self, substring: str) -> list[Branch]:
-        found = [Branch(dirs=self._substring("dirs", substring))]
+        dirs = (
+            self._substring_unless_many("dirs", substring, MANY_DIRS)
+            if self.many_dirs_later
+            else self._substring("dirs", substring)
+        )
+        found = [Branch(dirs=dirs) if dirs is not None else Branch(dirs_holding=substring)]
         if "/" not in substring:
             found.append(Branch(names=self._substring("names", substring)))
             return found
@@ -226,9 +242,22 @@ class Candidates:
     def _substring(self, table: Table, substring: str) -> dict[int, str]:
         return self._matching(table, "*" + _escape_glob(substring) + "*", lambda s: substring in s)
 
+    def _substring_unless_many(
+        self, table: Table, substring: str, most: int
+    ) -> dict[int, str] | None:
+        """``_substring``, or None when more than ``most`` rows may hold it."""
+        sql, param = self._matching_sql(table, "*" + _escape_glob(substring) + "*")
+        rows = self.reader.rows(f"{sql} LIMIT {most + 1}", [param])
+        return None if len(rows) > most else {i: value for i, value in rows if substring in value}
+
     def _matching(self, table: Table, glob: str, check: Callable[[str], object]) -> dict[int, str]:
         """``table`` rows (id: text) matching the SQLite-style ``glob`` (a superset), then
         ``check``."""
+        sql, param = self._matching_sql(table, glob)
+        return {i: value for i, value in self.reader.rows(sql, [param]) if check(value)}
+
+    def _matching_sql(self, table: Table, glob: str) -> tuple[str, str]:
+        """The SELECT of ``table`` rows (id, text) matching ``glob``, and its one parameter."""
         column = COLUMN[table]
         if self.reader.dialect == "sqlite" and _longest_literal(glob) >= TRIGRAM:
             # The FTS5 trigram table answers GLOB from its index (case-sensitive).
@@ -243,7 +272,7 @@ class Candidates:
             sql = f"SELECT id, {column} FROM {table} WHERE {expression} LIKE ? ESCAPE '\\'"
             like = _glob_to_like(glob)
             param = like + "/" if table == "dirs" else "/" + like
-        return {i: value for i, value in self.reader.rows(sql, [param]) if check(value)}
+        return sql, param
 
 
 Table = Literal["dirs", "names"]

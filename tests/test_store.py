@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 from sqlalchemy import FromClause, func, select
 
-from layerindex import locate, overlay
+from layerindex import locate, overlay, search
 from layerindex.entries import Entry, EntryType
 from layerindex.errors import LayerFormatError
 from layerindex.finder import Finder, Row
@@ -132,23 +132,26 @@ def test_find_agrees_with_overlay_rules_on_random_images(
     # Images stacked from a pool of random layers (a layer may sit in several images, and
     # twice in one): every row find gives, and its state, must be what overlay.fate says over
     # *all* the image's later entries, not only those find looks up. Streamed: candidates are
-    # read path by path, a key or a directory at a time; and any limit gives the first rows.
+    # read path by path, a key or a directory at a time (under a limit, the dirs holding a
+    # substring without listing them first); and any limit gives the first rows. ("/a-b/c"
+    # sorts before "/a/b", though its dir "/a-b" sorts after "/a".)
     if streamed:
         monkeypatch.setattr(locate, "STREAM_KEYS_MIN", 0)
         monkeypatch.setattr(locate, "FIRST_KEYS", 1)
         monkeypatch.setattr(locate, "FIRST_DIRS", 1)
-        monkeypatch.setattr(locate, "DIRS_SCANNED", 2)
+        monkeypatch.setattr(locate, "DIRS_SCANNED", 4)
+        monkeypatch.setattr(search, "MANY_DIRS", 0)
     rng = random.Random(5)
-    universe = ["/a", "/a/b", "/a/b/c", "/a/b/c/d", "/a/x", "/b", "/b/c"]
+    universe = ["/a", "/a/b", "/a/b/c", "/a/b/c/d", "/a/x", "/a-b", "/a-b/c", "/b", "/b/c"]
     kinds = [EntryType.FILE, EntryType.DIR, EntryType.SYMLINK, EntryType.WHITEOUT]
     pool: dict[str, list[Entry]] = {}
     for n in range(10):
         layer = []
         for path in universe:
             if rng.random() < 0.45:
-                kind = rng.choice(kinds)
-                layer.append(e(path, kind, 0 if kind is EntryType.DIR else n + 1))
-                if kind is EntryType.DIR and rng.random() < 0.25:
+                entry_type = rng.choice(kinds)
+                layer.append(e(path, entry_type, 0 if entry_type is EntryType.DIR else n + 1))
+                if entry_type is EntryType.DIR and rng.random() < 0.25:
                     layer.append(e(path, EntryType.OPAQUE, 0))
         pool[f"sha256:p{n}"] = layer
     stacks = [rng.choices(list(pool), k=rng.randint(1, 5)) for _ in range(12)]
@@ -161,6 +164,8 @@ def test_find_agrees_with_overlay_rules_on_random_images(
         *(("exact", path) for path in universe),
         ("name", "c"),
         ("contains", "b"),
+        ("contains", "a-b"),
+        ("regex", "^/a.b/"),
         ("glob", "/a/**"),
     ]:
         pattern = parse(kind, value)  # type: ignore[arg-type]
