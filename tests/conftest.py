@@ -111,7 +111,7 @@ def hub_fault_proxy(_hub_proxy: FaultProxy) -> Iterator[FaultProxy]:
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A clean user environment: no credentials from this machine, a database in tmp."""
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
@@ -120,18 +120,18 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
     monkeypatch.delenv("LAYERINDEX_DB", raising=False)
     monkeypatch.delenv("LAYERINDEX_INSECURE_REGISTRIES", raising=False)
-    return tmp_path
+    yield tmp_path
+    # `index` and `crawl` freeze every object alive (cli._imports_done): in a real process its
+    # start-up, here also whatever earlier tests left behind.
+    gc.unfreeze()
 
 
 @pytest.fixture
-def run(home: Path) -> Iterator[Callable[..., Result]]:
+def run(home: Path) -> Callable[..., Result]:
     def invoke(*args: str) -> Result:
         return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
-    yield invoke
-    # `index` and `crawl` freeze every object alive (cli._imports_done): in a real process its
-    # start-up, but here also whatever earlier tests left behind.
-    gc.unfreeze()
+    return invoke
 
 
 # --- databases -------------------------------------------------------------------------------
