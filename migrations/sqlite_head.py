@@ -6,7 +6,7 @@ the migrations makes (same sqlite_master) and prints the new text when a migrati
 layerindex.database runs the migrations instead whenever REVISION is not the head revision.
 """
 
-REVISION = "0006_name_layer_type_index"
+REVISION = "0007_entries_no_foreign_keys"
 
 STATEMENTS = (
     "CREATE TABLE alembic_version (\n\tversion_num VARCHAR(32) NOT NULL, \n\tCONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)\n)",
@@ -20,7 +20,7 @@ STATEMENTS = (
     "CREATE INDEX ix_image_layers_layer_id ON image_layers (layer_id)",
     "CREATE TABLE dirs (\n\tid INTEGER NOT NULL, \n\tpath TEXT NOT NULL, \n\tCONSTRAINT pk_dirs PRIMARY KEY (id), \n\tCONSTRAINT uq_dirs_path UNIQUE (path)\n)",
     "CREATE TABLE names (\n\tid INTEGER NOT NULL, \n\tname TEXT NOT NULL, \n\tCONSTRAINT pk_names PRIMARY KEY (id), \n\tCONSTRAINT uq_names_name UNIQUE (name)\n)",
-    "CREATE TABLE entries (\n\tdiff_ref INTEGER NOT NULL, \n\tdir_id INTEGER NOT NULL, \n\tname_id INTEGER NOT NULL, \n\ttype SMALLINT NOT NULL, \n\tsize BIGINT NOT NULL, \n\tmode INTEGER NOT NULL, \n\tuid INTEGER NOT NULL, \n\tgid INTEGER NOT NULL, \n\tmtime BIGINT NOT NULL, \n\tlink_target TEXT, \n\tsha256 TEXT, \n\tCONSTRAINT pk_entries PRIMARY KEY (diff_ref, dir_id, name_id), \n\tCONSTRAINT fk_entries_diff_ref_diffs FOREIGN KEY(diff_ref) REFERENCES diffs (id), \n\tCONSTRAINT fk_entries_dir_id_dirs FOREIGN KEY(dir_id) REFERENCES dirs (id), \n\tCONSTRAINT fk_entries_name_id_names FOREIGN KEY(name_id) REFERENCES names (id)\n)\n WITHOUT ROWID\n\n",
+    "CREATE TABLE entries (\n\tdiff_ref INTEGER NOT NULL, \n\tdir_id INTEGER NOT NULL, \n\tname_id INTEGER NOT NULL, \n\ttype SMALLINT NOT NULL, \n\tsize BIGINT NOT NULL, \n\tmode INTEGER NOT NULL, \n\tuid INTEGER NOT NULL, \n\tgid INTEGER NOT NULL, \n\tmtime BIGINT NOT NULL, \n\tlink_target TEXT, \n\tsha256 TEXT, \n\tCONSTRAINT pk_entries PRIMARY KEY (diff_ref, dir_id, name_id)\n)\n WITHOUT ROWID\n\n",
     "CREATE INDEX ix_entries_sha256 ON entries (sha256) WHERE sha256 IS NOT NULL",
     "CREATE VIRTUAL TABLE dirs_fts USING fts5(path, content='dirs', content_rowid='id', tokenize='trigram case_sensitive 1', detail=none, columnsize=0)",
     "CREATE TRIGGER dirs_fts_delete AFTER DELETE ON dirs BEGIN INSERT INTO dirs_fts(dirs_fts, rowid, path) VALUES ('delete', old.id, old.path); END",

@@ -192,10 +192,10 @@ def test_head_statements_behind_the_migrations_are_not_used(
     engine.dispose()
 
 
-def test_an_index_with_entries_upgraded_to_0006_answers_ancestors_from_the_name_index(
-    tmp_path: Path,
-) -> None:
-    url = f"sqlite:///{tmp_path / 'index.db'}"
+def test_an_index_with_entries_is_upgraded_from_0005_and_finds_the_same(db_url: str) -> None:
+    # 0006: the type in the name index, its statistics made again; 0007: entries without
+    # foreign keys (on SQLite by editing the table's text, its rows untouched).
+    url = db_url
     store = Store(database.open_database(url))
     index_image(
         store,
@@ -208,20 +208,33 @@ def test_an_index_with_entries_upgraded_to_0006_answers_ancestors_from_the_name_
     )
     store.analyze()
     before = find_all(Finder(store.engine), "/usr/bin/kubectl")
+    assert inspect(store.engine).get_foreign_keys("entries") == []
     store.engine.dispose()
     database.downgrade(url, "0005_name_layer_index")
+    engine = database.create(url)
+    keys = {
+        (k["constrained_columns"][0], k["referred_table"])
+        for k in inspect(engine).get_foreign_keys("entries")
+    }
+    assert keys == {("diff_ref", "diffs"), ("dir_id", "dirs"), ("name_id", "names")}
+    engine.dispose()
 
-    assert database.upgrade(url) == ("0005_name_layer_index", "0006_name_layer_type_index")
+    assert database.upgrade(url) == ("0005_name_layer_index", database.head_revision())
     engine = database.open_database(url)
+    assert inspect(engine).get_foreign_keys("entries") == []
     assert find_all(Finder(engine), "/usr/bin/kubectl") == before
     assert [(r["layer_index"], r["state"], r["changed_by_layer"]) for r in before] == [
         (0, "overwritten", 1),
         (1, "overwritten", 2),
     ]
     engine.dispose()
+    if not url.startswith("sqlite"):
+        return
+    sqlite_file = url.removeprefix("sqlite:///")
+    assert sqlite3.connect(sqlite_file).execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     # The statistics the dropped index had are made again: what later layers hold at a match's
     # ancestors (type included) comes from the index, not from the rows.
-    plan = sqlite3.connect(tmp_path / "index.db").execute(
+    plan = sqlite3.connect(sqlite_file).execute(
         f"EXPLAIN QUERY PLAN WITH {locate._pairs_in_layers(2, 2)} "
         f"SELECT e.diff_ref, e.type FROM {locate._PAIR_SEEKS}",
         [1, 2, 3, 4, 1, 2],
