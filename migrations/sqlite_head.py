@@ -20,8 +20,6 @@ STATEMENTS = (
     "CREATE INDEX ix_image_layers_layer_id ON image_layers (layer_id)",
     "CREATE TABLE dirs (\n\tid INTEGER NOT NULL, \n\tpath TEXT NOT NULL, \n\tCONSTRAINT pk_dirs PRIMARY KEY (id), \n\tCONSTRAINT uq_dirs_path UNIQUE (path)\n)",
     "CREATE TABLE names (\n\tid INTEGER NOT NULL, \n\tname TEXT NOT NULL, \n\tCONSTRAINT pk_names PRIMARY KEY (id), \n\tCONSTRAINT uq_names_name UNIQUE (name)\n)",
-    "CREATE TABLE entries (\n\tdiff_ref INTEGER NOT NULL, \n\tdir_id INTEGER NOT NULL, \n\tname_id INTEGER NOT NULL, \n\ttype SMALLINT NOT NULL, \n\tsize BIGINT NOT NULL, \n\tmode INTEGER NOT NULL, \n\tuid INTEGER NOT NULL, \n\tgid INTEGER NOT NULL, \n\tmtime BIGINT NOT NULL, \n\tlink_target TEXT, \n\tsha256 TEXT, \n\tCONSTRAINT pk_entries PRIMARY KEY (diff_ref, dir_id, name_id)\n)\n WITHOUT ROWID\n\n",
-    "CREATE INDEX ix_entries_sha256 ON entries (sha256) WHERE sha256 IS NOT NULL",
     "CREATE VIRTUAL TABLE dirs_fts USING fts5(path, content='dirs', content_rowid='id', tokenize='trigram case_sensitive 1', detail=none, columnsize=0)",
     "CREATE TRIGGER dirs_fts_delete AFTER DELETE ON dirs BEGIN INSERT INTO dirs_fts(dirs_fts, rowid, path) VALUES ('delete', old.id, old.path); END",
     "CREATE TRIGGER dirs_fts_update AFTER UPDATE ON dirs BEGIN INSERT INTO dirs_fts(dirs_fts, rowid, path) VALUES ('delete', old.id, old.path); INSERT INTO dirs_fts(rowid, path) VALUES (new.id, new.path); END",
@@ -31,5 +29,7 @@ STATEMENTS = (
     "CREATE TABLE runs (\n\tid INTEGER NOT NULL, \n\tstarted_at DATETIME NOT NULL, \n\tfinished_at DATETIME, \n\tstatus TEXT NOT NULL, \n\tworker TEXT NOT NULL, \n\timages INTEGER NOT NULL, \n\timages_unchanged INTEGER NOT NULL, \n\timages_failed INTEGER NOT NULL, \n\tlayers_indexed INTEGER NOT NULL, \n\tlayers_known INTEGER NOT NULL, \n\tlayers_skipped INTEGER NOT NULL, \n\tlayers_failed INTEGER NOT NULL, \n\tbytes BIGINT NOT NULL, \n\terrors TEXT, \n\tCONSTRAINT pk_runs PRIMARY KEY (id)\n)",
     "CREATE TABLE targets (\n\treference TEXT NOT NULL, \n\tlast_checked DATETIME, \n\tlast_digest TEXT, \n\tfailures INTEGER NOT NULL, \n\tlast_error TEXT, \n\tnext_attempt DATETIME, \n\tlease_owner TEXT, \n\tlease_until DATETIME, \n\tCONSTRAINT pk_targets PRIMARY KEY (reference)\n)",
     "CREATE INDEX ix_layers_diff_ref ON layers (diff_ref)",
+    'CREATE TABLE "entries" (\n\tdiff_ref INTEGER NOT NULL, \n\tdir_id INTEGER NOT NULL, \n\tname_id INTEGER NOT NULL, \n\ttype SMALLINT NOT NULL, \n\tsize BIGINT NOT NULL, \n\tmode INTEGER NOT NULL, \n\tuid INTEGER NOT NULL, \n\tgid INTEGER NOT NULL, \n\tmtime BIGINT NOT NULL, \n\tlink_target TEXT, \n\tsha256 TEXT, \n\tCONSTRAINT pk_entries PRIMARY KEY (diff_ref, dir_id, name_id)\n)\n WITHOUT ROWID\n\n',
+    "CREATE INDEX ix_entries_sha256 ON entries (sha256) WHERE sha256 IS NOT NULL",
     "CREATE INDEX ix_entries_name_layer ON entries (name_id, diff_ref, dir_id, type)",
 )

@@ -17,7 +17,7 @@ from test_store import e, find_all, image, index_image
 
 from layerindex import database, locate
 from layerindex.entries import EntryType
-from layerindex.errors import SchemaOutOfDate
+from layerindex.errors import LayerIndexError, SchemaOutOfDate
 from layerindex.finder import Finder
 from layerindex.schema import include_name, metadata
 from layerindex.store import Store
@@ -240,3 +240,20 @@ def test_an_index_with_entries_is_upgraded_from_0005_and_finds_the_same(db_url: 
         [1, 2, 3, 4, 1, 2],
     )
     assert "USING COVERING INDEX ix_entries_name_layer" in " ".join(row[3] for row in plan)
+
+
+def test_downgrade_below_0007_refuses_entries_without_their_dir(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'index.db'}"
+    store = Store(database.open_database(url))
+    index_image(store, image("sha256:i1", ["sha256:l0"]), [[e("/usr/bin/kubectl")]])
+    with store.engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO entries SELECT diff_ref, 999, name_id, type, size, mode, uid, gid, "
+            "mtime, link_target, sha256 FROM entries"
+        )
+    store.engine.dispose()
+    with pytest.raises(LayerIndexError, match="entries holds rows whose diff, dir or name"):
+        database.downgrade(url, "0006_name_layer_type_index")
+    engine = database.open_database(url)  # still at head, its table as it was
+    assert inspect(engine).get_foreign_keys("entries") == []
+    engine.dispose()
