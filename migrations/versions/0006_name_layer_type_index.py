@@ -5,7 +5,7 @@ ancestors, and only entries that are not directories can change its fate (a dire
 directory merges). With the type in the index those look-ups are answered by the index alone,
 one seek per (ancestor, layer) into its densely packed range instead of a row of the table in
 each layer; and an exact path's entries are found the same way before their rows are read. On
-a 10M-entry index: exact ``find`` 2.6 → 1.9 ms (p50, first runs), for ~2 more bytes an entry.
+a 10M-entry index: exact ``find`` 2.6 → 1.9 ms (p50, first runs), for ~1 more byte an entry.
 
 Revision ID: 0006_name_layer_type_index
 Revises: 0005_name_layer_index
