@@ -5,6 +5,7 @@ Python's stdlib and site-packages, and /usr), then times queries in process (the
 CLI calls (start-up included). Run by hand:
 
     python benchmarks/query_bench.py --entries 10000000 --db /tmp/lx-10m.db
+    python benchmarks/query_bench.py --entries 2000000 --postgres postgresql+psycopg://postgres@127.0.0.1:5432
 
 Prints one table; figures go to benchmarks/RESULTS.md with the machine and the date.
 """
@@ -18,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -128,6 +130,30 @@ def build(
     return time.perf_counter() - started
 
 
+PG_DATABASE = "layerindex_query_bench"
+
+
+def _postgres_database(server_url: str) -> bool:
+    """Make PG_DATABASE on the server if it is missing; whether it holds an index already."""
+    import psycopg
+
+    plain = server_url.rstrip("/").replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(f"{plain}/postgres", autocommit=True) as admin:
+        if not admin.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (PG_DATABASE,)
+        ).fetchone():
+            admin.execute(f"CREATE DATABASE {PG_DATABASE}")
+            return False
+    with psycopg.connect(f"{plain}/{PG_DATABASE}") as connection:
+        found = connection.execute(
+            "SELECT 1 FROM information_schema.tables WHERE table_name = 'entries'"
+        ).fetchone()
+        return (
+            found is not None
+            and connection.execute("SELECT 1 FROM entries LIMIT 1").fetchone() is not None
+        )
+
+
 def warm_page_cache(path: Path) -> None:
     with path.open("rb") as file:
         while file.read(16 << 20):
@@ -146,12 +172,23 @@ def main() -> None:
     parser.add_argument("--db", default="/tmp/layerindex-query-bench.db")
     parser.add_argument("--queries", type=int, default=40)
     parser.add_argument("--cli-runs", type=int, default=10)
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="index into PostgreSQL instead of SQLite: a server URL without a database name; the "
+        f"index is its database {PG_DATABASE}, built once (if empty) and kept like --db",
+    )
     args = parser.parse_args()
-    db_url = f"sqlite:///{args.db}"
-    env = cli_env(Path(args.db).parent / "layerindex-bench-pycache")
+    if args.postgres:
+        db_url = f"{args.postgres.rstrip('/')}/{PG_DATABASE}"
+        built = _postgres_database(args.postgres)
+    else:
+        db_url = f"sqlite:///{args.db}"
+        built = Path(args.db).exists()
+    env = cli_env(Path(tempfile.gettempdir()) / "layerindex-bench-pycache")
     pool, directories = real_paths(max(args.per_layer * 3, 150_000))
     print(f"path pool: {len(pool):,} real paths", file=sys.stderr)
-    if not Path(args.db).exists():
+    if not built:
         seconds = build(db_url, args.entries, args.per_layer, pool, directories)
         print(f"built in {seconds:.1f}s ({args.entries / seconds:,.0f} entries/s)", file=sys.stderr)
     engine = open_database(db_url)
@@ -159,8 +196,12 @@ def main() -> None:
         total = connection.execute(text("SELECT count(*) FROM entries")).scalar_one()
         dirs = connection.execute(text("SELECT count(*) FROM dirs")).scalar_one()
         names = connection.execute(text("SELECT count(*) FROM names")).scalar_one()
+        size = (
+            connection.execute(text("SELECT pg_database_size(current_database())")).scalar_one()
+            if args.postgres
+            else Path(args.db).stat().st_size
+        )
     engine.dispose()
-    size = Path(args.db).stat().st_size
     reader = open_reader(db_url)  # what the find command reads through
     rng = random.Random(2)
     picks = [rng.choice(pool) for _ in range(args.queries)]
@@ -179,7 +220,8 @@ def main() -> None:
     for label, queries in cases.items():
         # Each kind starts from the file in the page cache, not from what the kind before it
         # happened to read (machines that reclaim idle cache otherwise time the disk).
-        warm_page_cache(Path(args.db))
+        if not args.postgres:
+            warm_page_cache(Path(args.db))
         times, rows = [], []
         for kind, value in queries:
             pattern = parse(kind, value)  # type: ignore[arg-type]
