@@ -237,7 +237,10 @@ READER_MMAP_BYTES = 1 << 30
 
 def open_reader(url: str) -> Reader:
     """Open ``url`` for reading at the latest schema. A missing or empty database is an error
-    (there is nothing to read), never created. A SQLite file is read through the stdlib."""
+    (there is nothing to read), never created. A SQLite file is read through the stdlib, a
+    PostgreSQL database through psycopg: SQLAlchemy, 0.15 s of a `find` call, stays unloaded."""
+    if url.startswith(PSYCOPG_SCHEME) and (reader := _postgres_reader(url)) is not None:
+        return reader
     path = _sqlite_file(url)
     if path is None:
         return Reader.from_engine(open_database(url, create_empty=False), owned=True)
@@ -259,17 +262,67 @@ def open_reader(url: str) -> Reader:
             revision = found[0] if found else None
     except sqlite3.DatabaseError as exc:
         raise LayerIndexError(f"cannot open database {shown}: {exc}") from exc
+    return _checked(Reader(connection, "sqlite"), shown, tables, revision)
+
+
+PSYCOPG_SCHEME = "postgresql+psycopg://"
+
+
+def _postgres_reader(url: str) -> Reader | None:
+    """A reader on a psycopg connection to ``url``; None without psycopg (the SQLAlchemy path
+    then says what to install)."""
+    try:
+        import psycopg
+    except ImportError:
+        return None
+    shown = _shown(url)
+    try:
+        # The same URL without SQLAlchemy's driver name is libpq's.
+        connection = psycopg.connect("postgresql://" + url[len(PSYCOPG_SCHEME) :], autocommit=True)
+    except psycopg.Error as exc:
+        raise LayerIndexError(f"cannot open database {shown}: {exc}") from exc
+    reader = Reader(connection, "postgresql", psycopg.Error)
+    try:
+        tables = {
+            r[0]
+            for r in reader.rows(
+                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+            )
+        }
+        found = (
+            reader.rows("SELECT version_num FROM alembic_version")
+            if "alembic_version" in tables
+            else []
+        )
+    except LayerIndexError:
+        reader.close()
+        raise
+    return _checked(reader, shown, tables, found[0][0] if found else None)
+
+
+def _checked(reader: Reader, shown: str, tables: set[str], revision: str | None) -> Reader:
+    """``reader``, unless its database is empty or not at this layerindex's schema revision."""
     if not tables:
-        connection.close()
+        reader.close()
         raise LayerIndexError(
             f"the database {shown} is empty; index an image first (layerindex index REF)"
         )
     try:
         check_revision(shown, revision)
     except SchemaOutOfDate:
-        connection.close()
+        reader.close()
         raise
-    return Reader(connection, "sqlite")
+    return reader
+
+
+def _shown(url: str) -> str:
+    """``url`` as messages show it: a password as ``***``, as SQLAlchemy shows URLs."""
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    userinfo, at, host = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
+    return f"{scheme}{sep}{netloc}{slash}{path}"
 
 
 def _sqlite_file(url: str) -> Path | None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from sqlalchemy import create_engine, inspect, make_url
 from test_index import Run
 from test_store import e, image, index_image
@@ -25,8 +26,17 @@ def make_index(path: Path) -> str:
     return url
 
 
-def test_find_imports_neither_sqlalchemy_nor_alembic(tmp_path: Path) -> None:
-    url = make_index(tmp_path / "index.db")
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_find_imports_neither_sqlalchemy_nor_alembic(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if kind == "sqlite":
+        url = make_index(tmp_path / "index.db")
+    else:  # read through psycopg
+        url = request.getfixturevalue("postgres_url")
+        engine = database.open_database(url)
+        index_image(Store(engine), image("sha256:i1", ["sha256:l0"]), [[e("/usr/bin/kubectl")]])
+        engine.dispose()
     command = ["layerindex", "--db", url, "find", "/usr/bin/kubectl", "--nl"]
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", *command],
@@ -116,6 +126,17 @@ def test_find_on_postgresql_reads_through_the_drivers_connection(
     result = run("--db", postgres_url, "find", "--contains", "kubect", "--nl")
     assert result.exit_code == 0, result.output
     assert [json.loads(line)["path"] for line in result.stdout.splitlines()] == ["/usr/bin/kubectl"]
+
+
+def test_find_on_a_postgresql_server_that_refuses_says_so(postgres_url: str, run: Run) -> None:
+    url = postgres_url.replace("postgres@", "postgres:secret@").rsplit("/", 1)[0] + "/nothere_x"
+    result = run("--db", url, "find", "/usr/bin/kubectl")
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr.startswith(
+        f"Error: cannot open database {url.replace(':secret@', ':***@')}: "
+    )
+    assert 'database "nothere_x" does not exist' in result.stderr
+    assert "secret" not in result.stderr
 
 
 def test_find_errors_are_messages_before_any_output(home: Path, run: Run) -> None:
