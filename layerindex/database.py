@@ -239,7 +239,9 @@ def open_reader(url: str) -> Reader:
     """Open ``url`` for reading at the latest schema. A missing or empty database is an error
     (there is nothing to read), never created. A SQLite file is read through the stdlib, a
     PostgreSQL database through psycopg: SQLAlchemy, 0.15 s of a `find` call, stays unloaded."""
-    if url.startswith(PSYCOPG_SCHEME) and (reader := _postgres_reader(url)) is not None:
+    # A URL with options is SQLAlchemy's to read (as for SQLite, below).
+    plain_postgres = url.startswith(PSYCOPG_SCHEME) and "?" not in url
+    if plain_postgres and (reader := _postgres_reader(url)) is not None:
         return reader
     path = _sqlite_file(url)
     if path is None:

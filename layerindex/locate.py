@@ -602,8 +602,10 @@ def _found_by_name(
     probes in the index; a join of VALUES lists it plans as a scan of every entry (127 ms
     instead of 6 ms for 948 names in 5 layers of 2M entries)."""
     keep = "" if materialized else "NOT "
-    in_dirs, dir_params = among(dialect, "e.dir_id", dirs) if dirs else ("", [])
-    in_dirs = f" AND {in_dirs}" if dirs else ""
+    in_dirs, dir_params = "", list[object]()
+    if dirs:
+        condition, dir_params = among(dialect, "e.dir_id", dirs)
+        in_dirs = f" AND {condition}"
     if dialect != "sqlite":
         return (
             f"WITH found AS {keep}MATERIALIZED (SELECT e.diff_ref, e.dir_id, e.name_id "
