@@ -326,3 +326,20 @@ def test_indexing_into_sqlite_imports_no_postgresql_dialect(tmp_path: Path) -> N
     assert result.returncode == 0, result.stderr
     assert "sqlalchemy.dialects.sqlite" in result.stdout
     assert "postgresql" not in result.stdout
+
+
+def test_find_by_digest_names_every_path_holding_the_content(store: Store) -> None:
+    digest = "sha256:" + "ab" * 32
+    hashed = Entry("/usr/bin/kubectl", EntryType.FILE, 3, 0o755, 0, 0, 1700000000, None, digest)
+    copied = hashed._replace(path="/opt/kubectl")
+    other = hashed._replace(path="/usr/bin/helm", sha256="sha256:" + "cd" * 32)
+    index_image(
+        store,
+        image("sha256:i1", ["sha256:l0", "sha256:l1"]),
+        [[hashed, other], [copied, e("/usr/bin/kubectl", EntryType.WHITEOUT, 0)]],
+    )
+    rows = Finder(store.engine).find(parse("digest", digest), FindFilters(all_layers=True))
+    assert [(r["path"], r["layer_index"], r["state"], r["sha256"]) for r in rows] == [
+        ("/opt/kubectl", 1, "present", digest),
+        ("/usr/bin/kubectl", 0, "deleted", digest),
+    ]
