@@ -54,6 +54,10 @@ STDERR_TAIL = 2000  # characters of a crashed child's stderr quoted in the error
 # 4.4 s at 5 ms, 3.8 s at 1 ms, 3.55 s at 0.2 ms). The child is ours alone, so we may set it.
 CHILD_SWITCH_INTERVAL = 0.0002
 PIPE_SIZE = 1 << 20  # the blob's pipe into the child: one READ_SIZE, not 64 KiB
+# Leaving a walk early (an error elsewhere, Ctrl-C), how long to wait for the feeding thread: a
+# read of a stalled download returns only at the read timeout (60 s), and nothing is left for
+# the thread to do (the child is gone, the caller closes the stream), so it is left to end.
+STOP_FEED_WAIT = 1.0
 
 
 class ChildWalk:
@@ -108,7 +112,7 @@ class ChildWalk:
         if self._child.poll() is None:  # left early: the child must not outlive us
             self._child.kill()
         self._child.wait()
-        self._pump.join()
+        self._pump.join(STOP_FEED_WAIT)  # a walk that ended has joined it already
 
     def wait(self) -> None:
         """Block until the child has walked the whole layer; raise what the walk raised."""

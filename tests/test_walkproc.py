@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import stat
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -184,3 +186,28 @@ def test_entries_are_given_while_the_child_still_walks() -> None:
     assert not held.timed_out
     assert got == expected
     assert walked.compressed_size == len(blob)
+
+
+def test_leaving_a_walk_whose_download_stalls_does_not_wait_for_the_read() -> None:
+    # Ctrl-C while the registry sends nothing: the read would return only at its timeout.
+    read_end, write_end = os.pipe()
+    stalled = os.fdopen(read_end, "rb")
+    ending = threading.Lock()
+
+    def end_the_read() -> None:  # and with it the feeding thread
+        with ending:
+            if not stalled.closed:
+                os.close(write_end)
+                stalled.close()
+
+    timeout = threading.Timer(20, end_the_read)  # the read timeout, sooner
+    timeout.start()
+    try:
+        walker = LayerWalker(stalled, where=WHERE)
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt), walk_in_child(walker):
+            raise KeyboardInterrupt
+        assert time.monotonic() - started < 10
+    finally:
+        timeout.cancel()
+        end_the_read()
