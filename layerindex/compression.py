@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import queue
 import threading
+import time
 import zlib
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import BinaryIO, Protocol, TypeVar, cast
@@ -285,6 +286,10 @@ class LayerStream:
 
 
 _DONE = object()
+# How long closing a prefetched() waits for its producer to stop. One stuck in a read that
+# returns only at its timeout (a download that stalls: 60 s, then retries) is left to end, as a
+# daemon thread, when the caller closes the stream under it; else Ctrl-C would wait for it.
+PRODUCER_STOP_WAIT = 1.0
 
 
 def prefetched(
@@ -294,8 +299,10 @@ def prefetched(
 
     Its exceptions are raised here, in the consumer's thread. Closing this generator (or
     dropping it) stops the producer, closes ``source`` and waits: afterwards nothing of
-    ``source`` runs, so the caller may close the streams it reads. Used for decompression
-    here and for walking a layer while ``Store.index_layer`` writes the previous batch.
+    ``source`` runs, so the caller may close the streams it reads; only a producer stuck in a
+    read for PRODUCER_STOP_WAIT is not waited for (closing its stream ends that read). Used for
+    decompression here and for walking a layer while ``Store.index_layer`` writes the previous
+    batch.
     """
     items: queue.Queue[object] = queue.Queue(depth)
     stop = threading.Event()
@@ -327,10 +334,10 @@ def prefetched(
             yield cast(T, item)
     finally:
         stop.set()
-        while producer.is_alive():  # unblock a producer waiting on a full queue
-            with contextlib.suppress(queue.Empty):
+        deadline = time.monotonic() + PRODUCER_STOP_WAIT
+        while producer.is_alive() and time.monotonic() < deadline:
+            with contextlib.suppress(queue.Empty):  # unblock a producer waiting on a full queue
                 items.get(timeout=0.05)
-        producer.join()
 
 
 class _Input:

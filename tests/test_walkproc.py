@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import signal
 import stat
 import threading
 import time
@@ -14,10 +15,13 @@ from typing import Any
 import pytest
 import tarcorpus
 from tarcorpus import compress
+from test_store import image
 
 from layerindex.compression import CHUNK
+from layerindex.database import open_database
 from layerindex.entries import Entry
 from layerindex.errors import DigestMismatch, LayerFormatError, LayerIndexError, NetworkError
+from layerindex.store import Store
 from layerindex.walker import LayerWalker
 from layerindex.walkproc import FRAME_ENTRIES, walk_in_child
 
@@ -211,3 +215,38 @@ def test_leaving_a_walk_whose_download_stalls_does_not_wait_for_the_read() -> No
     finally:
         timeout.cancel()
         end_the_read()
+
+
+def test_ctrl_c_while_a_download_stalls_leaves_the_layer_at_once(tmp_path: Path) -> None:
+    # What `layerindex index` does with one big layer: its rows written while the child walks.
+    # The registry sends nothing more; Ctrl-C must not wait for the read's timeout.
+    store = Store(open_database(f"sqlite:///{tmp_path / 'index.db'}"))
+    _image_id, (state,) = store.record_image(image("sha256:i1", ["sha256:l0"]))
+    read_end, write_end = os.pipe()
+    stalled = os.fdopen(read_end, "rb")
+    os.write(write_end, tarcorpus.member(b"file0", b"x"))  # a first member, then silence
+    ending = threading.Lock()
+
+    def end_the_read() -> None:
+        with ending:
+            if not stalled.closed:
+                os.close(write_end)
+                stalled.close()
+
+    timeout = threading.Timer(20, end_the_read)  # the read timeout, sooner
+    timeout.start()
+    ctrl_c = threading.Timer(
+        0.5, signal.pthread_kill, [threading.main_thread().ident, signal.SIGINT]
+    )
+    try:
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            ctrl_c.start()
+            with walk_in_child(LayerWalker(stalled, where=WHERE)) as walked:
+                store.index_layer(state, walked)
+        assert time.monotonic() - started < 10
+    finally:
+        timeout.cancel()
+        end_the_read()
+    assert not store.layer_indexed(state)  # and nothing of it was kept
+    store.engine.dispose()
