@@ -54,6 +54,8 @@ from installed import cli_env  # noqa: E402
 from registry_server import RegistryServer, start_plain  # noqa: E402
 from walker_bench import build_small_files_tar  # noqa: E402
 
+from layerindex.database import libpq_url  # noqa: E402
+
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = {
@@ -269,7 +271,7 @@ class PostgresDatabases:
         import psycopg
 
         self.server_url = server_url.rstrip("/")
-        plain = self.server_url.replace("postgresql+psycopg://", "postgresql://")
+        plain = libpq_url(self.server_url)
         self.admin = psycopg.connect(f"{plain}/postgres", autocommit=True)
 
     def create(self, name: str) -> str:
@@ -281,7 +283,7 @@ class PostgresDatabases:
         import psycopg
 
         name = url.rsplit("/", 1)[1]
-        plain = url.replace("postgresql+psycopg://", "postgresql://")
+        plain = libpq_url(url)
         with psycopg.connect(plain) as connection:
             (entries,) = connection.execute(ENTRY_COUNT).fetchone() or (0,)
         (size,) = self.admin.execute("SELECT pg_database_size(%s)", (name,)).fetchone() or (0,)

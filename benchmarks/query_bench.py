@@ -29,7 +29,7 @@ from installed import cli_env
 from sqlalchemy import text
 
 from layerindex import locate
-from layerindex.database import open_database, open_reader
+from layerindex.database import libpq_url, open_database, open_reader
 from layerindex.entries import Entry, EntryType
 from layerindex.search import parse
 from layerindex.store import ImageRecord, LayerRecord, Store
@@ -137,7 +137,7 @@ def _postgres_database(server_url: str) -> bool:
     """Make PG_DATABASE on the server if it is missing; whether it holds an index already."""
     import psycopg
 
-    plain = server_url.rstrip("/").replace("postgresql+psycopg://", "postgresql://")
+    plain = libpq_url(server_url.rstrip("/"))
     with psycopg.connect(f"{plain}/postgres", autocommit=True) as admin:
         if not admin.execute(
             "SELECT 1 FROM pg_database WHERE datname = %s", (PG_DATABASE,)

@@ -270,6 +270,12 @@ def open_reader(url: str) -> Reader:
 PSYCOPG_SCHEME = "postgresql+psycopg://"
 
 
+def libpq_url(url: str) -> str:
+    """The URL psycopg (libpq) connects with, for a SQLAlchemy ``postgresql+psycopg://`` one:
+    the same without the driver's name."""
+    return "postgresql://" + url.removeprefix(PSYCOPG_SCHEME)
+
+
 def _postgres_reader(url: str) -> Reader | None:
     """A reader on a psycopg connection to ``url``; None without psycopg (the SQLAlchemy path
     then says what to install)."""
@@ -279,8 +285,7 @@ def _postgres_reader(url: str) -> Reader | None:
         return None
     shown = _shown(url)
     try:
-        # The same URL without SQLAlchemy's driver name is libpq's.
-        connection = psycopg.connect("postgresql://" + url[len(PSYCOPG_SCHEME) :], autocommit=True)
+        connection = psycopg.connect(libpq_url(url), autocommit=True)
     except psycopg.Error as exc:
         raise LayerIndexError(f"cannot open database {shown}: {exc}") from exc
     reader = Reader(connection, "postgresql", psycopg.Error)
