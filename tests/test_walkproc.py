@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -9,8 +10,9 @@ import signal
 import stat
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
 import tarcorpus
@@ -192,29 +194,39 @@ def test_entries_are_given_while_the_child_still_walks() -> None:
     assert walked.compressed_size == len(blob)
 
 
-def test_leaving_a_walk_whose_download_stalls_does_not_wait_for_the_read() -> None:
-    # Ctrl-C while the registry sends nothing: the read would return only at its timeout.
+@contextlib.contextmanager
+def stalled_download(first: bytes = b"") -> Iterator[BinaryIO]:
+    """A blob stream that gives ``first`` and then nothing, as a registry that stops sending:
+    its read returns only when the stream ends, which is after 20 s (a read timeout, sooner)
+    or on leaving the block."""
     read_end, write_end = os.pipe()
     stalled = os.fdopen(read_end, "rb")
+    os.write(write_end, first)
     ending = threading.Lock()
 
-    def end_the_read() -> None:  # and with it the feeding thread
+    def end_the_read() -> None:  # and with it the thread reading
         with ending:
             if not stalled.closed:
                 os.close(write_end)
                 stalled.close()
 
-    timeout = threading.Timer(20, end_the_read)  # the read timeout, sooner
+    timeout = threading.Timer(20, end_the_read)
     timeout.start()
     try:
+        yield stalled
+    finally:
+        timeout.cancel()
+        end_the_read()
+
+
+def test_leaving_a_walk_whose_download_stalls_does_not_wait_for_the_read() -> None:
+    # Ctrl-C while the registry sends nothing: the read would return only at its timeout.
+    with stalled_download() as stalled:
         walker = LayerWalker(stalled, where=WHERE)
         started = time.monotonic()
         with pytest.raises(KeyboardInterrupt), walk_in_child(walker):
             raise KeyboardInterrupt
         assert time.monotonic() - started < 10
-    finally:
-        timeout.cancel()
-        end_the_read()
 
 
 def test_ctrl_c_while_a_download_stalls_leaves_the_layer_at_once(tmp_path: Path) -> None:
@@ -222,31 +234,15 @@ def test_ctrl_c_while_a_download_stalls_leaves_the_layer_at_once(tmp_path: Path)
     # The registry sends nothing more; Ctrl-C must not wait for the read's timeout.
     store = Store(open_database(f"sqlite:///{tmp_path / 'index.db'}"))
     _image_id, (state,) = store.record_image(image("sha256:i1", ["sha256:l0"]))
-    read_end, write_end = os.pipe()
-    stalled = os.fdopen(read_end, "rb")
-    os.write(write_end, tarcorpus.member(b"file0", b"x"))  # a first member, then silence
-    ending = threading.Lock()
-
-    def end_the_read() -> None:
-        with ending:
-            if not stalled.closed:
-                os.close(write_end)
-                stalled.close()
-
-    timeout = threading.Timer(20, end_the_read)  # the read timeout, sooner
-    timeout.start()
     ctrl_c = threading.Timer(
         0.5, signal.pthread_kill, [threading.main_thread().ident, signal.SIGINT]
     )
-    try:
+    with stalled_download(tarcorpus.member(b"file0", b"x")) as stalled:
         started = time.monotonic()
         with pytest.raises(KeyboardInterrupt):
             ctrl_c.start()
             with walk_in_child(LayerWalker(stalled, where=WHERE)) as walked:
                 store.index_layer(state, walked)
         assert time.monotonic() - started < 10
-    finally:
-        timeout.cancel()
-        end_the_read()
     assert not store.layer_indexed(state)  # and nothing of it was kept
     store.engine.dispose()
