@@ -66,6 +66,7 @@ from layerindex.transport import (
 log = logging.getLogger("layerindex")
 
 MANIFEST_MAX_BYTES = 4 * 1024 * 1024  # manifests are kilobytes; a bigger body is not a manifest
+CONFIG_MAX_BYTES = 8 * 1024 * 1024  # an image config, read whole (get_blob_bytes)
 TAG_PAGE_MAX_BYTES = 16 * 1024 * 1024
 ERROR_BODY_MAX_BYTES = 64 * 1024
 TAG_PAGE_SIZE = 1000  # ECR refuses n > 1000 (ggcr#1091)
@@ -622,6 +623,7 @@ class RegistryClient:
         try:
             yield stream
         finally:
+            blob.abandon()  # unless read to the end: a walk's thread may be in a read
             stream.close()
 
     def list_tags(self, ref: Reference) -> Iterator[str]:

@@ -8,6 +8,7 @@ CDN signatures live.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import ipaddress
 import json
@@ -144,6 +145,8 @@ class BlobStream(io.RawIOBase):
         self.size = _length(response)  # the whole blob's, when the server said
         self.bytes_read = 0
         self.resumes = 0
+        self._ended = False  # read to the end: the connection goes back to the pool
+        self._abandoned = False
 
     def readable(self) -> bool:
         return True
@@ -162,8 +165,11 @@ class BlobStream(io.RawIOBase):
                     self._skip -= len(dropped)
                 chunk = self._read(len(view))
             except (urllib3.exceptions.HTTPError, OSError) as exc:
+                if self._abandoned:
+                    raise RegistryError(f"{self._where}: download abandoned") from None
                 self._resume(exc)
                 continue
+            self._ended = not chunk and len(view) > 0
             view[: len(chunk)] = chunk
             self.bytes_read += len(chunk)
             return len(chunk)
@@ -218,6 +224,19 @@ class BlobStream(io.RawIOBase):
                 f"{self._where}: asked to resume at byte {self.bytes_read}, the server sent "
                 f"{said!r}"
             )
+
+    def abandon(self) -> None:
+        """Leaving before the end (an error, Ctrl-C): end a read that another thread may be
+        blocked in now, without a resume. A download that stalls returns from a read only at
+        the read timeout (60 s); and a buffered reader's close waits for its read to return.
+        Needs urllib3 2.3's ``shutdown``; with an older one the read ends at its timeout."""
+        if self._ended or self.closed:
+            return
+        self._abandoned = True
+        shutdown = getattr(self._raw, "shutdown", None)
+        if shutdown is not None:
+            with contextlib.suppress(Exception):  # the connection may be gone already
+                shutdown()
 
     def close(self) -> None:
         if not self.closed:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from email.utils import formatdate
@@ -319,6 +320,35 @@ def test_a_stalled_blob_read_times_out_and_resumes(fault_proxy: FaultProxy, app:
     reg = client(read_timeout=0.3)
     assert read_blob(reg, app, BIG.digest) == BIG.blob
     assert [r.headers.get("Range") for r in fault_proxy.seen(r"/blobs/")] == [None, "bytes=3000-"]
+
+
+def test_leaving_a_stalled_download_ends_the_read_another_thread_is_in(
+    fault_proxy: FaultProxy, app: str
+) -> None:
+    # A walk's feeding thread reads the blob while the caller leaves (an error, Ctrl-C): the
+    # buffered stream's close waited for that read, which returns only at the read timeout.
+    fault_proxy.stall(r"/blobs/", after=3000, seconds=30)
+    outcome: list[BaseException] = []
+    started = time.monotonic()
+    with client().open_blob(parse_reference(app), BIG.digest) as stream:
+
+        def read_all() -> None:
+            try:
+                while stream.read(1000):
+                    pass
+            except BaseException as exc:
+                outcome.append(exc)
+
+        reader = threading.Thread(target=read_all, daemon=True)
+        reader.start()
+        time.sleep(0.5)  # the reader is in its read
+    reader.join(5)
+    assert time.monotonic() - started < 5
+    assert not reader.is_alive()
+    assert [str(e) for e in outcome] == [
+        f"blob {BIG.digest} of {app} from {fault_proxy.host}: download abandoned"
+    ]
+    assert len(fault_proxy.seen(r"/blobs/")) == 1  # not resumed
 
 
 def test_a_resume_must_start_where_it_stopped(fault_proxy: FaultProxy, app: str) -> None:
