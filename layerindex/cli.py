@@ -159,25 +159,36 @@ def index(
     (not counted as a pull by Docker Hub) and shows as unchanged. Exits 1 if any image failed
     (the others are indexed).
     """
-    from layerindex.crawler import Crawler
-    from layerindex.job import crawl_lock
-    from layerindex.progress import image_line
+    from layerindex.headstart import HeadStart
 
     references = _parse_refs(refs)  # a malformed reference fails before any network call
-    engine = context.engine()
-    crawler = Crawler(
-        _client(insecure), engine, platform=platform, hash_files=hash_files, exclusive=True
-    )
-    _imports_done()
     failed = False
-    with crawl_lock(engine):
-        for ref in references:
-            for outcome in crawler.index(ref, incremental=True):
-                click.echo(image_line(outcome))
-                for error in outcome.errors:
-                    click.echo(f"Error: {error}", err=True)
-                failed = failed or not outcome.ok
-        crawler.store.analyze()
+    with HeadStart(_client(insecure)) as head_start:
+        # The first image's big layers start walking before SQLAlchemy is even imported.
+        head_start.begin(context.db_url, references[0], platform, hash_files=hash_files)
+        from layerindex.crawler import Crawler
+        from layerindex.job import crawl_lock
+        from layerindex.progress import image_line
+
+        engine = context.engine()
+        crawler = Crawler(
+            head_start.client,
+            engine,
+            platform=platform,
+            hash_files=hash_files,
+            exclusive=True,
+            head_start=head_start,
+        )
+        _imports_done()
+        with crawl_lock(engine):
+            for ref in references:
+                for outcome in crawler.index(ref, incremental=True):
+                    click.echo(image_line(outcome))
+                    for error in outcome.errors:
+                        click.echo(f"Error: {error}", err=True)
+                    failed = failed or not outcome.ok
+                head_start.close()  # walks the first image left: not to run on beside the next
+            crawler.store.analyze()
     if failed:
         click.echo(
             "Nothing of a failed layer was kept; the next `layerindex index` retries it.",

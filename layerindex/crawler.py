@@ -17,30 +17,28 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import BinaryIO, Protocol
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
-from layerindex import manifest
+from layerindex import manifest, walkproc
 from layerindex.errors import LayerIndexError, UnsupportedManifest
+from layerindex.headstart import WALKS_MAX, HeadStart, layer_where
 from layerindex.platforms import parse_platform
 from layerindex.reference import Reference
-from layerindex.registry import RegistryClient
+from layerindex.registry import CONFIG_MAX_BYTES
 from layerindex.store import ImageRecord, LayerRecord, LayerState, Store, StoredImage, utcnow
 from layerindex.walker import LayerWalker, has_fast_path
 from layerindex.walkproc import ChildWalk, walk_in_child
 
 log = logging.getLogger("layerindex")
 
-CONFIG_MAX_BYTES = 8 * 1024 * 1024
 LEASE_SECONDS = 300.0  # a killed fetcher's layer is taken over after this
 LEASE_WAIT_POLL = 0.5
-IMAGE_LAYER_THREADS = 4  # layers of one image fetched at once when no pool is given
-# Smaller layers are walked in process: a walker process costs ~0.25 s of CPU to start (an
-# image of ten 2 KB layers: 0.84 s in process, 1.55 s with a process each), more than a few
-# MB take to walk.
-CHILD_WALK_MIN_BYTES = 4 << 20
+IMAGE_LAYER_THREADS = WALKS_MAX  # layers of one image fetched at once when no pool is given
 BACKOFF_FIRST = dt.timedelta(minutes=1)
 BACKOFF_MAX = dt.timedelta(hours=6)
 
@@ -89,10 +87,19 @@ class _LayerResult:
     error: str | None = None
 
 
+class Registry(Protocol):
+    """What the crawler asks of a registry: a RegistryClient, or a head start's client."""
+
+    def head_manifest(self, ref: Reference) -> str | None: ...
+    def get_manifest(self, ref: Reference) -> manifest.FetchedManifest: ...
+    def get_blob_bytes(self, ref: Reference, digest: str, max_size: int) -> bytes: ...
+    def open_blob(self, ref: Reference, digest: str) -> AbstractContextManager[BinaryIO]: ...
+
+
 class Crawler:
     def __init__(
         self,
-        client: RegistryClient,
+        client: Registry,
         engine: Engine,
         *,
         platform: str = "linux/amd64",
@@ -101,6 +108,7 @@ class Crawler:
         respect_backoff: bool = False,
         exclusive: bool = False,
         lease_seconds: float = LEASE_SECONDS,
+        head_start: HeadStart | None = None,
     ) -> None:
         self.client = client
         self.engine = engine
@@ -110,6 +118,7 @@ class Crawler:
         self.respect_backoff = respect_backoff
         self.exclusive = exclusive  # the caller holds the crawl lock: stale leases are void
         self.lease_seconds = lease_seconds
+        self.head_start = head_start  # layers whose walk began before the database was open
         self._local = threading.local()
         # SQLite has one writer at a time: threads take turns instead of timing out on its lock.
         self._one_writer = engine.dialect.name == "sqlite"
@@ -262,8 +271,8 @@ class Crawler:
                     self.store.record_skip(state, reason)
                 outcome.skipped += 1
             else:
-                pending.append((state, descriptor.size >= CHILD_WALK_MIN_BYTES))
-        # A layer of CHILD_WALK_MIN_BYTES or more is walked in a child process (walkproc):
+                pending.append((state, descriptor.size >= walkproc.CHILD_WALK_MIN_BYTES))
+        # A layer of walkproc.CHILD_WALK_MIN_BYTES or more is walked in a child process (walkproc):
         # several at once use several cores, and on SQLite only writing them takes turns.
         if self.layer_pool is not None:
             futures = [
@@ -306,7 +315,7 @@ class Crawler:
         ``in_child``: walk it in a child process; ``at_once``: other layers may be walking at
         the same time.
         """
-        where = f"image {ref.familiar()} layer {layer.digest}"
+        where = layer_where(ref, layer.digest)
         if self.respect_backoff and layer.last_error and layer.last_attempt:
             retry_at = layer.last_attempt + backoff(layer.attempts)
             if retry_at > utcnow():
@@ -359,22 +368,9 @@ class Crawler:
     ) -> _LayerResult:
         store = self.store
         try:
-            with (
-                self.client.open_blob(ref, layer.digest) as stream,
-                contextlib.ExitStack() as stack,
-            ):
-                walker = LayerWalker(
-                    stream,
-                    digest=layer.digest,
-                    diff_id=layer.diff_id,
-                    hash_files=self.hash_files,
-                    where=where,
-                )
-                walked: LayerWalker | ChildWalk = walker  # in process: walked while written
-                if in_child:
-                    walked = child = stack.enter_context(walk_in_child(walker))
-                    if at_once and self._one_writer:
-                        child.wait()  # walked to its end before it takes its turn at the writer
+            with self._walk(ref, layer, where, in_child=in_child) as walked:
+                if isinstance(walked, ChildWalk) and at_once and self._one_writer:
+                    walked.wait()  # walked to its end before it takes its turn at the writer
                 with self._write_lock:
                     count = store.index_layer(layer, walked)
         except IntegrityError:
@@ -391,6 +387,31 @@ class Crawler:
             return _LayerResult("failed", error=message)
         log.info("%s: %d entries", where, count)
         return _LayerResult("indexed", bytes=walked.compressed_size)
+
+    @contextlib.contextmanager
+    def _walk(
+        self, ref: Reference, layer: LayerState, where: str, *, in_child: bool
+    ) -> Iterator[LayerWalker | ChildWalk]:
+        """The layer's walk: the head start's, else a new one (in process: walked while
+        written); leaving it stops the walk and closes the download."""
+        started = self.head_start and self.head_start.take(layer.digest, layer.diff_id)
+        if started:
+            with started as child:
+                yield child
+            return
+        with self.client.open_blob(ref, layer.digest) as stream:
+            walker = LayerWalker(
+                stream,
+                digest=layer.digest,
+                diff_id=layer.diff_id,
+                hash_files=self.hash_files,
+                where=where,
+            )
+            if not in_child:
+                yield walker
+                return
+            with walk_in_child(walker) as child:
+                yield child
 
 
 def _complete(stored: list[StoredImage]) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from layerindex.errors import LayerIndexError, SchemaOutOfDate, UsageError
+from layerindex.errors import LayerIndexError, NoIndex, SchemaOutOfDate, UsageError
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -114,7 +114,7 @@ def open_database(url: str, *, create_empty: bool = True) -> Engine:
             revision = current_revision(connection)
             if revision is None and not inspect(connection).get_table_names():
                 if not create_empty:
-                    raise LayerIndexError(
+                    raise NoIndex(
                         f"the database {engine.url!r} is empty; "
                         "index an image first (layerindex index REF)"
                     )
@@ -236,19 +236,17 @@ READER_MMAP_BYTES = 1 << 30
 
 
 def open_reader(url: str) -> Reader:
-    """Open ``url`` for reading at the latest schema. A missing or empty database is an error
+    """Open ``url`` for reading at the latest schema. A missing or empty database is NoIndex
     (there is nothing to read), never created. A SQLite file is read through the stdlib, a
     PostgreSQL database through psycopg: SQLAlchemy, 0.15 s of a `find` call, stays unloaded."""
-    # A URL with options is SQLAlchemy's to read (as for SQLite, below).
-    plain_postgres = url.startswith(PSYCOPG_SCHEME) and "?" not in url
-    if plain_postgres and (reader := _postgres_reader(url)) is not None:
+    if _plain_postgres(url) and (reader := _postgres_reader(url)) is not None:
         return reader
     path = _sqlite_file(url)
     if path is None:
         return Reader.from_engine(open_database(url, create_empty=False), owned=True)
     shown = url
     if not path.is_file():
-        raise LayerIndexError(
+        raise NoIndex(
             f"there is no index at {path}; index an image first (layerindex index REF) "
             "or give the database with --db or LAYERINDEX_DB"
         )
@@ -268,6 +266,16 @@ def open_reader(url: str) -> Reader:
 
 
 PSYCOPG_SCHEME = "postgresql+psycopg://"
+
+
+def _plain_postgres(url: str) -> bool:
+    # A URL with options is SQLAlchemy's to read (as for SQLite: _sqlite_file).
+    return url.startswith(PSYCOPG_SCHEME) and "?" not in url
+
+
+def reads_without_sqlalchemy(url: str) -> bool:
+    """Whether ``open_reader(url)`` reads through the DB-API alone (psycopg installed)."""
+    return _sqlite_file(url) is not None or _plain_postgres(url)
 
 
 def libpq_url(url: str) -> str:
@@ -311,9 +319,7 @@ def _checked(reader: Reader, shown: str, tables: set[str], revision: str | None)
     """``reader``, unless its database is empty or not at this layerindex's schema revision."""
     if not tables:
         reader.close()
-        raise LayerIndexError(
-            f"the database {shown} is empty; index an image first (layerindex index REF)"
-        )
+        raise NoIndex(f"the database {shown} is empty; index an image first (layerindex index REF)")
     try:
         check_revision(shown, revision)
     except SchemaOutOfDate:

@@ -10,6 +10,7 @@
     │   └── UnsupportedManifest     schema 1, an unknown media type, no matching platform
     ├── LayerFormatError            bytes that are not a readable (compressed) tar
     ├── DigestMismatch              bytes whose sha256 is not the digest they were asked by
+    ├── NoIndex                     nothing to read: no SQLite file, an empty database
     ├── SchemaOutOfDate             a database at an older Alembic revision
     └── UsageError                  bad query input: a malformed glob, regex, digest or option
 
@@ -62,6 +63,10 @@ class LayerFormatError(LayerIndexError):
 
 class DigestMismatch(LayerIndexError):
     """Bytes whose sha256 differs from the digest they were requested by."""
+
+
+class NoIndex(LayerIndexError):
+    """There is no index to read yet: no SQLite file, or a database without tables."""
 
 
 class SchemaOutOfDate(LayerIndexError):

@@ -15,14 +15,14 @@ from images import make_image, make_layer
 from registry_server import RegistryServer
 from sqlalchemy import Engine, func, select
 
-from layerindex.crawler import CHILD_WALK_MIN_BYTES, Crawler, ImageOutcome
+from layerindex.crawler import Crawler, ImageOutcome
 from layerindex.database import open_database
 from layerindex.reference import parse_reference
 from layerindex.registry import RegistryClient
 from layerindex.schema import diffs, dirs, entries, layers, names
 from layerindex.store import LayerState, Store, WalkedLayer
 from layerindex.walker import LayerWalker
-from layerindex.walkproc import ChildWalk, walk_in_child
+from layerindex.walkproc import CHILD_WALK_MIN_BYTES, ChildWalk, walk_in_child
 
 CONTENTS = [{f"/layer{n}/file{i}": bytes([n]) * i for i in range(50)} for n in range(3)]
 IMAGE = make_image([make_layer(files) for files in CONTENTS])
@@ -35,7 +35,7 @@ EXPECTED = {
 
 @pytest.fixture(autouse=True)
 def walk_every_layer_in_a_child(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("layerindex.crawler.CHILD_WALK_MIN_BYTES", 0)
+    monkeypatch.setattr("layerindex.walkproc.CHILD_WALK_MIN_BYTES", 0)
 
 
 def index(engine: Engine, ref: str) -> list[ImageOutcome]:
@@ -135,7 +135,7 @@ def test_bad_layers_walked_at_once_commit_nothing_and_are_retried(
 def test_small_layers_are_walked_in_process(
     registry: RegistryServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("layerindex.crawler.CHILD_WALK_MIN_BYTES", CHILD_WALK_MIN_BYTES)
+    monkeypatch.setattr("layerindex.walkproc.CHILD_WALK_MIN_BYTES", CHILD_WALK_MIN_BYTES)
     assert all(layer.size < CHILD_WALK_MIN_BYTES for layer in IMAGE.layers)
     monkeypatch.setattr("layerindex.crawler.walk_in_child", None)  # a child would fail
     registry.push("team/parallel", "4", IMAGE)

@@ -1,0 +1,222 @@
+"""`layerindex index` starts walking the first image's big layers before it opens the database
+(layerindex/headstart.py). These tests lower walkproc.CHILD_WALK_MIN_BYTES so that every layer
+is one, and check that the crawler takes those walks, that a run makes exactly the requests it
+made without a head start (errors included), and that nothing runs on after it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import Result
+from faults import FaultProxy
+from images import make_image, make_index, make_layer
+from registry_server import RegistryServer
+
+from layerindex.headstart import HeadStart, StartedWalk
+from layerindex.reference import parse_reference
+from layerindex.registry import RegistryClient
+
+Run = Callable[..., Result]
+
+BASE = make_layer({f"/usr/lib/base{i}": bytes([i]) * i for i in range(40)})
+MIDDLE = make_layer({"/etc/motd": b"hello\n", "/etc/hosts": b"127.0.0.1 localhost\n"}, "zstd")
+TOP = make_layer({"/usr/bin/tool": b"tool v1"})
+APP = make_image([BASE, MIDDLE, TOP])
+OTHER = make_image([BASE, make_layer({"/srv/other": b"other"})])
+
+
+@pytest.fixture(autouse=True)
+def every_layer_is_big(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("layerindex.walkproc.CHILD_WALK_MIN_BYTES", 0)
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    """The layers each head start began walking, and those the crawler took."""
+    seen: dict[str, list[str]] = {"started": [], "taken": []}
+    start, take = HeadStart._start, HeadStart.take
+
+    def recording_start(self: HeadStart, ref: object, digest: str, *args: object) -> None:
+        start(self, ref, digest, *args)  # type: ignore[arg-type]
+        seen["started"].append(digest)
+
+    def recording_take(self: HeadStart, digest: str, diff_id: str | None) -> StartedWalk | None:
+        walk = take(self, digest, diff_id)
+        if walk is not None:
+            seen["taken"].append(digest)
+        return walk
+
+    monkeypatch.setattr(HeadStart, "_start", recording_start)
+    monkeypatch.setattr(HeadStart, "take", recording_take)
+    return seen
+
+
+def requests_made(proxy: FaultProxy) -> list[tuple[str, str]]:
+    return sorted((r.method, r.path) for r in proxy.requests)
+
+
+def find_paths(run: Run, db_url: str, path: str) -> set[tuple[str, str]]:
+    rows = json.loads(run("--db", db_url, "find", path, "--json").stdout)
+    return {(r["layer_digest"], r["path"]) for r in rows}
+
+
+def test_the_crawler_takes_the_walks_and_asks_for_nothing_twice(
+    registry: RegistryServer,
+    fault_proxy: FaultProxy,
+    db_url: str,
+    run: Run,
+    started: dict[str, list[str]],
+) -> None:
+    registry.push("team/app", "1.0", APP)
+    ref = f"{fault_proxy.host}/team/app:1.0"
+    result = run("--db", db_url, "index", ref)
+    assert result.exit_code == 0, result.output
+    assert "layers: 3 indexed, 0 known, 0 skipped, 0 failed  entries: 43" in result.stdout
+    layers = [BASE.digest, MIDDLE.digest, TOP.digest]
+    assert sorted(started["started"]) == sorted(started["taken"]) == sorted(layers)
+    # What a run without a head start asks: a ping, the tag's HEAD, the manifest, the config,
+    # each blob once.
+    assert requests_made(fault_proxy) == sorted(
+        [
+            ("GET", "/v2/"),
+            ("HEAD", "/v2/team/app/manifests/1.0"),
+            ("GET", "/v2/team/app/manifests/1.0"),
+            ("GET", f"/v2/team/app/blobs/{APP.config_digest}"),
+        ]
+        + [("GET", f"/v2/team/app/blobs/{digest}") for digest in layers]
+    )
+    assert (TOP.digest, "/usr/bin/tool") in find_paths(run, db_url, "/usr/bin/tool")
+
+
+def test_layers_and_images_the_index_holds_are_not_walked_ahead(
+    registry: RegistryServer,
+    fault_proxy: FaultProxy,
+    db_url: str,
+    run: Run,
+    started: dict[str, list[str]],
+) -> None:
+    registry.push("team/app", "1.0", APP)
+    registry.push("team/other", "1", OTHER)
+    assert run("--db", db_url, "index", f"{fault_proxy.host}/team/app:1.0").exit_code == 0
+    started["started"].clear()
+    result = run("--db", db_url, "index", f"{fault_proxy.host}/team/other:1")
+    assert "layers: 1 indexed, 1 known, 0 skipped, 0 failed  entries: 41" in result.stdout
+    assert started["started"] == [OTHER.layers[1].digest]  # BASE's diff_id is indexed
+    assert len(fault_proxy.seen(f"/blobs/{BASE.digest}", "GET")) == 1
+    # An image the index holds: the head start stops at the HEAD, and so does the crawler.
+    fault_proxy.requests.clear()
+    again = run("--db", db_url, "index", f"{fault_proxy.host}/team/other:1")
+    assert "unchanged" in again.stdout
+    assert started["started"] == [OTHER.layers[1].digest]
+    assert requests_made(fault_proxy) == [("GET", "/v2/"), ("HEAD", "/v2/team/other/manifests/1")]
+
+
+def test_an_index_manifest_fetches_each_platform_once(
+    registry: RegistryServer, fault_proxy: FaultProxy, run: Run, started: dict[str, list[str]]
+) -> None:
+    amd = make_image([make_layer({"/bin/tool": b"amd64"})])
+    arm = make_image([make_layer({"/bin/tool": b"arm64!"})], platform="linux/arm64/v8")
+    registry.push("team/multi", "1", make_index([amd, arm]))
+    ref = f"{fault_proxy.host}/team/multi:1"
+    assert run("index", "--platform", "all", ref).exit_code == 0
+    assert sorted(started["started"]) == sorted(started["taken"])
+    assert sorted(started["started"]) == sorted([amd.layers[0].digest, arm.layers[0].digest])
+    assert requests_made(fault_proxy) == sorted(
+        [("GET", "/v2/"), ("HEAD", "/v2/team/multi/manifests/1")]
+        + [("GET", f"/v2/team/multi/manifests/{d}") for d in ("1", amd.digest, arm.digest)]
+        + [("GET", f"/v2/team/multi/blobs/{i.config_digest}") for i in (amd, arm)]
+        + [("GET", f"/v2/team/multi/blobs/{i.layers[0].digest}") for i in (amd, arm)]
+    )
+    # A new index holding an image the index holds: only the new platform is fetched.
+    new_arm = make_image([make_layer({"/bin/tool": b"arm64 v2"})], platform="linux/arm64/v8")
+    registry.push("team/multi", "2", make_index([amd, new_arm]))
+    started["started"].clear()
+    fault_proxy.requests.clear()
+    result = run("index", "--platform", "all", f"{fault_proxy.host}/team/multi:2")
+    assert result.exit_code == 0, result.output
+    assert f"{amd.digest}  linux/amd64  unchanged" in result.stdout
+    assert started["started"] == [new_arm.layers[0].digest]
+    assert requests_made(fault_proxy) == sorted(
+        [
+            ("GET", "/v2/"),
+            ("HEAD", "/v2/team/multi/manifests/2"),
+            ("GET", "/v2/team/multi/manifests/2"),
+            ("GET", f"/v2/team/multi/manifests/{new_arm.digest}"),
+            ("GET", f"/v2/team/multi/blobs/{new_arm.config_digest}"),
+            ("GET", f"/v2/team/multi/blobs/{new_arm.layers[0].digest}"),
+        ]
+    )
+
+
+def test_what_failed_ahead_is_reported_once_by_the_crawler_and_not_asked_again(
+    registry: RegistryServer, fault_proxy: FaultProxy, run: Run, started: dict[str, list[str]]
+) -> None:
+    registry.push("team/app", "1.0", APP)
+    ref = f"{fault_proxy.host}/team/app:1.0"
+    fault_proxy.status(f"/blobs/{MIDDLE.digest}", 404, method="GET")
+    result = run("index", ref)
+    assert result.exit_code == 1
+    assert "layers: 2 indexed, 0 known, 0 skipped, 1 failed" in result.stdout
+    assert result.stderr.count(f"image {ref} layer {MIDDLE.digest}") == 1
+    assert "not found" in result.stderr
+    assert len(fault_proxy.seen(f"/blobs/{MIDDLE.digest}", "GET")) == 1
+    assert started["taken"] == [BASE.digest]  # the head start ended at the failure
+    assert len(fault_proxy.seen(f"/blobs/{TOP.digest}", "GET")) == 1
+    # An unknown tag: one HEAD, its 404 said once.
+    fault_proxy.requests.clear()
+    missing = run("index", f"{fault_proxy.host}/team/app:9.9")
+    assert missing.exit_code == 1
+    assert missing.stderr.count("tag 9.9 not found") == 1
+    assert requests_made(fault_proxy) == [("GET", "/v2/"), ("HEAD", "/v2/team/app/manifests/9.9")]
+
+
+def test_walks_not_taken_are_stopped(fault_proxy: FaultProxy, tmp_path: Path) -> None:
+    fault_proxy.push("team/app", "1.0", APP)
+    fault_proxy.stall(f"/blobs/{TOP.digest}", after=10)  # a walk that cannot end by itself
+    ref = parse_reference(f"{fault_proxy.host}/team/app:1.0")
+    head_start = HeadStart(RegistryClient())
+    with head_start:
+        head_start.begin(f"sqlite:///{tmp_path / 'new.db'}", ref, "linux/amd64", hash_files=False)
+        walks = {digest: walk.walk for digest, walk in head_start._walks.items()}
+        assert sorted(walks) == sorted([BASE.digest, MIDDLE.digest, TOP.digest])
+        # A layer the index recorded with another diff_id is walked anew, as recorded.
+        assert head_start.take(MIDDLE.digest, "sha256:" + "0" * 64) is None
+        assert walks[MIDDLE.digest]._child.poll() is not None
+        taken = head_start.take(BASE.digest, BASE.diff_id)
+        assert taken is not None
+        with taken as walk:
+            assert {e.path for e in walk} == {f"/usr/lib/base{i}" for i in range(40)}
+        assert walks[TOP.digest]._child.poll() is None
+    assert all(walk._child.poll() is not None for walk in walks.values())
+    assert head_start._walks == {}
+
+
+def test_the_walks_start_before_sqlalchemy_is_imported(
+    registry: RegistryServer, run: Run, home: Path
+) -> None:
+    """In a process of its own: `index` has imported SQLAlchemy by the time it writes."""
+    registry.push("team/app", "1.0", APP)
+    registry.push("team/other", "1", OTHER)
+    db = home / "index.db"
+    assert run("--db", f"sqlite:///{db}", "index", f"{registry.host}/team/app:1.0").exit_code == 0
+    script = f"""
+import sys
+from layerindex import walkproc
+from layerindex.headstart import HeadStart
+from layerindex.reference import parse_reference
+from layerindex.registry import RegistryClient
+walkproc.CHILD_WALK_MIN_BYTES = 0
+with HeadStart(RegistryClient()) as head_start:
+    ref = parse_reference({f"{registry.host}/team/other:1"!r})
+    head_start.begin({f"sqlite:///{db}"!r}, ref, "linux/amd64", hash_files=False)
+    print(sorted(head_start._walks), sorted(m for m in sys.modules if m.startswith("sqlalchemy")))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == f"{[OTHER.layers[1].digest]} []"
