@@ -12,7 +12,7 @@ the Engine is made, ``begin``:
 2. fetches the manifest (and, for an image index, the selected platforms' manifests that the
    index does not hold) and each image's config;
 3. starts a walker process (walkproc) on each layer of ``CHILD_WALK_MIN_BYTES`` or more whose
-   diff_id the index does not hold, at most ``WALKS_MAX``.
+   diff_id the index does not hold (one per diff_id), at most ``WALKS_MAX``.
 
 The crawler then runs as ever, through ``client``: what ``begin`` fetched is given to it once
 each, not asked for again, so a run makes the same requests with a head start as without. For
@@ -164,7 +164,7 @@ class HeadStart:
                 images.append(manifest.parse_manifest(fetched))
         else:
             images.append(parsed)
-        wanted: dict[str, tuple[manifest.Descriptor, str]] = {}
+        wanted: dict[str, manifest.Descriptor] = {}  # by diff_id: one walk per contents
         for image in images:
             if not isinstance(image, manifest.ImageManifest):
                 continue  # an index inside an index: the crawler says what is wrong
@@ -176,10 +176,10 @@ class HeadStart:
             config = manifest.parse_config(body, image, where=ref.familiar())
             for layer, diff_id in zip(image.layers, config.diff_ids, strict=True):
                 if layer.size >= walkproc.CHILD_WALK_MIN_BYTES and not manifest.is_foreign(layer):
-                    wanted.setdefault(layer.digest, (layer, diff_id))
-        known = _held(reader, "diffs", "diff_id", [diff_id for _, diff_id in wanted.values()])
-        for layer, diff_id in [w for w in wanted.values() if w[1] not in known][:WALKS_MAX]:
-            self._start(ref, layer.digest, diff_id, hash_files)
+                    wanted.setdefault(diff_id, layer)
+        known = _held(reader, "diffs", "diff_id", list(wanted))
+        for diff_id in [d for d in wanted if d not in known][:WALKS_MAX]:
+            self._start(ref, wanted[diff_id].digest, diff_id, hash_files)
 
     def _start(self, ref: Reference, digest: str, diff_id: str, hash_files: bool) -> None:
         with contextlib.ExitStack() as stack:

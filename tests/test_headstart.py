@@ -116,6 +116,20 @@ def test_layers_and_images_the_index_holds_are_not_walked_ahead(
     assert requests_made(fault_proxy) == [("GET", "/v2/"), ("HEAD", "/v2/team/other/manifests/1")]
 
 
+def test_one_walk_ahead_per_contents(
+    registry: RegistryServer, fault_proxy: FaultProxy, run: Run, started: dict[str, list[str]]
+) -> None:
+    files = {"/opt/same": b"the same tar, compressed twice"}
+    gzipped, zstded = make_layer(files), make_layer(files, "zstd")
+    assert gzipped.diff_id == zstded.diff_id and gzipped.digest != zstded.digest
+    registry.push("team/twice", "1", make_image([gzipped, zstded]))
+    result = run("index", f"{fault_proxy.host}/team/twice:1")
+    assert result.exit_code == 0, result.output
+    assert started["started"] == started["taken"] == [gzipped.digest]
+    assert len(fault_proxy.seen(f"/blobs/{gzipped.digest}", "GET")) == 1
+    assert len(fault_proxy.seen(f"/blobs/{zstded.digest}", "GET")) <= 1
+
+
 def test_an_index_manifest_fetches_each_platform_once(
     registry: RegistryServer, fault_proxy: FaultProxy, run: Run, started: dict[str, list[str]]
 ) -> None:
