@@ -42,6 +42,7 @@ from layerindex.walkproc import ChildWalk, walk_in_child
 log = logging.getLogger("layerindex")
 
 T = TypeVar("T")
+_ASK = object()  # no answer kept: ask the registry
 
 WALKS_MAX = 4  # walker processes started ahead, as many as the crawler walks at once
 
@@ -75,9 +76,9 @@ class ReplayingClient:
         self._answers[key] = error
 
     def _answer(self, key: tuple[object, ...], call: Callable[[], T]) -> T:
-        if key not in self._answers:
+        answer = self._answers.pop(key, _ASK)  # one pop: layers are opened from threads
+        if answer is _ASK:
             return call()
-        answer = self._answers.pop(key)
         if isinstance(answer, LayerIndexError):
             raise answer
         return cast(T, answer)
