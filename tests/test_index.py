@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import base64
 import gc
+import hashlib
 import json
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -589,3 +594,44 @@ def test_all_platforms_keep_the_index_order_when_a_later_one_is_known(
         index_line(ref, amd.digest, "linux/amd64", (1, 0, 0, 0), 1)
         + f"{ref}  {arm.digest}  linux/arm64/v8  unchanged  entries: 1\n"
     )
+
+
+# 5 MB that gzip cannot shrink: walked in a walker process (walkproc.CHILD_WALK_MIN_BYTES).
+BIG_BLOB = make_layer(
+    {
+        "/opt/big.bin": b"".join(
+            hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(160_000)
+        )
+    }
+)
+
+
+@pytest.mark.parametrize("layer", ["big", "small"])
+def test_ctrl_c_while_a_download_stalls_exits_at_once(
+    registry: RegistryServer, fault_proxy: FaultProxy, home: Path, layer: str
+) -> None:
+    # The registry stops sending in the middle of the blob; the read would return only at its
+    # 60 s timeout. A big layer is walked ahead, in a walker process; a small one in process.
+    chosen = BIG_BLOB if layer == "big" else MIDDLE
+    fault_proxy.push("team/stall", "1", make_image([chosen]))
+    fault_proxy.stall(f"/blobs/{chosen.digest}", after=len(chosen.blob) // 2, seconds=60)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "layerindex", "index", f"{fault_proxy.host}/team/stall:1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not fault_proxy.seen(f"/blobs/{chosen.digest}") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1)  # the stalled read has begun
+        process.send_signal(signal.SIGINT)
+        interrupted = time.monotonic()
+        _out, err = process.communicate(timeout=30)
+        assert time.monotonic() - interrupted < 5
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert err.strip() == "Error: interrupted; nothing of an unfinished layer was kept"
+    assert count_rows(home, entries) == 0
