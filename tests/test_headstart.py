@@ -189,6 +189,21 @@ def test_what_failed_ahead_is_reported_once_by_the_crawler_and_not_asked_again(
     assert requests_made(fault_proxy) == [("GET", "/v2/"), ("HEAD", "/v2/team/app/manifests/9.9")]
 
 
+def test_a_corrupt_blob_walked_ahead_fails_its_layer_alone(
+    registry: RegistryServer, fault_proxy: FaultProxy, run: Run, started: dict[str, list[str]]
+) -> None:
+    registry.push("team/app", "1.0", APP)
+    ref = f"{fault_proxy.host}/team/app:1.0"
+    fault_proxy.corrupt(f"/blobs/{MIDDLE.digest}", times=1)
+    result = run("index", ref)
+    assert result.exit_code == 1
+    assert "layers: 2 indexed, 0 known, 0 skipped, 1 failed  entries: 41" in result.stdout
+    assert f"image {ref} layer {MIDDLE.digest}" in result.stderr
+    assert MIDDLE.digest in started["taken"]  # the failure came from the walk started ahead
+    again = run("index", ref)
+    assert "layers: 1 indexed, 2 known, 0 skipped, 0 failed  entries: 43" in again.stdout
+
+
 def test_walks_not_taken_are_stopped(fault_proxy: FaultProxy, tmp_path: Path) -> None:
     fault_proxy.push("team/app", "1.0", APP)
     fault_proxy.stall(f"/blobs/{TOP.digest}", after=10)  # a walk that cannot end by itself
