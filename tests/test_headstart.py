@@ -94,14 +94,10 @@ def test_the_crawler_takes_the_walks_and_asks_for_nothing_twice(
 
 
 def test_layers_and_images_the_index_holds_are_not_walked_ahead(
-    registry: RegistryServer,
-    fault_proxy: FaultProxy,
-    db_url: str,
-    run: Run,
-    started: dict[str, list[str]],
+    fault_proxy: FaultProxy, db_url: str, run: Run, started: dict[str, list[str]]
 ) -> None:
-    registry.push("team/app", "1.0", APP)
-    registry.push("team/other", "1", OTHER)
+    fault_proxy.push("team/app", "1.0", APP)  # to the registry behind it
+    fault_proxy.push("team/other", "1", OTHER)
     assert run("--db", db_url, "index", f"{fault_proxy.host}/team/app:1.0").exit_code == 0
     started["started"].clear()
     result = run("--db", db_url, "index", f"{fault_proxy.host}/team/other:1")
