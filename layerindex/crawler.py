@@ -94,6 +94,7 @@ class Registry(Protocol):
     def get_manifest(self, ref: Reference) -> manifest.FetchedManifest: ...
     def get_blob_bytes(self, ref: Reference, digest: str, max_size: int) -> bytes: ...
     def open_blob(self, ref: Reference, digest: str) -> AbstractContextManager[BinaryIO]: ...
+    def abandon_downloads(self) -> None: ...
 
 
 class Crawler:
@@ -120,6 +121,7 @@ class Crawler:
         self.lease_seconds = lease_seconds
         self.head_start = head_start  # layers whose walk began before the database was open
         self._local = threading.local()
+        self._stopping = threading.Event()
         # SQLite has one writer at a time: threads take turns instead of timing out on its lock.
         self._one_writer = engine.dialect.name == "sqlite"
         self._write_lock: contextlib.AbstractContextManager[object] = (
@@ -131,6 +133,16 @@ class Crawler:
                 "read in pure Python, 1.4-1.9x slower; reinstall layerindex where a C compiler "
                 "and the Python headers are found to build it"
             )
+
+    def stop(self) -> None:
+        """Leave early (Ctrl-C): no layer starts from now on, and the downloads in progress
+        end at once. Their layers keep nothing, as ever, and are not counted as failures."""
+        self._stopping.set()
+        self.client.abandon_downloads()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
 
     @property
     def store(self) -> Store:
@@ -284,9 +296,15 @@ class Crawler:
             with ThreadPoolExecutor(
                 min(len(pending), IMAGE_LAYER_THREADS), thread_name_prefix="layerindex-layer"
             ) as pool:
-                results = list(
-                    pool.map(lambda p: self._layer(ref, p[0], in_child=p[1], at_once=True), pending)
-                )
+                try:
+                    results = list(
+                        pool.map(
+                            lambda p: self._layer(ref, p[0], in_child=p[1], at_once=True), pending
+                        )
+                    )
+                except BaseException:  # Ctrl-C: the threads' downloads must not hold it up
+                    self.stop()
+                    raise
         else:
             results = [
                 self._layer(ref, state, in_child=in_child, at_once=False)
@@ -316,6 +334,8 @@ class Crawler:
         the same time.
         """
         where = layer_where(ref, layer.digest)
+        if self.stopping:
+            return _LayerResult("failed", error=f"{where}: interrupted")
         if self.respect_backoff and layer.last_error and layer.last_attempt:
             retry_at = layer.last_attempt + backoff(layer.attempts)
             if retry_at > utcnow():
@@ -336,6 +356,8 @@ class Crawler:
             # Someone else is fetching it: wait for them (or for their lease to run out).
             if store.layer_indexed(layer):
                 return _LayerResult("known")
+            if self.stopping:
+                return _LayerResult("failed", error=f"{where}: interrupted")
             time.sleep(LEASE_WAIT_POLL)
         try:
             with self._heartbeat(layer, owner):
@@ -381,6 +403,8 @@ class Crawler:
             raise
         except LayerIndexError as exc:
             message = str(exc) if where in str(exc) else f"{where}: {exc}"
+            if self.stopping:  # its download was abandoned: not the layer's failure
+                return _LayerResult("failed", error=f"{where}: interrupted")
             log.info("%s", message)  # the caller reports it
             with self._write_lock:
                 store.record_failure(layer, message)

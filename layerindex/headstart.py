@@ -97,6 +97,9 @@ class ReplayingClient:
         # Only a failure is kept for a blob: a started download belongs to its walk.
         return self._answer(("blob", ref, digest), partial(self.upstream.open_blob, ref, digest))
 
+    def abandon_downloads(self) -> None:
+        self.upstream.abandon_downloads()
+
 
 class StartedWalk:
     """A layer being walked in a child process since the head start; leaving it stops the

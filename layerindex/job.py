@@ -148,6 +148,8 @@ class CrawlJob:
 
                 def one(ref: Reference) -> None:
                     key = str(ref)
+                    if crawler.stopping:
+                        return
                     if not claim_target(
                         self.engine,
                         key,
@@ -158,13 +160,21 @@ class CrawlJob:
                     ):
                         return  # another worker has it, or it is in back-off
                     outcomes = crawler.index(ref, incremental=True)
+                    if crawler.stopping:
+                        return  # interrupted: neither done nor failed
                     target_done(self.engine, key, outcomes, owner)
                     for outcome in outcomes:
                         recorder.add(outcome)
                         self.on_image(outcome)
 
-                for future in [images.submit(one, ref) for ref in refs]:
-                    future.result()
+                try:
+                    for future in [images.submit(one, ref) for ref in refs]:
+                        future.result()
+                except BaseException:  # Ctrl-C: no queued image starts, no download holds it up
+                    crawler.stop()
+                    images.shutdown(wait=False, cancel_futures=True)
+                    layers.shutdown(wait=False, cancel_futures=True)
+                    raise
             Store(self.engine).analyze()
         except BaseException:
             status = "interrupted"

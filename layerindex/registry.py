@@ -146,6 +146,7 @@ class RegistryClient:
         self._ping_lock = threading.Lock()
         self._hosts: dict[str, _Host] = {}
         self._credentials: dict[tuple[str, str], Credentials | None] = {}
+        self._downloads: set[BlobStream] = set()  # blobs open now (abandon_downloads)
 
     # --- HTTP ------------------------------------------------------------------------------------
 
@@ -620,11 +621,23 @@ class RegistryClient:
             max_resumes=self.blob_resumes,
         )
         stream = io.BufferedReader(blob, BLOB_BUFFER)
+        with self._lock:
+            self._downloads.add(blob)
         try:
             yield stream
         finally:
+            with self._lock:
+                self._downloads.discard(blob)
             blob.abandon()  # unless read to the end: a walk's thread may be in a read
             stream.close()
+
+    def abandon_downloads(self) -> None:
+        """End every blob download in progress (Ctrl-C): a read blocked in one, in whatever
+        thread, returns at once with an error, and none is resumed."""
+        with self._lock:
+            downloads = list(self._downloads)
+        for blob in downloads:
+            blob.abandon()
 
     def list_tags(self, ref: Reference) -> Iterator[str]:
         """Every tag of ``ref``'s repository, following ``Link: <…>; rel="next"`` pages."""

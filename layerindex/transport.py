@@ -154,6 +154,8 @@ class BlobStream(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
         while True:
+            if self._abandoned:
+                raise RegistryError(f"{self._where}: download abandoned")
             try:
                 while self._skip:
                     dropped = self._read(min(self._skip, _CHUNK))
@@ -165,9 +167,8 @@ class BlobStream(io.RawIOBase):
                     self._skip -= len(dropped)
                 chunk = self._read(len(view))
             except (urllib3.exceptions.HTTPError, OSError) as exc:
-                if self._abandoned:
-                    raise RegistryError(f"{self._where}: download abandoned") from None
-                self._resume(exc)
+                if not self._abandoned:
+                    self._resume(exc)
                 continue
             self._ended = not chunk and len(view) > 0
             view[: len(chunk)] = chunk
@@ -202,6 +203,9 @@ class BlobStream(io.RawIOBase):
         except RegistryError as error:
             raise RegistryError(f"{self._where}: {lost}; resuming failed: {error}") from None
         self._response, self._raw = response, response.raw
+        if self._abandoned:  # while the new request was made
+            response.close()
+            return
         self._check_resumed(response)
 
     def _check_resumed(self, response: requests.Response) -> None:

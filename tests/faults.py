@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import http.client
 import re
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
@@ -329,3 +333,28 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(upstream.body[:body_limit])
         self.wfile.flush()
+
+
+def interrupt_when_stalled(
+    proxy: FaultProxy, stalled: str, command: list[str]
+) -> subprocess.CompletedProcess[str]:
+    """Run ``layerindex COMMAND…``, Ctrl-C it once the stalled blob's read has begun; it must
+    end within 5 s (the read would return only at its 60 s timeout)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "layerindex", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not proxy.seen(f"/blobs/{stalled}") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1)  # the stalled read has begun
+        process.send_signal(signal.SIGINT)
+        interrupted = time.monotonic()
+        out, err = process.communicate(timeout=70)
+        assert time.monotonic() - interrupted < 5, err
+    finally:
+        process.kill()
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from faults import FaultProxy
+from faults import FaultProxy, interrupt_when_stalled
 from images import make_image, make_layer
 from registry_server import RegistryServer
 from sqlalchemy import create_engine, text
@@ -334,3 +334,42 @@ def test_a_killed_workers_lease_expires_and_another_worker_finishes(
     state = snapshot(postgres_url)
     assert len(state["entries"]) == 8001
     assert all(row[2] for row in state["images"])
+
+
+def test_ctrl_c_while_a_download_stalls_ends_the_crawl_at_once(
+    registry: RegistryServer, fault_proxy: FaultProxy, env: Path
+) -> None:
+    # Images are indexed in threads: Ctrl-C must not wait for the stalled read (60 s), nor
+    # go on with the images still queued.
+    others = [make_image([make_layer({f"/srv/{n}": b"n" * n})]) for n in range(1, 7)]
+    registry.push("team/big", "1", BIG)
+    for n, image in enumerate(others):
+        registry.push(f"team/other{n}", "1", image)
+    (env / "images.txt").write_text(
+        f"{fault_proxy.host}/team/big:1\n"
+        + "".join(f"{fault_proxy.host}/team/other{n}:1\n" for n in range(len(others)))
+    )
+    fault_proxy.stall(f"/blobs/{MANY.digest}", after=len(MANY.blob) // 2, seconds=60)
+    done = interrupt_when_stalled(
+        fault_proxy, MANY.digest, ["crawl", "-j", "1", "--images", str(env / "images.txt")]
+    )
+    assert done.returncode == 130
+    assert done.stderr.endswith("Error: interrupted; nothing of an unfinished layer was kept\n")
+    assert [(r["status"]) for r in runs(env)] == ["interrupted"]
+    state = snapshot(f"sqlite:///{env / 'index.db'}")
+    # The stalled layer kept nothing and was not counted a failure (no back-off for it).
+    assert (MANY.digest, None, None, None) in state["layers"]
+    assert len(state["images"]) < 1 + len(others)  # what was queued did not run
+    engine = create_engine(f"sqlite:///{env / 'index.db'}")
+    with engine.connect() as connection:
+        failures = connection.execute(text("SELECT sum(failures) FROM targets")).scalar()
+    engine.dispose()
+    assert not failures
+    # The next run indexes everything.
+    fault_proxy.reset()
+    again = CliRunner().invoke(
+        cli, ["crawl", "--images", str(env / "images.txt")], catch_exceptions=False
+    )
+    assert again.exit_code == 0, again.output
+    assert [r["status"] for r in runs(env)] == ["ok", "interrupted"]
+    assert len(snapshot(f"sqlite:///{env / 'index.db'}")["images"]) == 1 + len(others)
