@@ -9,8 +9,9 @@ several layers take turns with each other. The crawler therefore walks every lay
 - the parent keeps every network concern (tokens, redirects, retries, resumed reads) and pipes
   the blob's compressed bytes, exactly as read, to the child's stdin; no credential crosses;
 - the child runs ``LayerWalker`` (both digests are checked there) and appends the entries, in
-  marshal frames, to a spool file on disk: memory stays flat in both processes, and the child
-  never waits for the database;
+  marshal frames, to a spool file on disk (one without a name: nothing is left behind, even
+  after SIGKILL): memory stays flat in both processes, and the child never waits for the
+  database;
 - the parent reads the spool as it grows (one layer: written while it is walked) or once the
   child is done (``wait()``: several layers walk at once, and on SQLite only writing them
   takes turns).
@@ -73,7 +74,7 @@ class ChildWalk:
     compressed_size: int
     uncompressed_size: int
 
-    def __init__(self, walker: LayerWalker, spool: IO[bytes], reader: IO[bytes], stderr: IO[bytes]):
+    def __init__(self, walker: LayerWalker, spool: IO[bytes], stderr: IO[bytes]):
         self.where = walker.where
         self.compression = ""
         self.compressed_size = 0
@@ -85,7 +86,7 @@ class ChildWalk:
             command += ["--diff-id", walker.diff_id]
         if walker.hash_files:
             command.append("--hash-files")
-        self._spool = reader
+        self._spool = _SpoolReader(spool)
         self._stderr = stderr
         self._child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=spool, stderr=stderr)
         assert self._child.stdin is not None
@@ -145,7 +146,7 @@ class ChildWalk:
                 kind, length = FRAME.unpack(header)
                 end = start + FRAME.size + length
                 if kind not in load:
-                    if os.fstat(spool.fileno()).st_size >= end:
+                    if spool.size() >= end:
                         spool.seek(end)
                         continue
                 elif len(payload := spool.read(length)) == length:
@@ -184,17 +185,40 @@ class ChildWalk:
         )
 
 
+class _SpoolReader:
+    """The spool, read at an offset of our own (``os.pread``): the child writes through the
+    same open file, at the file's offset, which these reads leave alone. The file has no name
+    (``tempfile.TemporaryFile``), so nothing is left on disk however the processes end, even by
+    SIGKILL; and so it cannot be opened a second time for a separate offset."""
+
+    def __init__(self, spool: IO[bytes]) -> None:
+        self._fd = spool.fileno()
+        self._offset = 0
+
+    def read(self, size: int) -> bytes:
+        data = os.pread(self._fd, size, self._offset)
+        self._offset += len(data)
+        return data
+
+    def tell(self) -> int:
+        return self._offset
+
+    def seek(self, offset: int) -> None:
+        self._offset = offset
+
+    def size(self) -> int:
+        return os.fstat(self._fd).st_size
+
+
 @contextlib.contextmanager
 def walk_in_child(walker: LayerWalker) -> Iterator[ChildWalk]:
     """Start walking ``walker`` (not started) in a child process; on leaving, the child is
     stopped if it still runs and its spool deleted."""
     with (
-        tempfile.NamedTemporaryFile(prefix="layerindex-walk-") as spool,
-        # Our own open file: the child's writes and our reads keep separate offsets.
-        open(spool.name, "rb") as reader,
+        tempfile.TemporaryFile(prefix="layerindex-walk-") as spool,
         tempfile.TemporaryFile(prefix="layerindex-walk-") as stderr,
     ):
-        walk = ChildWalk(walker, spool, reader, stderr)
+        walk = ChildWalk(walker, spool, stderr)
         try:
             yield walk
         finally:

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -206,7 +207,9 @@ MANY = make_layer({f"/data/{i:05d}.txt": b"x" * 900 for i in range(8000)}, "none
 BIG = make_image([make_layer({"/bin/base": b"base"}), MANY])
 
 
-def crawl_process(db: str, image_list: Path, *extra: str) -> subprocess.Popen[str]:
+def crawl_process(
+    db: str, image_list: Path, *extra: str, tmpdir: Path | None = None
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
             sys.executable,
@@ -222,7 +225,11 @@ def crawl_process(db: str, image_list: Path, *extra: str) -> subprocess.Popen[st
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "DOCKER_CONFIG": str(image_list.parent / "docker")},
+        env={
+            **os.environ,
+            "DOCKER_CONFIG": str(image_list.parent / "docker"),
+            "TMPDIR": str(tmpdir or tempfile.gettempdir()),
+        },
     )
 
 
@@ -267,13 +274,17 @@ def test_kill_9_mid_layer_then_rerun_equals_a_clean_run(
     open_database(crashed).dispose()
     # Most of the big layer arrives (thousands of rows written, uncommitted), then it stalls.
     fault_proxy.stall(f"/blobs/{MANY.digest}", after=len(MANY.blob) * 9 // 10, seconds=60)
-    process = crawl_process(crashed, image_list)
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    process = crawl_process(crashed, image_list, tmpdir=tmpdir)
     wait_for(lambda: fault_proxy.seen(f"/blobs/{MANY.digest}") or process.poll() is not None)
     assert process.poll() is None, process.communicate()
     time.sleep(1.0)  # let it walk what it received
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=10)
     fault_proxy.reset()
+    # The walker process's spool has no name on disk: nothing is left behind in $TMPDIR.
+    wait_for(lambda: not any(tmpdir.iterdir()), timeout=30)
     half = snapshot(crashed)
     assert [row[0] for row in half["layers"] if row[1] is not None] == [BIG.layers[0].digest]
     assert half["entries"] == [r for r in half["entries"] if r[0] == BIG.layers[0].diff_id]
