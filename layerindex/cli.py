@@ -6,7 +6,9 @@ import functools
 import gc
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -27,21 +29,39 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     sys.exit(code)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (systemd stopping a timer's job, a timeout, a container's end), raised in the
+    main thread like Ctrl-C so that a run leaves as cleanly: its layer rolled back, its walker
+    processes stopped, its run recorded as interrupted."""
+
+
+def _terminate(_signum: int, _frame: object) -> NoReturn:
+    raise Terminated
+
+
 def handle_errors(function: F) -> F:
-    """Every LayerIndexError becomes ``Error: …`` and exit 2: a user never sees a traceback."""
+    """Every LayerIndexError becomes ``Error: …`` and exit 2: a user never sees a traceback.
+    Ctrl-C and SIGTERM end a command cleanly, with 130 and 143 (128 + the signal)."""
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        in_main = threading.current_thread() is threading.main_thread()  # signal's rule
+        previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
         try:
             return function(*args, **kwargs)
         except LayerIndexError as exc:
             fail(str(exc))
+        except Terminated:
+            fail("terminated; nothing of an unfinished layer was kept", 128 + signal.SIGTERM)
         except KeyboardInterrupt:
-            fail("interrupted; nothing of an unfinished layer was kept", 130)
+            fail("interrupted; nothing of an unfinished layer was kept", 128 + signal.SIGINT)
         except BrokenPipeError:
             # `layerindex ls … | head`: the reader left; that is not an error.
             sys.stderr.close()
             sys.exit(0)
+        finally:
+            if in_main:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper  # type: ignore[return-value]
 

@@ -336,22 +336,27 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
 
 def interrupt_when_stalled(
-    proxy: FaultProxy, stalled: str, command: list[str]
+    proxy: FaultProxy,
+    stalled: str,
+    command: list[str],
+    sig: signal.Signals = signal.SIGINT,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``layerindex COMMAND…``, Ctrl-C it once the stalled blob's read has begun; it must
-    end within 5 s (the read would return only at its 60 s timeout)."""
+    """Run ``layerindex COMMAND…``, send it ``sig`` (Ctrl-C) once the stalled blob's read has
+    begun; it must end within 5 s (the read would return only at its 60 s timeout)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "layerindex", *command],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=env,
     )
     try:
         deadline = time.monotonic() + 30
         while not proxy.seen(f"/blobs/{stalled}") and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(1)  # the stalled read has begun
-        process.send_signal(signal.SIGINT)
+        process.send_signal(sig)
         interrupted = time.monotonic()
         out, err = process.communicate(timeout=70)
         assert time.monotonic() - interrupted < 5, err

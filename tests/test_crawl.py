@@ -347,8 +347,9 @@ def test_a_killed_workers_lease_expires_and_another_worker_finishes(
     assert all(row[2] for row in state["images"])
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_while_a_download_stalls_ends_the_crawl_at_once(
-    registry: RegistryServer, fault_proxy: FaultProxy, env: Path
+    registry: RegistryServer, fault_proxy: FaultProxy, env: Path, sig: signal.Signals
 ) -> None:
     # Images are indexed in threads: Ctrl-C must not wait for the stalled read (60 s), nor
     # go on with the images still queued.
@@ -361,11 +362,20 @@ def test_ctrl_c_while_a_download_stalls_ends_the_crawl_at_once(
         + "".join(f"{fault_proxy.host}/team/other{n}:1\n" for n in range(len(others)))
     )
     fault_proxy.stall(f"/blobs/{MANY.digest}", after=len(MANY.blob) // 2, seconds=60)
+    tmpdir = env / "tmp"
+    tmpdir.mkdir()
     done = interrupt_when_stalled(
-        fault_proxy, MANY.digest, ["crawl", "-j", "1", "--images", str(env / "images.txt")]
+        fault_proxy,
+        MANY.digest,
+        ["crawl", "-j", "1", "--images", str(env / "images.txt")],
+        sig,
+        env={**os.environ, "TMPDIR": str(tmpdir)},
     )
-    assert done.returncode == 130
-    assert done.stderr.endswith("Error: interrupted; nothing of an unfinished layer was kept\n")
+    # SIGTERM (systemd, a timeout, a pod's end) leaves as cleanly as Ctrl-C.
+    said = "interrupted" if sig == signal.SIGINT else "terminated"
+    assert done.returncode == 128 + sig
+    assert done.stderr.endswith(f"Error: {said}; nothing of an unfinished layer was kept\n")
+    assert not any(tmpdir.iterdir())
     assert [(r["status"]) for r in runs(env)] == ["interrupted"]
     state = snapshot(f"sqlite:///{env / 'index.db'}")
     # The stalled layer kept nothing and was not counted a failure (no back-off for it).
