@@ -189,7 +189,7 @@ runs = Table(
     Column("id", Integer, primary_key=True),
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True)),
-    Column("status", Text, nullable=False),  # running, ok, failed, interrupted
+    Column("status", Text, nullable=False),  # running, ok, failed, interrupted, killed
     Column("worker", Text, nullable=False),  # host:pid
     Column("images", Integer, nullable=False, default=0),
     Column("images_unchanged", Integer, nullable=False, default=0),

@@ -291,6 +291,14 @@ def test_kill_9_mid_layer_then_rerun_equals_a_clean_run(
     finish(crawl_process(crashed, image_list))
     finish(crawl_process(clean, image_list))
     assert snapshot(crashed) == snapshot(clean)
+    # The killed run does not stay "running": the next run on this machine saw its process gone.
+    engine = create_engine(crashed)
+    with engine.connect() as connection:
+        statuses = connection.execute(
+            text("SELECT status, finished_at IS NOT NULL FROM runs ORDER BY id")
+        ).all()
+    engine.dispose()
+    assert [tuple(row) for row in statuses] == [("killed", True), ("ok", True)]
     assert len(snapshot(clean)["entries"]) == 8001
 
 
