@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import logging
 import random
@@ -52,6 +51,7 @@ from layerindex.manifest import FetchedManifest as FetchedManifest
 from layerindex.reference import DOCKER_HUB, DOCKER_HUB_ALIASES, Reference, digest_problem
 from layerindex.retry import RETRY_STATUSES, Quota, RetryPolicy, parse_quota, say_duration
 from layerindex.transport import (
+    BlobReader,
     BlobStream,
     Transport,
     decompress,
@@ -620,7 +620,7 @@ class RegistryClient:
             reopen=reopen,
             max_resumes=self.blob_resumes,
         )
-        stream = io.BufferedReader(blob, BLOB_BUFFER)
+        stream = BlobReader(blob, BLOB_BUFFER)
         with self._lock:
             self._downloads.add(blob)
         try:

@@ -19,7 +19,7 @@ import time
 import zlib
 from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -246,6 +246,13 @@ class BlobStream(io.RawIOBase):
         if not self.closed:
             self._response.close()
         super().close()
+
+
+class BlobReader(io.BufferedReader):
+    """A blob download, buffered; ``abandon()`` ends a read another thread is blocked in."""
+
+    def abandon(self) -> None:
+        cast(BlobStream, self.raw).abandon()
 
 
 def _length(response: requests.Response) -> int | None:

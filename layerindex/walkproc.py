@@ -87,6 +87,7 @@ class ChildWalk:
         if walker.hash_files:
             command.append("--hash-files")
         self._spool = _SpoolReader(spool)
+        self._source = walker.stream
         self._stderr = stderr
         self._child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=spool, stderr=stderr)
         assert self._child.stdin is not None
@@ -117,6 +118,12 @@ class ChildWalk:
         if self._child.poll() is None:  # left early: the child must not outlive us
             self._child.kill()
         self._child.wait()
+        if self._pump.is_alive():
+            # Left early: a registry download (transport.BlobReader) ends the read the feeding
+            # thread may be blocked in; any other stream is closed by the caller, later.
+            abandon = getattr(self._source, "abandon", None)
+            if abandon is not None:
+                abandon()
         self._pump.join(STOP_FEED_WAIT)  # a walk that ended has joined it already
 
     def wait(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -200,9 +201,15 @@ def test_a_corrupt_blob_walked_ahead_fails_its_layer_alone(
     assert "layers: 1 indexed, 2 known, 0 skipped, 0 failed  entries: 43" in again.stdout
 
 
-def test_walks_not_taken_are_stopped(fault_proxy: FaultProxy, tmp_path: Path) -> None:
+def test_walks_not_taken_are_stopped(
+    fault_proxy: FaultProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fault_proxy.push("team/app", "1.0", APP)
-    fault_proxy.stall(f"/blobs/{TOP.digest}", after=10)  # a walk that cannot end by itself
+    # A walk that cannot end by itself; stopping it must not wait for its read, however long
+    # the wait for the feeding thread is allowed to be.
+    fault_proxy.stall(f"/blobs/{TOP.digest}", after=10, seconds=60)
+    monkeypatch.setattr("layerindex.walkproc.STOP_FEED_WAIT", 60)
+    began = time.monotonic()
     ref = parse_reference(f"{fault_proxy.host}/team/app:1.0")
     head_start = HeadStart(RegistryClient())
     with head_start:
@@ -219,6 +226,7 @@ def test_walks_not_taken_are_stopped(fault_proxy: FaultProxy, tmp_path: Path) ->
         assert walks[TOP.digest]._child.poll() is None
     assert all(walk._child.poll() is not None for walk in walks.values())
     assert head_start._walks == {}
+    assert time.monotonic() - began < 10
 
 
 def test_the_walks_start_before_sqlalchemy_is_imported(
