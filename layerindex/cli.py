@@ -39,6 +39,15 @@ def _terminate(_signum: int, _frame: object) -> NoReturn:
     raise Terminated
 
 
+def _database_failure(exc: BaseException) -> str | None:
+    """What the database said, for an error raised by the database while a command ran (a
+    disk full, a connection ended by the server); None for any other exception."""
+    sqlalchemy_errors = sys.modules.get("sqlalchemy.exc")  # loaded by whatever raised it
+    if sqlalchemy_errors is None or not isinstance(exc, sqlalchemy_errors.DBAPIError):
+        return None
+    return str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else repr(exc.orig)
+
+
 def handle_errors(function: F) -> F:
     """Every LayerIndexError becomes ``Error: …`` and exit 2: a user never sees a traceback.
     Ctrl-C and SIGTERM end a command cleanly, with 130 and 143 (128 + the signal)."""
@@ -55,6 +64,13 @@ def handle_errors(function: F) -> F:
             fail("terminated; nothing of an unfinished layer was kept", 128 + signal.SIGTERM)
         except KeyboardInterrupt:
             fail("interrupted; nothing of an unfinished layer was kept", 128 + signal.SIGINT)
+        except Exception as exc:
+            if (reason := _database_failure(exc)) is None:
+                raise
+            fail(
+                f"the database failed: {reason}; nothing of an unfinished layer was kept: "
+                "run the command again once the database works"
+            )
         except BrokenPipeError:
             # `layerindex ls … | head`: the reader left; that is not an error.
             sys.stderr.close()

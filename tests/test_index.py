@@ -8,6 +8,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import Result
@@ -619,3 +620,36 @@ def test_ctrl_c_while_a_download_stalls_exits_at_once(
     assert done.stderr.strip() == "Error: interrupted; nothing of an unfinished layer was kept"
     if layers != "big and small":  # the other layer may be done already
         assert count_rows(home, entries) == 0
+
+
+def test_a_database_failing_mid_layer_is_an_error_message_and_keeps_nothing(
+    registry: RegistryServer, db_url: str, run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A real failure of each database while a layer is written: SQLite's disk full (a page
+    # limit), PostgreSQL's connection ended by the server (an administrator, a restart).
+    from layerindex.store import Store
+
+    registry.push("team/app", "1.0", APP)
+    ref = f"{registry.host}/team/app:1.0"
+    write_entries = Store._write_entries
+
+    def failing(self: Store, connection: Any, *args: Any) -> int:
+        if connection.dialect.name == "sqlite":  # the file may not grow, and this write must
+            pages = connection.exec_driver_sql("PRAGMA page_count").scalar()
+            connection.exec_driver_sql(f"PRAGMA max_page_count = {pages}")
+            connection.exec_driver_sql("INSERT INTO names (name) VALUES (?)", ("x" * 10**6,))
+        else:
+            connection.exec_driver_sql("SELECT pg_terminate_backend(pg_backend_pid())")
+        return write_entries(self, connection, *args)
+
+    monkeypatch.setattr(Store, "_write_entries", failing)
+    result = run("--db", db_url, "index", ref)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    reason = "full" if db_url.startswith("sqlite") else "terminating connection"
+    assert result.stderr.startswith("Error: the database failed: ")
+    assert reason in result.stderr, result.stderr
+    monkeypatch.setattr(Store, "_write_entries", write_entries)
+    again = run("--db", db_url, "index", ref)
+    assert again.exit_code == 0, again.output
+    assert index_line(ref, APP.digest, "linux/amd64", (3, 0, 0, 0), 13) == again.stdout
