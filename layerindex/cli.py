@@ -45,7 +45,8 @@ def _database_failure(exc: BaseException) -> str | None:
     sqlalchemy_errors = sys.modules.get("sqlalchemy.exc")  # loaded by whatever raised it
     if sqlalchemy_errors is None or not isinstance(exc, sqlalchemy_errors.DBAPIError):
         return None
-    return str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else repr(exc.orig)
+    said = str(exc.orig).strip()
+    return said.splitlines()[0] if said else repr(exc.orig)
 
 
 def handle_errors(function: F) -> F:
@@ -64,17 +65,17 @@ def handle_errors(function: F) -> F:
             fail("terminated; nothing of an unfinished layer was kept", 128 + signal.SIGTERM)
         except KeyboardInterrupt:
             fail("interrupted; nothing of an unfinished layer was kept", 128 + signal.SIGINT)
-        except Exception as exc:
+        except BrokenPipeError:
+            # `layerindex ls … | head`: the reader left; that is not an error.
+            sys.stderr.close()
+            sys.exit(0)
+        except Exception as exc:  # after BrokenPipeError: only the database's errors
             if (reason := _database_failure(exc)) is None:
                 raise
             fail(
                 f"the database failed: {reason}; nothing of an unfinished layer was kept: "
                 "run the command again once the database works"
             )
-        except BrokenPipeError:
-            # `layerindex ls … | head`: the reader left; that is not an error.
-            sys.stderr.close()
-            sys.exit(0)
         finally:
             if in_main:
                 signal.signal(signal.SIGTERM, previous)

@@ -6,6 +6,8 @@ import base64
 import gc
 import hashlib
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -653,3 +655,23 @@ def test_a_database_failing_mid_layer_is_an_error_message_and_keeps_nothing(
     again = run("--db", db_url, "index", ref)
     assert again.exit_code == 0, again.output
     assert index_line(ref, APP.digest, "linux/amd64", (3, 0, 0, 0), 13) == again.stdout
+
+
+def test_a_reader_that_leaves_early_is_not_an_error(registry: RegistryServer, home: Path) -> None:
+    # `layerindex find … | head -1`: the rest of the output has nowhere to go.
+    many = make_image([make_layer({f"/srv/data/file{i:05d}": b"" for i in range(3000)})])
+    registry.push("team/many", "1", many)
+    command = [sys.executable, "-m", "layerindex"]
+    subprocess.run([*command, "index", f"{registry.host}/team/many:1"], check=True, timeout=60)
+    process = subprocess.Popen(
+        [*command, "find", "--contains", "/srv/data/"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.readline()
+    process.stdout.close()
+    with process.stderr:
+        assert process.wait(timeout=60) == 0
+        assert process.stderr.read() == ""
