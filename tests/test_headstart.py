@@ -5,6 +5,7 @@ made without a head start (errors included), and that nothing runs on after it."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -92,6 +93,17 @@ def test_the_crawler_takes_the_walks_and_asks_for_nothing_twice(
         + [("GET", f"/v2/team/app/blobs/{digest}") for digest in layers]
     )
     assert (TOP.digest, "/usr/bin/tool") in find_paths(run, db_url, "/usr/bin/tool")
+
+
+def test_a_walk_ahead_hashes_files_when_asked(
+    registry: RegistryServer, run: Run, started: dict[str, list[str]]
+) -> None:
+    registry.push("team/app", "1.0", APP)
+    assert run("index", "--hash-files", f"{registry.host}/team/app:1.0").exit_code == 0
+    assert sorted(started["taken"]) == sorted(layer.digest for layer in APP.layers)
+    digest = "sha256:" + hashlib.sha256(b"tool v1").hexdigest()
+    rows = json.loads(run("find", "--digest", digest, "--json").stdout)
+    assert [(r["layer_digest"], r["path"]) for r in rows] == [(TOP.digest, "/usr/bin/tool")]
 
 
 def test_layers_and_images_the_index_holds_are_not_walked_ahead(
