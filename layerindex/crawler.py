@@ -32,7 +32,7 @@ from layerindex.reference import Reference
 from layerindex.registry import CONFIG_MAX_BYTES
 from layerindex.store import ImageRecord, LayerRecord, LayerState, Store, StoredImage, utcnow
 from layerindex.walker import LayerWalker, has_fast_path
-from layerindex.walkproc import ChildWalk, walk_in_child
+from layerindex.walkproc import ChildWalk, walk_download
 
 log = logging.getLogger("layerindex")
 
@@ -420,22 +420,18 @@ class Crawler:
         written); leaving it stops the walk and closes the download."""
         started = self.head_start and self.head_start.take(layer.digest, layer.diff_id)
         if started:
-            with started as child:
-                yield child
+            with started as walk:
+                yield walk
             return
-        with self.client.open_blob(ref, layer.digest) as stream:
-            walker = LayerWalker(
-                stream,
-                digest=layer.digest,
-                diff_id=layer.diff_id,
-                hash_files=self.hash_files,
-                where=where,
-            )
-            if not in_child:
-                yield walker
-                return
-            with walk_in_child(walker) as child:
-                yield child
+        with walk_download(
+            self.client.open_blob(ref, layer.digest),
+            digest=layer.digest,
+            diff_id=layer.diff_id,
+            hash_files=self.hash_files,
+            where=where,
+            in_child=in_child,
+        ) as walk:
+            yield walk
 
 
 def _complete(stored: list[StoredImage]) -> bool:

@@ -36,8 +36,7 @@ from layerindex.database import Reader, among, open_reader, reads_without_sqlalc
 from layerindex.errors import LayerIndexError, NoIndex
 from layerindex.reference import Reference
 from layerindex.registry import CONFIG_MAX_BYTES, RegistryClient
-from layerindex.walker import LayerWalker
-from layerindex.walkproc import ChildWalk, walk_in_child
+from layerindex.walkproc import ChildWalk, walk_download
 
 log = logging.getLogger("layerindex")
 
@@ -187,19 +186,22 @@ class HeadStart:
 
     def _start(self, ref: Reference, digest: str, diff_id: str, hash_files: bool) -> None:
         with contextlib.ExitStack() as stack:
+            download = self.client.upstream.open_blob(ref, digest)
             try:
-                stream = stack.enter_context(self.client.upstream.open_blob(ref, digest))
-            except LayerIndexError as exc:
+                walk = stack.enter_context(
+                    walk_download(
+                        download,
+                        digest=digest,
+                        diff_id=diff_id,
+                        hash_files=hash_files,
+                        where=layer_where(ref, digest),
+                        in_child=True,
+                    )
+                )
+            except LayerIndexError as exc:  # the blob's request: the crawler will meet it
                 self.client.failed(("blob", ref, digest), exc)
                 raise
-            walker = LayerWalker(
-                stream,
-                digest=digest,
-                diff_id=diff_id,
-                hash_files=hash_files,
-                where=layer_where(ref, digest),
-            )
-            walk = stack.enter_context(walk_in_child(walker))
+            assert isinstance(walk, ChildWalk)
             self._walks[digest] = StartedWalk(diff_id, walk, stack.pop_all())
 
     def take(self, digest: str, diff_id: str | None) -> StartedWalk | None:

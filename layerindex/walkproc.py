@@ -35,7 +35,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from typing import IO, Any, cast
+from contextlib import AbstractContextManager
+from typing import IO, Any, BinaryIO, cast
 
 from layerindex import errors
 from layerindex.compression import READ_SIZE
@@ -215,6 +216,30 @@ class _SpoolReader:
 
     def size(self) -> int:
         return os.fstat(self._fd).st_size
+
+
+@contextlib.contextmanager
+def walk_download(
+    download: AbstractContextManager[BinaryIO],
+    *,
+    digest: str,
+    diff_id: str | None,
+    hash_files: bool,
+    where: str,
+    in_child: bool,
+) -> Iterator[LayerWalker | ChildWalk]:
+    """A layer's walk over ``download`` (a blob not opened yet): in a child process, or in
+    process (a ``LayerWalker``, walked as it is read). Leaving it stops the walk, then closes
+    the download."""
+    with download as stream:
+        walker = LayerWalker(
+            stream, digest=digest, diff_id=diff_id, hash_files=hash_files, where=where
+        )
+        if not in_child:
+            yield walker
+            return
+        with walk_in_child(walker) as child:
+            yield child
 
 
 @contextlib.contextmanager

@@ -103,7 +103,7 @@ def test_an_images_layers_are_walked_at_once_on_every_database(
         with walk_in_child(walker) as walked:
             yield walked
 
-    monkeypatch.setattr("layerindex.crawler.walk_in_child", walk_at_once)
+    monkeypatch.setattr("layerindex.walkproc.walk_in_child", walk_at_once)
     engine = open_database(db_url)
     outcomes = index(engine, f"{registry.host}/team/parallel:3")
     assert [(o.indexed, o.failed, o.errors) for o in outcomes] == [(3, 0, [])]
@@ -137,7 +137,7 @@ def test_small_layers_are_walked_in_process(
 ) -> None:
     monkeypatch.setattr("layerindex.walkproc.CHILD_WALK_MIN_BYTES", CHILD_WALK_MIN_BYTES)
     assert all(layer.size < CHILD_WALK_MIN_BYTES for layer in IMAGE.layers)
-    monkeypatch.setattr("layerindex.crawler.walk_in_child", None)  # a child would fail
+    monkeypatch.setattr("layerindex.walkproc.walk_in_child", None)  # a child would fail
     registry.push("team/parallel", "4", IMAGE)
     engine = open_database(f"sqlite:///{tmp_path / 'index.db'}")
     outcomes = index(engine, f"{registry.host}/team/parallel:4")
