@@ -59,6 +59,21 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def worker_gone(worker: str) -> bool:
+    """Whether ``worker`` (a ``worker_name()``) was a process on this machine that has ended;
+    False for another machine's, which cannot be told from here."""
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # another user's process
+    return False
+
+
 @dataclass
 class ImageOutcome:
     """What indexing one platform image did."""

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import socket
 import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Engine, insert, select, true, update
 
-from layerindex.crawler import ImageOutcome, backoff
+from layerindex.crawler import ImageOutcome, backoff, worker_gone
 from layerindex.schema import repositories, runs, tags, targets
 from layerindex.store import aware_utc, dialect_insert, utcnow
 
@@ -90,26 +88,14 @@ class RunRecorder:
 def _mark_killed_runs(connection: Connection) -> None:
     """Runs left "running" by a crawl on this machine whose process is gone (SIGKILL, the OOM
     killer, a power cut): "killed", ended now, rather than running for ever in ``runs``."""
-    host = socket.gethostname()
     rows = connection.execute(select(runs.c.id, runs.c.worker).where(runs.c.status == "running"))
     for run_id, worker in rows.all():
-        worker_host, _, pid = worker.rpartition(":")
-        if worker_host == host and pid.isdigit() and not _alive(int(pid)):
+        if worker_gone(worker):
             connection.execute(
                 update(runs)
                 .where(runs.c.id == run_id, runs.c.status == "running")
                 .values(status="killed", finished_at=utcnow())
             )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
 
 
 def list_runs(engine: Engine, limit: int) -> list[dict[str, Any]]:
