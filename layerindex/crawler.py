@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
@@ -31,6 +31,7 @@ from layerindex.platforms import parse_platform
 from layerindex.reference import Reference
 from layerindex.registry import CONFIG_MAX_BYTES
 from layerindex.store import ImageRecord, LayerRecord, LayerState, Store, StoredImage, utcnow
+from layerindex.transport import BlobReader
 from layerindex.walker import LayerWalker, has_fast_path
 from layerindex.walkproc import ChildWalk, walk_download
 
@@ -108,7 +109,7 @@ class Registry(Protocol):
     def head_manifest(self, ref: Reference) -> str | None: ...
     def get_manifest(self, ref: Reference) -> manifest.FetchedManifest: ...
     def get_blob_bytes(self, ref: Reference, digest: str, max_size: int) -> bytes: ...
-    def open_blob(self, ref: Reference, digest: str) -> AbstractContextManager[BinaryIO]: ...
+    def open_blob(self, ref: Reference, digest: str) -> AbstractContextManager[BlobReader]: ...
     def abandon_downloads(self) -> None: ...
 
 

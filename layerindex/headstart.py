@@ -29,13 +29,14 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from functools import partial
 from types import TracebackType
-from typing import BinaryIO, TypeVar, cast
+from typing import TypeVar, cast
 
 from layerindex import manifest, walkproc
 from layerindex.database import Reader, among, open_reader, reads_without_sqlalchemy
 from layerindex.errors import LayerIndexError, NoIndex
 from layerindex.reference import Reference
 from layerindex.registry import CONFIG_MAX_BYTES, RegistryClient
+from layerindex.transport import BlobReader
 from layerindex.walkproc import ChildWalk, walk_download
 
 log = logging.getLogger("layerindex")
@@ -92,7 +93,7 @@ class ReplayingClient:
         call = partial(self.upstream.get_blob_bytes, ref, digest, max_size)
         return self._answer(("config", ref, digest), call)
 
-    def open_blob(self, ref: Reference, digest: str) -> AbstractContextManager[BinaryIO]:
+    def open_blob(self, ref: Reference, digest: str) -> AbstractContextManager[BlobReader]:
         # Only a failure is kept for a blob: a started download belongs to its walk.
         return self._answer(("blob", ref, digest), partial(self.upstream.open_blob, ref, digest))
 

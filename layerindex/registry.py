@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import requests
@@ -603,7 +602,7 @@ class RegistryClient:
         return body
 
     @contextmanager
-    def open_blob(self, ref: Reference, digest: str) -> Iterator[BinaryIO]:
+    def open_blob(self, ref: Reference, digest: str) -> Iterator[BlobReader]:
         """Stream a blob's stored (compressed) bytes; the caller reads in chunks and verifies
         the digest. Nothing is buffered beyond one read. A cut connection is resumed where it
         stopped (see ``BlobStream``), asking the registry again: fresh redirect, fresh token."""

@@ -36,13 +36,16 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from typing import IO, Any, BinaryIO, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from layerindex import errors
 from layerindex.compression import READ_SIZE
 from layerindex.entries import TYPE_CODES, TYPE_NAMES, Entry, new_entry
 from layerindex.errors import LayerIndexError
 from layerindex.walker import LayerWalker
+
+if TYPE_CHECKING:  # the walker process never loads the HTTP stack
+    from layerindex.transport import BlobReader
 
 log = logging.getLogger("layerindex")
 
@@ -88,7 +91,6 @@ class ChildWalk:
         if walker.hash_files:
             command.append("--hash-files")
         self._spool = _SpoolReader(spool)
-        self._source = walker.stream
         self._stderr = stderr
         self._child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=spool, stderr=stderr)
         assert self._child.stdin is not None
@@ -119,12 +121,6 @@ class ChildWalk:
         if self._child.poll() is None:  # left early: the child must not outlive us
             self._child.kill()
         self._child.wait()
-        if self._pump.is_alive():
-            # Left early: a registry download (transport.BlobReader) ends the read the feeding
-            # thread may be blocked in; any other stream is closed by the caller, later.
-            abandon = getattr(self._source, "abandon", None)
-            if abandon is not None:
-                abandon()
         self._pump.join(STOP_FEED_WAIT)  # a walk that ended has joined it already
 
     def wait(self) -> None:
@@ -220,7 +216,7 @@ class _SpoolReader:
 
 @contextlib.contextmanager
 def walk_download(
-    download: AbstractContextManager[BinaryIO],
+    download: AbstractContextManager[BlobReader],
     *,
     digest: str,
     diff_id: str | None,
@@ -230,7 +226,8 @@ def walk_download(
 ) -> Iterator[LayerWalker | ChildWalk]:
     """A layer's walk over ``download`` (a blob not opened yet): in a child process, or in
     process (a ``LayerWalker``, walked as it is read). Leaving it stops the walk, then closes
-    the download."""
+    the download; leaving a child walk before the blob's end abandons the download first, so
+    that the read its feeding thread may be blocked in (a stalled download) ends at once."""
     with download as stream:
         walker = LayerWalker(
             stream, digest=digest, diff_id=diff_id, hash_files=hash_files, where=where
@@ -239,7 +236,10 @@ def walk_download(
             yield walker
             return
         with walk_in_child(walker) as child:
-            yield child
+            try:
+                yield child
+            finally:
+                stream.abandon()  # nothing to do when the blob was read to its end
 
 
 @contextlib.contextmanager
