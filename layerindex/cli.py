@@ -571,7 +571,7 @@ def get(
         force=force,
         platform=platform,
         follow=not no_follow,
-        stdout=click.get_binary_stream("stdout"),
+        stdout=sys.stdout.buffer,
     )
 
 
@@ -605,7 +605,7 @@ def inspect(
     (reference,) = _parse_refs([ref])
     image = finder.image(reference, platform)
     if raw or show_config:
-        stdout = click.get_binary_stream("stdout")
+        stdout = sys.stdout.buffer
         stdout.write((image.manifest if raw else image.config).encode("utf-8"))
         stdout.flush()
         return

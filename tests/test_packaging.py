@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -38,7 +39,13 @@ def test_built_wheel_carries_migrations_and_creates_a_database(tmp_path: Path) -
     assert any(n.startswith("layerindex/_tarscan.") and n.endswith(".so") for n in names)
 
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # The dependencies come from the environment running the tests (a virtual environment as the
+    # README makes, whose packages --system-site-packages would not see), by path: its .pth
+    # files are not read from there, so the editable install of the source tree stays out.
+    (site_packages,) = (venv / "lib").glob("python*/site-packages")
+    outer = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
+    (site_packages / "test-dependencies.pth").write_text("\n".join(sorted(outer)) + "\n")
     subprocess.run(
         [venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-deps", wheel],
         check=True,
