@@ -114,6 +114,7 @@ def create(url: str, *, read_only: bool = False) -> Engine:
     from sqlalchemy import create_engine, event
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+    from sqlalchemy.pool import QueuePool
 
     try:
         parsed = make_url(url)
@@ -124,8 +125,16 @@ def create(url: str, *, read_only: bool = False) -> Engine:
         ) from exc
     path = _sqlite_file(url)
     if read_only and path is not None:
-        parsed = make_url(f"sqlite:///{_read_only_uri(path)}&uri=true")
-    elif parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        # Its URI made here, not by SQLAlchemy: make_url decodes %23 into a #, which ends it.
+        uri = _read_only_uri(path)
+        engine = create_engine(
+            "sqlite://",
+            creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False),
+            poolclass=QueuePool,  # "sqlite://" alone would be a database in memory
+        )
+        event.listen(engine, "connect", _read_only_pragmas)
+        return engine
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         directory = Path(parsed.database).expanduser().parent
         try:
             directory.mkdir(parents=True, exist_ok=True)
@@ -143,7 +152,7 @@ def create(url: str, *, read_only: bool = False) -> Engine:
             "for PostgreSQL install layerindex[postgres] and use postgresql+psycopg://…"
         ) from exc
     if parsed.get_backend_name() == "sqlite":
-        event.listen(engine, "connect", _read_only_pragmas if read_only else _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_pragmas)
     return engine
 
 

@@ -166,8 +166,9 @@ def test_read_commands_never_make_a_database(home: Path, run: Run, command: str)
 
 @pytest.fixture
 def shared_dir() -> Iterator[Path]:
-    """A directory others may read (pytest's tmp_path is its owner's alone)."""
-    path = Path(tempfile.mkdtemp(prefix="layerindex-shared-"))
+    """A directory others may read (pytest's tmp_path is its owner's alone); the # in its
+    name ends a SQLite URI unless escaped."""
+    path = Path(tempfile.mkdtemp(prefix="layerindex-shared-#"))
     path.chmod(0o755)
     yield path
     path.chmod(0o755)
