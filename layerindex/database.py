@@ -139,10 +139,10 @@ def create(url: str, *, read_only: bool = False) -> Engine:
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            reason = "a file of that name is there" if isinstance(exc, FileExistsError) else exc
+            reason = "a file of that name is there" if isinstance(exc, FileExistsError) else None
             raise LayerIndexError(
                 f"cannot make the directory {directory} for the database: "
-                f"{getattr(reason, 'strerror', reason)}; give another --db"
+                f"{reason or exc.strerror or exc}; give another --db"
             ) from exc
     try:
         engine = create_engine(parsed)
