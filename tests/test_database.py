@@ -1,5 +1,5 @@
-"""Opening, making and changing the database: schema changes under a lock and in one
-transaction (processes started together, processes killed half-way), ``--db`` as a path or a
+"""Opening, making and changing the database: schema changes in one transaction (processes
+killed half-way; workers started together: test_crawl), ``--db`` as a path or a
 URL, read-only commands that never make a database, bad ``--db`` values as messages."""
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
-from faults import FaultProxy
 from images import make_image, make_layer
 from registry_server import RegistryServer
 from sqlalchemy import inspect
-from test_crawl import BIG, crawl_process, finish, snapshot, wait_for
+from test_crawl import wait_for
 from test_store import e, image, index_image
 
 from layerindex import database
@@ -29,30 +28,6 @@ from layerindex.store import Store
 Run = Callable[..., Result]
 TESTS = Path(__file__).parent
 SMALL = make_image([make_layer({"/bin/tool": b"tool"}), make_layer({"/etc/tool.conf": b"conf"})])
-
-
-def test_workers_started_together_on_an_empty_postgresql_database_make_it_once(
-    registry: RegistryServer, fault_proxy: FaultProxy, postgres_url: str, tmp_path: Path
-) -> None:
-    # Each makes the schema it found missing: one at a time, under the schema lock, so the
-    # others find it made (without: duplicate key … "pg_type_typname_nsp_index", exit 2).
-    images = [
-        make_image([BIG.layers[0], make_layer({f"/srv/{n}/{i}": b"z" * 100 for i in range(50)})])
-        for n in range(4)
-    ]
-    for n, built in enumerate(images):
-        registry.push(f"team/together{n}", "1", built)
-    image_list = tmp_path / "images.txt"
-    image_list.write_text("".join(f"{fault_proxy.host}/team/together{n}:1\n" for n in range(4)))
-    workers = [crawl_process(postgres_url, image_list, "--worker") for _ in range(4)]
-    for worker in workers:
-        finish(worker)
-    layer_digests = {layer.digest for built in images for layer in built.layers}
-    gets = {d: len(fault_proxy.seen(f"/blobs/{d}", "GET")) for d in layer_digests}
-    assert gets == dict.fromkeys(layer_digests, 1)
-    state = snapshot(postgres_url)
-    assert len(state["layers"]) == 5 and all(row[1] is not None for row in state["layers"])
-    assert len(state["entries"]) == 1 + 4 * 50
 
 
 def paused(point: str, mark: Path, *args: str) -> subprocess.Popen[str]:
