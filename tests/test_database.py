@@ -129,7 +129,7 @@ def read_command(name: str, ref: str) -> list[str]:
 @pytest.mark.parametrize("command", READ_COMMANDS)
 def test_read_commands_never_make_a_database(home: Path, run: Run, command: str) -> None:
     typo = home / "typo" / "index.db"
-    result = run("--db", str(typo), *read_command(command, "registry.test/team/app:1"))
+    result = run("--db", f"sqlite:///{typo}", *read_command(command, "registry.test/team/app:1"))
     assert (result.exit_code, result.stdout, result.stderr) == (
         2,
         "",
@@ -172,7 +172,8 @@ def test_every_read_command_reads_a_shared_index_it_cannot_write(
     db.chmod(0o444)
     shared_dir.chmod(0o555)
     files, content, mtime = sorted(shared_dir.iterdir()), db.read_bytes(), db.stat().st_mtime_ns
-    args = [sys.executable, "-m", "layerindex", "--db", str(db), *read_command(command, ref)]
+    url = f"sqlite:///{db}"
+    args = [sys.executable, "-m", "layerindex", "--db", url, *read_command(command, ref)]
     done = subprocess.run(as_reader(args), capture_output=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert b"Error" not in done.stderr
