@@ -49,9 +49,11 @@ def _database_failure(exc: BaseException) -> str | None:
     return said.splitlines()[0] if said else repr(exc.orig)
 
 
-def handle_errors(function: F) -> F:
+def handle_errors(function: F, *, writes_layers: bool = False) -> F:
     """Every LayerIndexError becomes ``Error: …`` and exit 2: a user never sees a traceback.
-    Ctrl-C and SIGTERM end a command cleanly, with 130 and 143 (128 + the signal)."""
+    Ctrl-C and SIGTERM end a command cleanly, with 130 and 143 (128 + the signal). Only a
+    command that ``writes_layers`` says that nothing of an unfinished layer was kept."""
+    kept = "; nothing of an unfinished layer was kept" if writes_layers else ""
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -62,9 +64,9 @@ def handle_errors(function: F) -> F:
         except LayerIndexError as exc:
             fail(str(exc))
         except Terminated:
-            fail("terminated; nothing of an unfinished layer was kept", 128 + signal.SIGTERM)
+            fail(f"terminated{kept}", 128 + signal.SIGTERM)
         except KeyboardInterrupt:
-            fail("interrupted; nothing of an unfinished layer was kept", 128 + signal.SIGINT)
+            fail(f"interrupted{kept}", 128 + signal.SIGINT)
         except BrokenPipeError:
             # `layerindex ls … | head`: the reader left; that is not an error.
             sys.stderr.close()
@@ -73,7 +75,7 @@ def handle_errors(function: F) -> F:
             if (reason := _database_failure(exc)) is None:
                 raise
             fail(
-                f"the database failed: {reason}; nothing of an unfinished layer was kept: "
+                f"the database failed: {reason}{kept}: "
                 "run the command again once the database works"
             )
         finally:
@@ -83,20 +85,28 @@ def handle_errors(function: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def handle_layer_errors(function: F) -> F:
+    """``handle_errors`` for the commands that write layers (index, crawl)."""
+    return handle_errors(function, writes_layers=True)
+
+
 class Context:
     def __init__(self, db_url: str | None) -> None:
         self._db_url = db_url
 
     @property
     def db_url(self) -> str:
-        from layerindex.database import default_url
+        from layerindex.database import database_url
 
-        return self._db_url or default_url()
+        return database_url(self._db_url)
 
-    def engine(self) -> Any:
+    def engine(self, *, read_only: bool = False) -> Any:
+        """The database's engine; ``read_only`` for the commands that only read: a database
+        that does not exist is then an error (never made empty), a SQLite file opened
+        read-only."""
         from layerindex.database import open_database
 
-        engine = open_database(self.db_url)
+        engine = open_database(self.db_url, create_empty=not read_only)
         # Pooled connections close with the command, not whenever the collector gets to them.
         click.get_current_context().call_on_close(engine.dispose)
         return engine
@@ -117,8 +127,8 @@ def _imports_done() -> None:
 @click.option(
     "--db",
     metavar="URL",
-    help="SQLAlchemy database URL [env LAYERINDEX_DB; default "
-    "sqlite:///$XDG_DATA_HOME/layerindex/index.db].",
+    help="SQLAlchemy database URL, or a SQLite file's path [env LAYERINDEX_DB; default "
+    "$XDG_DATA_HOME/layerindex/index.db].",
 )
 @click.option("-v", "--verbose", count=True, help="Log progress (-v) and HTTP requests (-vv).")
 @click.version_option(package_name="layerindex")
@@ -181,7 +191,7 @@ def _parse_refs(texts: Iterable[str]) -> list[Any]:
 @insecure_option
 @hash_option
 @pass_context
-@handle_errors
+@handle_layer_errors
 def index(
     context: Context,
     refs: tuple[str, ...],
@@ -365,7 +375,7 @@ def images(context: Context, output_format: str) -> None:
     from layerindex.output import short_digest, write_rows
 
     write_rows(
-        Finder(context.engine()).images(),
+        Finder(context.engine(read_only=True)).images(),
         output_format,
         ("image", "manifest_digest", "platform", "layers", "entries", "indexed_at"),
         formatters={"manifest_digest": short_digest},
@@ -411,7 +421,7 @@ def layers(context: Context, ref: str, platform: str | None, output_format: str)
     from layerindex.finder import Finder
     from layerindex.output import human_size, short_digest, write_json, write_rows
 
-    finder = Finder(context.engine())
+    finder = Finder(context.engine(read_only=True))
     (reference,) = _parse_refs([ref])
     report = layer_report(finder, finder.image(reference, platform))
     if output_format == "json":
@@ -488,7 +498,7 @@ def ls(
 
     if tree and output_format != "table":
         raise click.UsageError("--tree draws text; leave out --json, --nl and --csv")
-    finder = Finder(context.engine())
+    finder = Finder(context.engine(read_only=True))
     path_prefix = query_path(prefix)
     base = ("type", "mode", "uid", "gid", "size", "path", "link_target", "sha256")
     if target.startswith("sha256:"):
@@ -563,7 +573,7 @@ def get(
 
     (reference,) = _parse_refs([ref])
     get_to(
-        context.engine(),
+        context.engine(read_only=True),
         _client(insecure),
         reference,
         path,
@@ -601,7 +611,7 @@ def inspect(
 
     if as_json + raw + show_config > 1:
         raise click.UsageError("give at most one of --json, --raw and --config")
-    finder = Finder(context.engine())
+    finder = Finder(context.engine(read_only=True))
     (reference,) = _parse_refs([ref])
     image = finder.image(reference, platform)
     if raw or show_config:
@@ -635,7 +645,7 @@ def diff_command(
     from layerindex.finder import Finder
     from layerindex.output import write_rows
 
-    finder = Finder(context.engine())
+    finder = Finder(context.engine(read_only=True))
     old, new = _parse_refs([old_ref, new_ref])
     old_image, new_image = finder.image(old, platform), finder.image(new, platform)
     changed = [f"{side}_{name}" for name in DIFF_FIELDS for side in ("old", "new")]
@@ -716,7 +726,7 @@ def parse_duration(text: str) -> float:
 )
 @click.option("-q", "--quiet", is_flag=True, help="Print errors only.")
 @pass_context
-@handle_errors
+@handle_layer_errors
 def crawl(
     context: Context,
     images_file: Path | None,
@@ -773,7 +783,7 @@ def runs_command(context: Context, limit: int, output_format: str) -> None:
     from layerindex.output import human_size, write_rows
     from layerindex.schedule import list_runs
 
-    rows = list_runs(context.engine(), limit)
+    rows = list_runs(context.engine(read_only=True), limit)
     for row in rows:
         row["error_count"] = len(row["errors"])
     write_rows(
@@ -824,7 +834,7 @@ def tags_command(context: Context, repository: str, output_format: str) -> None:
     (reference,) = _parse_refs([repository])
     tag = reference.tag if ":" in repository.rsplit("/", 1)[-1] else None
     write_rows(
-        tag_history(context.engine(), reference.registry, reference.repository, tag),
+        tag_history(context.engine(read_only=True), reference.registry, reference.repository, tag),
         output_format,
         ("repository", "tag", "digest", "first_seen", "last_seen"),
         table_columns=("tag", "digest", "first_seen", "last_seen"),

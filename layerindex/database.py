@@ -7,13 +7,15 @@ imports SQLAlchemy or Alembic (0.3 s of start-up here). Everything else opens an
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from layerindex.errors import LayerIndexError, NoIndex, SchemaOutOfDate, UsageError
 
@@ -26,12 +28,46 @@ if TYPE_CHECKING:
 # change: `find` starts faster without either.
 
 
-def default_url() -> str:
-    """``LAYERINDEX_DB``, else SQLite at ``$XDG_DATA_HOME/layerindex/index.db``."""
-    if url := os.environ.get("LAYERINDEX_DB"):
+def database_url(given: str | None = None) -> str:
+    """The URL of the database ``--db`` gave, else ``LAYERINDEX_DB``'s, else SQLite at
+    ``$XDG_DATA_HOME/layerindex/index.db``. A value without ``://`` is a SQLite file's path
+    (relative to the working directory, ``~`` expanded), as sqlite-utils and datasette take it."""
+    if not (given := given or os.environ.get("LAYERINDEX_DB")):
+        data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        return f"sqlite:///{Path(data_home) / 'layerindex' / 'index.db'}"
+    if "://" in given:
+        return given
+    if "@" in given.partition("/")[0]:
+        # user:password@host/name is a URL without its scheme, not a file to create.
+        raise UsageError(
+            f"--db {shown_url(given)!r} is a database URL without its scheme: give "
+            "postgresql+psycopg://… (or a SQLite file's path)"
+        )
+    return f"sqlite:///{Path(given).expanduser().absolute()}"
+
+
+# A URL's password as SQLAlchemy's make_url reads it: after the user name's colon, up to the @
+# (of a URL with a scheme, or of one without: user:password@host/name).
+_PASSWORD = re.compile(r"^(?:[\w+.-]+://|(?![\w+.-]+://))[^:/@]*:(?P<password>[^@]*)@")
+
+
+def redact(text: str, url: str) -> str:
+    """``text`` (a message, the driver's error) with ``url``'s password as ``***``, in the
+    form ``url`` spells it and percent-decoded: libpq, for one, quotes a malformed URL whole."""
+    found = _PASSWORD.match(url)
+    if found is None or not found["password"]:
+        return text
+    for secret in sorted({found["password"], unquote(found["password"])}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def shown_url(url: str) -> str:
+    """``url`` as messages show it: its password as ``***``, as SQLAlchemy shows URLs."""
+    found = _PASSWORD.match(url)
+    if found is None or not found["password"]:
         return url
-    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return f"sqlite:///{Path(data_home) / 'layerindex' / 'index.db'}"
+    return url[: found.start("password")] + "***" + url[found.end("password") :]
 
 
 # migrations/ ships inside the wheel as layerindex.migrations; no alembic.ini is needed.
@@ -65,18 +101,49 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
     cursor.close()
 
 
-def create(url: str) -> Engine:
-    """An engine for ``url``; a SQLite file's directory is created when missing."""
+def _read_only_pragmas(dbapi_connection: object, _record: object) -> None:
+    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def create(url: str, *, read_only: bool = False) -> Engine:
+    """An engine for ``url``; a SQLite file's directory is created when missing. With
+    ``read_only``, an existing plain SQLite file is opened read-only (``mode=ro``: SQLite
+    itself refuses any write, so a shared index the user cannot write is read as well)."""
     from sqlalchemy import create_engine, event
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+    from sqlalchemy.pool import QueuePool
 
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
-        raise UsageError(f"--db {url!r} is not a database URL (e.g. sqlite:///index.db)") from exc
+    except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
+        raise UsageError(
+            f"--db {shown_url(url)!r} is not a database URL: give sqlite:///PATH, "
+            "postgresql+psycopg://USER@HOST[:PORT]/NAME or a SQLite file's path"
+        ) from exc
+    path = _sqlite_file(url)
+    if read_only and path is not None:
+        # Its URI made here, not by SQLAlchemy: make_url decodes %23 into a #, which ends it.
+        uri = _read_only_uri(path)
+        engine = create_engine(
+            "sqlite://",
+            creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False),
+            poolclass=QueuePool,  # "sqlite://" alone would be a database in memory
+        )
+        event.listen(engine, "connect", _read_only_pragmas)
+        return engine
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        directory = Path(parsed.database).expanduser().parent
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            reason = "a file of that name is there" if isinstance(exc, FileExistsError) else None
+            raise LayerIndexError(
+                f"cannot make the directory {directory} for the database: "
+                f"{reason or exc.strerror or exc}; give another --db"
+            ) from exc
     try:
         engine = create_engine(parsed)
     except (NoSuchModuleError, ModuleNotFoundError) as exc:
@@ -104,33 +171,84 @@ def current_revision(connection: Connection) -> str | None:
 
 def open_database(url: str, *, create_empty: bool = True) -> Engine:
     """Open ``url`` at the latest schema: a new database is created (with ``create_empty``,
-    else it is an error: there is nothing to read), an older one refused."""
+    else it is an error: there is nothing to read, and a SQLite file is opened read-only), an
+    older one refused."""
     from sqlalchemy import inspect
     from sqlalchemy.exc import OperationalError
 
-    engine = create(url)
+    path = _sqlite_file(url)
+    if not create_empty and path is not None and not path.is_file():
+        raise _no_sqlite_index(path)
+    engine = create(url, read_only=not create_empty)
+    shown = shown_url(url)
     try:
-        with engine.begin() as connection:
+        with _connect(engine, url) as connection:
             revision = current_revision(connection)
-            if revision is None and not inspect(connection).get_table_names():
-                if not create_empty:
-                    raise NoIndex(
-                        f"the database {engine.url!r} is empty; "
-                        "index an image first (layerindex index REF)"
-                    )
-                if not _create_sqlite_at_head(connection):
-                    from alembic import command
-
-                    command.upgrade(_alembic_config(connection), "head")
-                return engine
-        check_revision(repr(engine.url), revision)
+            empty = revision is None and not inspect(connection).get_table_names()
+        if empty and not create_empty:
+            raise NoIndex(
+                f"the database {shown} is empty; index an image first (layerindex index REF)"
+            )
+        if empty:
+            revision = _create_at_head(engine, url)
+        check_revision(shown, revision)
     except OperationalError as exc:
         engine.dispose()
-        raise LayerIndexError(f"cannot open database {engine.url!r}: {exc.orig}") from exc
+        raise _cannot_open(url, exc) from exc
     except LayerIndexError:
         engine.dispose()
         raise
     return engine
+
+
+def _cannot_open(url: str, exc: Exception) -> LayerIndexError:
+    said = str(getattr(exc, "orig", exc)).strip()
+    return LayerIndexError(f"cannot open database {shown_url(url)}: {redact(said, url)}")
+
+
+def _connect(engine: Engine, url: str) -> Connection:
+    """A connection of ``engine``; one that cannot be made is LayerIndexError."""
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        return engine.connect()
+    except OperationalError as exc:
+        raise _cannot_open(url, exc) from exc
+
+
+@contextlib.contextmanager
+def _schema_change(engine: Engine, url: str) -> Iterator[Connection]:
+    """One transaction for a change of schema, holding the database's schema lock: all of it
+    is made or none (a process killed half-way leaves the database as it was), and processes
+    started together make it once, one after the other. SQLite: ``BEGIN IMMEDIATE`` (its
+    write lock; pysqlite would otherwise run each CREATE outside any transaction).
+    PostgreSQL: an advisory lock held to the transaction's end (its DDL is transactional)."""
+    from sqlalchemy import text
+
+    with _connect(engine, url) as connection, connection.begin():
+        if connection.dialect.name == "sqlite":
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+        yield connection
+
+
+SCHEMA_LOCK = 0x736368656D61  # "schema"; job.ADVISORY_LOCK_KEY is the crawl's
+
+
+def _create_at_head(engine: Engine, url: str) -> str | None:
+    """Make the schema of an empty database; returns the revision it is then at (another
+    process may have made it first, or something else: check_revision says)."""
+    from sqlalchemy import inspect
+
+    with _schema_change(engine, url) as connection:
+        if inspect(connection).get_table_names():  # made while this process waited
+            return current_revision(connection)
+        if not _create_sqlite_at_head(connection):
+            from alembic import command
+
+            command.upgrade(_alembic_config(connection), "head")
+        return current_revision(connection)
 
 
 def _create_sqlite_at_head(connection: Connection) -> bool:
@@ -246,13 +364,10 @@ def open_reader(url: str) -> Reader:
         return Reader.from_engine(open_database(url, create_empty=False), owned=True)
     shown = url
     if not path.is_file():
-        raise NoIndex(
-            f"there is no index at {path}; index an image first (layerindex index REF) "
-            "or give the database with --db or LAYERINDEX_DB"
-        )
+        raise _no_sqlite_index(path)
     try:
         # mode=ro: find never writes; a crawler may be writing the same file (WAL).
-        connection = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=30)
+        connection = sqlite3.connect(_read_only_uri(path), uri=True, timeout=30)
         # Pages through a memory map, not a read() each: ancestor checks are page-bound.
         connection.execute(f"PRAGMA mmap_size={READER_MMAP_BYTES}")
         tables = {r[0] for r in connection.execute("SELECT name FROM sqlite_master")}
@@ -291,11 +406,11 @@ def _postgres_reader(url: str) -> Reader | None:
         import psycopg
     except ImportError:
         return None
-    shown = _shown(url)
+    shown = shown_url(url)
     try:
         connection = psycopg.connect(libpq_url(url), autocommit=True)
     except psycopg.Error as exc:
-        raise LayerIndexError(f"cannot open database {shown}: {exc}") from exc
+        raise _cannot_open(url, exc) from exc
     reader = Reader(connection, "postgresql", psycopg.Error)
     try:
         tables = {
@@ -328,14 +443,22 @@ def _checked(reader: Reader, shown: str, tables: set[str], revision: str | None)
     return reader
 
 
-def _shown(url: str) -> str:
-    """``url`` as messages show it: a password as ``***``, as SQLAlchemy shows URLs."""
-    scheme, sep, rest = url.partition("://")
-    netloc, slash, path = rest.partition("/")
-    userinfo, at, host = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
-    return f"{scheme}{sep}{netloc}{slash}{path}"
+def _no_sqlite_index(path: Path) -> NoIndex:
+    return NoIndex(
+        f"there is no index at {path}; index an image first (layerindex index REF) "
+        "or give the database with --db or LAYERINDEX_DB"
+    )
+
+
+def _read_only_uri(path: Path) -> str:
+    """The SQLite URI that opens ``path`` read-only: SQLite itself refuses any write. A shared
+    index in a directory this user cannot write is opened ``immutable`` unless a writer is at
+    work (its ``-wal`` is there): SQLite cannot make the ``-shm`` it reads a WAL file with
+    there, and without one it refuses to read."""
+    uri = f"file:{quote(str(path))}?mode=ro"
+    if not os.access(path.parent, os.W_OK) and not path.with_name(f"{path.name}-wal").exists():
+        uri += "&immutable=1"
+    return uri
 
 
 def _sqlite_file(url: str) -> Path | None:
@@ -354,11 +477,13 @@ def upgrade(url: str, revision: str = "head") -> tuple[str | None, str | None]:
     from alembic import command
 
     engine = create(url)
-    with engine.begin() as connection:
-        before = current_revision(connection)
-        command.upgrade(_alembic_config(connection), revision)
-        after = current_revision(connection)
-    engine.dispose()
+    try:
+        with _schema_change(engine, url) as connection:
+            before = current_revision(connection)
+            command.upgrade(_alembic_config(connection), revision)
+            after = current_revision(connection)
+    finally:
+        engine.dispose()
     return before, after
 
 
@@ -366,6 +491,8 @@ def downgrade(url: str, revision: str) -> None:
     from alembic import command
 
     engine = create(url)
-    with engine.begin() as connection:
-        command.downgrade(_alembic_config(connection), revision)
-    engine.dispose()
+    try:
+        with _schema_change(engine, url) as connection:
+            command.downgrade(_alembic_config(connection), revision)
+    finally:
+        engine.dispose()

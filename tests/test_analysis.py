@@ -267,6 +267,7 @@ def test_inspect_multi_platform_picks_with_platform(registry: RegistryServer, ru
 
 def test_not_indexed_is_an_error(registry: RegistryServer, run: Run) -> None:
     ref = f"{registry.host}/team/never:1"
+    assert run("db", "upgrade").exit_code == 0  # an index, without this image
     for command in ("inspect", "layers", "ls"):
         result = run(command, ref)
         assert (result.exit_code, result.stdout) == (2, "")

@@ -302,9 +302,21 @@ def test_kill_9_mid_layer_then_rerun_equals_a_clean_run(
     assert len(snapshot(clean)["entries"]) == 8001
 
 
-def test_two_workers_on_postgresql_fetch_each_layer_once(
-    registry: RegistryServer, fault_proxy: FaultProxy, postgres_url: str, tmp_path: Path
+@pytest.mark.parametrize(
+    ("count", "made_first"),
+    [(2, True), (4, False)],
+    ids=["2-workers", "4-workers-on-an-empty-database"],
+)
+def test_workers_on_postgresql_fetch_each_layer_once(
+    registry: RegistryServer,
+    fault_proxy: FaultProxy,
+    postgres_url: str,
+    tmp_path: Path,
+    count: int,
+    made_first: bool,
 ) -> None:
+    # On an empty database each worker makes the schema it found missing: one at a time,
+    # under the schema lock (not: duplicate key … "pg_type_typname_nsp_index", exit 2).
     images = [
         make_image([BIG.layers[0], make_layer({f"/srv/{n}/{i}": b"y" * 100 for i in range(300)})])
         for n in range(6)
@@ -313,8 +325,9 @@ def test_two_workers_on_postgresql_fetch_each_layer_once(
         registry.push(f"team/w{n}", "1", image)
     image_list = tmp_path / "images.txt"
     image_list.write_text("".join(f"{fault_proxy.host}/team/w{n}:1\n" for n in range(6)))
-    open_database(postgres_url).dispose()
-    workers = [crawl_process(postgres_url, image_list, "--worker", "-j", "2") for _ in range(2)]
+    if made_first:
+        open_database(postgres_url).dispose()
+    workers = [crawl_process(postgres_url, image_list, "--worker", "-j", "2") for _ in range(count)]
     for worker in workers:
         finish(worker)
     layer_digests = {layer.digest for image in images for layer in image.layers}

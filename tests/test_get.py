@@ -177,6 +177,7 @@ def test_deleted_hidden_missing_and_directories_are_errors(
 
 def test_image_not_indexed_is_an_error_without_a_request(fault_proxy: FaultProxy, run: Run) -> None:
     ref = f"{fault_proxy.host}/team/never:1"
+    assert run("db", "upgrade").exit_code == 0  # an index, without this image
     result = run("get", ref, "/etc/conf")
     assert (result.exit_code, result.stdout) == (2, "")
     assert result.stderr == f"Error: {ref} is not indexed; run: layerindex index {ref}\n"
