@@ -202,6 +202,25 @@ def test_failing_helper_warns(
     ]
 
 
+def test_a_helper_that_answers_and_fails_has_its_secret_kept_out_of_the_warning(
+    helper_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    leaky = helper_path / "docker-credential-leaky"
+    leaky.write_text(
+        "#!/bin/sh\n"
+        'echo \'{"ServerURL": "ghcr.io", "Username": "u", "Secret": "hunter2"}\'\n'
+        "printf 'keyring \\033]0;locked\\007\\n' >&2\n"
+        "exit 1\n"
+    )
+    leaky.chmod(0o755)
+    config = write(tmp_path / "config.json", {"credsStore": "leaky"})
+    caplog.set_level(logging.WARNING, logger="layerindex")
+    assert Keychain([config]).resolve("ghcr.io", "o/a") is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "credential helper docker-credential-leaky failed for ghcr.io: keyring \\x1b]0;locked\\x07"
+    ]
+
+
 def test_static_keychain() -> None:
     fallback = Keychain([{"auths": {"quay.io": {"auth": b64("q:1")}}}])
     keychain = StaticKeychain(
