@@ -9,6 +9,7 @@ CDN signatures live.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import ipaddress
 import json
@@ -339,8 +340,77 @@ def _length(response: requests.Response) -> int | None:
     return int(length) if response.status_code == 200 and length.isdigit() else None
 
 
+_header_watch = threading.local()  # .seconds: the deadline for the answer's status and headers
+
+
+class _TooSlow(ConnectionAbortedError):
+    """The answer's headers did not arrive by the deadline: the socket was shut down."""
+
+
+def _watched(connection: Any, getresponse: Callable[[], Any]) -> Any:
+    """``getresponse()`` (status line and headers), the socket shut down at the deadline: a
+    read timeout bounds one read, and a server sending a header byte a second never hits it."""
+    seconds = getattr(_header_watch, "seconds", None)
+    sock = connection.sock
+    if seconds is None or sock is None:
+        return getresponse()
+    fired = threading.Event()
+
+    def cut() -> None:
+        fired.set()
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(seconds, cut)
+    timer.daemon = True
+    timer.start()
+    too_slow = _TooSlow(errno.ETIMEDOUT, f"no answer within {seconds:g} s")
+    try:
+        response = getresponse()
+    except Exception:
+        if fired.is_set():
+            raise too_slow from None
+        raise
+    finally:
+        timer.cancel()
+    if fired.is_set():  # the headers ended where the shutdown cut them
+        response.close()
+        raise too_slow
+    return response
+
+
+class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
+    def getresponse(self) -> Any:
+        return _watched(self, super().getresponse)
+
+
+class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def getresponse(self) -> Any:
+        return _watched(self, super().getresponse)
+
+
+class _WatchedHTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+class _WatchedAdapter(requests.adapters.HTTPAdapter):
+    """Connections whose answer's headers have a deadline (``_watched``)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _WatchedHTTPPool,
+            "https": _WatchedHTTPSPool,
+        }
+
+
 class Transport:
-    """requests with our rules; thread-safe (a Session per thread)."""
+    """requests with our rules; thread-safe (a Session per thread). The answer to each
+    request must have arrived, headers and all, within the read timeout (``_watched``)."""
 
     def __init__(self, *, timeout: tuple[float, float], user_agent: str) -> None:
         self.timeout = timeout
@@ -352,6 +422,8 @@ class Transport:
         if session is None:
             session = requests.Session()
             session.headers["User-Agent"] = self.user_agent
+            for scheme in ("http://", "https://"):
+                session.mount(scheme, _WatchedAdapter())
             self._local.session = session
         return session
 
@@ -375,6 +447,7 @@ class Transport:
             if authorization is not None and origin_of(url) == allowed:
                 hop_headers["Authorization"] = authorization
             host = host_of(url)
+            _header_watch.seconds = self.timeout[1]
             try:
                 response = self._session().request(
                     method,
@@ -389,6 +462,8 @@ class Transport:
             except requests.Timeout as exc:
                 raise NetworkError(f"timed out talking to {host}: {describe(exc)}") from None
             except requests.RequestException as exc:
+                if isinstance(_socket_error(exc), _TooSlow):
+                    raise NetworkError(f"timed out talking to {host}: {describe(exc)}") from None
                 raise NetworkError(f"cannot connect to {host}: {describe(exc)}") from None
             log.debug(
                 "%s %s -> %d (%s bytes)",

@@ -180,6 +180,27 @@ def test_a_dribbling_token_endpoint_ends_at_the_deadline(fault_proxy: FaultProxy
     assert len(fault_proxy.seen(r"^/token$")) == 1  # too slow is not asked again
 
 
+def test_headers_dribbled_a_byte_at_a_time_end_at_the_deadline(
+    fault_proxy: FaultProxy, app: str
+) -> None:
+    def dribble_headers(handler: _ProxyHandler, fetch: Callable[[], Upstream]) -> None:
+        handler.close_connection = True
+        try:
+            handler.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            for _ in range(200):  # 10 s in all, so that the test ends without the deadline
+                handler.wfile.write(b"z")
+                handler.wfile.flush()
+                if fault_proxy._release.wait(0.05):
+                    break
+        except OSError:
+            pass  # the client hung up: what it must do
+
+    fault_proxy.add(r"/manifests/", dribble_headers)
+    with pytest.raises(RegistryError) as caught:
+        client(retries=0, read_timeout=0.5).get_manifest(parse_reference(app))
+    assert str(caught.value) == f"timed out talking to {fault_proxy.host}: no answer within 0.5 s"
+
+
 def test_a_blob_longer_than_the_manifest_declares_is_refused(
     fault_proxy: FaultProxy, app: str
 ) -> None:
