@@ -201,41 +201,33 @@ def test_headers_dribbled_a_byte_at_a_time_end_at_the_deadline(
     assert str(caught.value) == f"timed out talking to {fault_proxy.host}: no answer within 0.5 s"
 
 
+def _endless_blob(handler: _ProxyHandler, fetch: Callable[[], Upstream]) -> None:
+    """The blob, then zeros: no Content-Length, the body ends when the connection does."""
+    handler.send_response(200)
+    handler.send_header("Connection", "close")
+    handler.end_headers()
+    handler.close_connection = True
+    try:
+        handler.wfile.write(BIG.blob)
+        for _ in range(256):  # 16 MB, so that the test ends without the check
+            handler.wfile.write(bytes(64 * 1024))
+    except OSError:
+        pass  # the client hung up: what it must do
+
+
+@pytest.mark.parametrize("announced", [False, True])
 def test_a_blob_longer_than_the_manifest_declares_is_refused(
-    fault_proxy: FaultProxy, app: str
+    fault_proxy: FaultProxy, app: str, announced: bool
 ) -> None:
-    def endless(handler: _ProxyHandler, fetch: Callable[[], Upstream]) -> None:
-        # no Content-Length: the body ends when the connection does, 16 MB later
-        handler.send_response(200)
-        handler.send_header("Connection", "close")
-        handler.end_headers()
-        handler.close_connection = True
-        try:
-            handler.wfile.write(BIG.blob)
-            for _ in range(256):
-                handler.wfile.write(bytes(64 * 1024))
-        except OSError:
-            pass  # the client hung up: what it must do
-
-    fault_proxy.add(r"/blobs/", endless)
+    if announced:
+        fault_proxy.respond(r"/blobs/", body=BIG.blob + b"more", headers={}, times=1)
+        said = f"the registry announces {BIG.size + 4} bytes, the manifest declares {BIG.size}"
+    else:
+        fault_proxy.add(r"/blobs/", _endless_blob)
+        said = f"the registry sent more than the {BIG.size} bytes the manifest declares"
     with pytest.raises(DigestMismatch) as caught:
         read_blob(client(), app, BIG.digest, BIG.size)
-    assert str(caught.value) == (
-        f"blob {BIG.digest} of {app} from {fault_proxy.host}: the registry sent more than the "
-        f"{BIG.size} bytes the manifest declares"
-    )
-
-
-def test_a_blob_announcing_another_length_than_declared_is_refused(
-    fault_proxy: FaultProxy, app: str
-) -> None:
-    fault_proxy.respond(r"/blobs/", body=BIG.blob + b"more", headers={}, times=1)
-    with pytest.raises(DigestMismatch) as caught:
-        read_blob(client(), app, BIG.digest, BIG.size)
-    assert str(caught.value) == (
-        f"blob {BIG.digest} of {app} from {fault_proxy.host}: the registry announces "
-        f"{BIG.size + 4} bytes, the manifest declares {BIG.size}"
-    )
+    assert str(caught.value) == f"blob {BIG.digest} of {app} from {fault_proxy.host}: {said}"
 
 
 def test_a_blob_that_dribbles_is_a_stall_and_resumes(
