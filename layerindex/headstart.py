@@ -186,14 +186,14 @@ class HeadStart:
                     wanted.setdefault(diff_id, layer)
         known = _held(reader, "diffs", "diff_id", list(wanted))
         for diff_id in [d for d in wanted if d not in known][:WALKS_MAX]:
-            self._start(ref, wanted[diff_id], diff_id, hash_files)
+            layer = wanted[diff_id]
+            self._start(ref, layer.digest, diff_id, hash_files, layer.size)
 
     def _start(
-        self, ref: Reference, layer: manifest.Descriptor, diff_id: str, hash_files: bool
+        self, ref: Reference, digest: str, diff_id: str, hash_files: bool, size: int
     ) -> None:
-        digest = layer.digest
         with contextlib.ExitStack() as stack:
-            download = self.client.upstream.open_blob(ref, digest, layer.size)
+            download = self.client.upstream.open_blob(ref, digest, size)
             try:
                 walk = stack.enter_context(
                     walk_download(

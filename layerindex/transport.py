@@ -235,10 +235,11 @@ class BlobStream(io.RawIOBase):
         return max(1, min(room, self.declared - self.bytes_read + 1))
 
     def _check_size(self) -> None:
-        if None not in (self.size, self.declared) and self.size != self.declared:
+        # Shorter is left to the reader, whose digest check (or decompressor) says what broke.
+        if self.size is not None and self.declared is not None and self.size > self.declared:
             raise DigestMismatch(
-                f"{self._where}: the registry announces {self.size} bytes, the manifest "
-                f"declares {self.declared}"
+                f"{self._where}: the registry announces {self.size} bytes, more than the "
+                f"{self.declared} the manifest declares"
             )
 
     def _check_progress(self, arrived: int) -> None:

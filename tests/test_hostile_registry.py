@@ -221,7 +221,10 @@ def test_a_blob_longer_than_the_manifest_declares_is_refused(
 ) -> None:
     if announced:
         fault_proxy.respond(r"/blobs/", body=BIG.blob + b"more", headers={}, times=1)
-        said = f"the registry announces {BIG.size + 4} bytes, the manifest declares {BIG.size}"
+        said = (
+            f"the registry announces {BIG.size + 4} bytes, more than the {BIG.size} the "
+            "manifest declares"
+        )
     else:
         fault_proxy.add(r"/blobs/", _endless_blob)
         said = f"the registry sent more than the {BIG.size} bytes the manifest declares"
