@@ -45,6 +45,7 @@ from layerindex.errors import (
     NotFound,
     RateLimited,
     RegistryError,
+    redact,
 )
 from layerindex.manifest import ACCEPT_MANIFESTS
 from layerindex.manifest import FetchedManifest as FetchedManifest
@@ -391,7 +392,7 @@ class RegistryClient:
             cached = self.tokens.get(key)
             if cached is not None:
                 return cached
-        realm_host = host_of(realm)
+        realm_host = redact(host_of(realm))
         query = [("service", service), *(("scope", s) for s in scopes)]
         send = partial(
             self._request, "GET", realm + ("&" if "?" in realm else "?") + _urlencode(query)
@@ -524,7 +525,7 @@ class RegistryClient:
             raise AuthError(
                 f"{host} refused access to {what} ({status}{': ' + said if said else ''})"
             )
-        reason = f" {response.reason}" if response.reason else ""
+        reason = f" {redact(response.reason)}" if response.reason else ""
         detail = f": {said}" if said else ""
         # _request retries these to the end: the answer reaching here was the last attempt's.
         tried = (
@@ -582,7 +583,8 @@ class RegistryClient:
             body = decompress(body, MANIFEST_MAX_BYTES, what)
         if not is_json(body):
             looks_html = "html" in content_type.lower() or body.lstrip()[:1] == b"<"
-            kind = "an HTML page" if looks_html else f"something that is not JSON ({content_type})"
+            not_json = f"something that is not JSON ({redact(content_type)})"
+            kind = "an HTML page" if looks_html else not_json
             raise RegistryError(
                 f"{ref.familiar()}: the registry returned {kind} instead of a manifest"
             )
@@ -753,7 +755,8 @@ class RegistryClient:
             if url and origin_of(url) != own:
                 raise RegistryError(
                     f"{ref.repo_key}: the tag list's next page is on another host "
-                    f"({loggable_url(url)}); layerindex follows pages only on {ref.api_host}"
+                    f"({redact(loggable_url(url))}); layerindex follows pages only on "
+                    f"{ref.api_host}"
                 )
 
 

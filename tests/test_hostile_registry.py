@@ -304,6 +304,27 @@ def test_registry_error_text_is_escaped(fault_proxy: FaultProxy, app: str) -> No
     )
 
 
+def test_a_status_reason_and_content_type_are_escaped(fault_proxy: FaultProxy, app: str) -> None:
+    def odd(handler: _ProxyHandler, fetch: Callable[[], Upstream]) -> None:
+        handler.send_response(500, "Oops\x1b[2J")
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    fault_proxy.add(r"/manifests/", odd)
+    fault_proxy.respond(r"/manifests/", body=b"x", headers={"Content-Type": "text/\x1b[2Jx"})
+    with pytest.raises(RegistryError) as caught:
+        client(retries=0).get_manifest(parse_reference(app))
+    assert str(caught.value) == (
+        f"{fault_proxy.host} answered 500 Oops\\x1b[2J for manifest of {app}"
+    )
+    with pytest.raises(RegistryError) as caught:
+        client(retries=0).get_manifest(parse_reference(app))
+    assert str(caught.value) == (
+        f"{app}: the registry returned something that is not JSON (text/\\x1b[2Jx) instead of "
+        "a manifest"
+    )
+
+
 # --- issue 15: every error is a message ---------------------------------------------------------
 
 
