@@ -14,6 +14,7 @@ import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from click.testing import Result
@@ -250,16 +251,43 @@ def test_a_blob_that_dribbles_is_a_stall_and_resumes(
 # --- issue 15 item 2: every GET retries a cut body ----------------------------------------------
 
 
-def test_a_cut_manifest_config_and_token_are_asked_for_again(
+def test_a_cut_token_manifest_config_and_tag_list_are_asked_for_again(
     fault_proxy: FaultProxy, app: str
 ) -> None:
-    fault_proxy.cut_first(r"/(manifests|blobs)/", after=100)
+    realm = f"{fault_proxy.url}/token"
+    challenge = {"WWW-Authenticate": f'Bearer realm="{realm}",service="test"'}
+    fault_proxy.status(r"^/v2/$", 401, times=None, headers=challenge)
+    token = json.dumps({"token": "t" * 200}).encode()
+
+    def cut_token(handler: _ProxyHandler, fetch: Callable[[], Upstream]) -> None:
+        handler.send(Upstream(200, list(JSON.items()), token), body_limit=20)
+        handler.close_connection = True
+
+    fault_proxy.add(r"^/token$", cut_token, name="cut token")
+    fault_proxy.respond(r"^/token$", body=token, headers=JSON)
+    paths = r"^/token$|/(manifests|blobs)/|/tags/list$"
+    fault_proxy.cut_first(paths, after=20)
     reg = client()
     ref = parse_reference(app)
     fetched = reg.get_manifest(ref)
     assert fetched.body == IMAGE.manifest
     assert reg.get_blob_bytes(ref, IMAGE.config_digest, 1 << 20) == IMAGE.config
-    assert [r.rule for r in fault_proxy.seen(r"/(manifests|blobs)/")] == ["cut first after 100"] * 4
+    assert list(reg.list_tags(ref)) == ["1"]
+    # each asked for twice: cut the first time, whole the second
+    again = [
+        (path, "cut first after 20")
+        for path in (
+            "/v2/test/app/manifests/1",
+            f"/v2/test/app/blobs/{IMAGE.config_digest}",
+            "/v2/test/app/tags/list",
+        )
+        for _ in range(2)
+    ]
+    assert [(urlsplit(r.path).path, r.rule) for r in fault_proxy.seen(paths)] == [
+        ("/token", "cut token"),
+        ("/token", "respond"),
+        *again,
+    ]
 
 
 def test_a_body_cut_every_time_gives_up_after_every_try(fault_proxy: FaultProxy, app: str) -> None:
