@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import http.client
 import io
 import ipaddress
 import json
@@ -114,6 +115,8 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, urllib3.exceptions.ProtocolError) and len(exc.args) == 2:
         # ('Connection broken: IncompleteRead(…)', IncompleteRead(…)): say it once.
         reason = exc.args[0]
+        if isinstance(exc.args[1], http.client.IncompleteRead) and exc.args[1].expected:
+            return f"the server closed the connection {exc.args[1].expected} bytes before the end"
     text = _CONNECTION_NAME.sub("", _ADDRESS_IN_REPR.sub("", str(reason)))
     return redact(re.sub(r"\s*\(Caused by .*\)$", "", text).strip()) or type(exc).__name__
 
