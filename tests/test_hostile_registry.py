@@ -323,6 +323,21 @@ def test_user_info_in_a_redirect_stays_out_of_errors(fault_proxy: FaultProxy, ap
     assert str(caught.value) == f"{fault_proxy.host} refused access to manifest of {app} (403)"
 
 
+def test_user_info_in_a_blob_redirect_stays_out_of_the_database(
+    fault_proxy: FaultProxy, app: str, run: Callable[..., Result]
+) -> None:
+    location = f"http://alice:hunter2@{fault_proxy.host}/elsewhere"
+    fault_proxy.status(f"/blobs/{BIG.digest}", 307, headers={"Location": location})
+    fault_proxy.status(r"^/elsewhere$", 403, times=None)
+    assert run("index", app).exit_code == 1
+    layers = run("layers", app, "--json")
+    assert layers.exit_code == 0
+    [status] = [layer["status"] for layer in json.loads(layers.stdout)["layers"]]
+    assert status.startswith("failed")
+    assert f"{fault_proxy.host} refused access to blob {BIG.digest}" in status
+    assert "hunter2" not in status and "hunter2" not in layers.output
+
+
 def test_registry_error_text_is_escaped(fault_proxy: FaultProxy, app: str) -> None:
     said = "denied\x1b]52;c;b3duZWQ=\x07 see http://bob:pw@evil.example/x\nError: forged"
     body = json.dumps({"errors": [{"code": "DENIED", "message": said}]}).encode()
