@@ -109,7 +109,9 @@ class Registry(Protocol):
     def head_manifest(self, ref: Reference) -> str | None: ...
     def get_manifest(self, ref: Reference) -> manifest.FetchedManifest: ...
     def get_blob_bytes(self, ref: Reference, digest: str, max_size: int) -> bytes: ...
-    def open_blob(self, ref: Reference, digest: str) -> AbstractContextManager[BlobReader]: ...
+    def open_blob(
+        self, ref: Reference, digest: str, size: int | None = None
+    ) -> AbstractContextManager[BlobReader]: ...
     def abandon_downloads(self) -> None: ...
 
 
@@ -440,7 +442,7 @@ class Crawler:
                 yield walk
             return
         with walk_download(
-            self.client.open_blob(ref, layer.digest),
+            self.client.open_blob(ref, layer.digest, layer.size),
             digest=layer.digest,
             diff_id=layer.diff_id,
             hash_files=self.hash_files,

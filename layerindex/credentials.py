@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from layerindex.errors import redact
 from layerindex.reference import DOCKER_HUB, DOCKER_HUB_ALIASES, DOCKER_HUB_API_HOST
 
 log = logging.getLogger("layerindex")
@@ -138,11 +139,15 @@ def run_credential_helper(name: str, server_url: str) -> Credentials | None:
         log.warning("credential helper %s timed out for %s", program, server_url)
         return None
     if result.returncode != 0:
-        said = (result.stdout + result.stderr).strip()
+        # The helper's own words, first line only; but a stdout that is a JSON document may be
+        # an answer (with its Secret) from a helper that then failed: never echoed.
+        stdout = "" if result.stdout.lstrip().startswith(("{", "[")) else result.stdout
+        said = (stdout + result.stderr).strip()
         if "credentials not found" not in said.lower():
-            # The helper's own words (its errors name no secret); first line only.
             first_line = said.splitlines()[0] if said else f"exit status {result.returncode}"
-            log.warning("credential helper %s failed for %s: %s", program, server_url, first_line)
+            log.warning(
+                "credential helper %s failed for %s: %s", program, server_url, redact(first_line)
+            )
         return None
     try:
         answer = json.loads(result.stdout)

@@ -15,9 +15,26 @@
     └── UsageError                  bad query input: a malformed glob, regex, digest or option
 
 Messages are for people: say what was wrong, where (image, layer, path) and what to do next.
+Text from outside (a registry's error message, a URL it redirected to, a helper's output) goes
+through ``redact`` before it is shown, logged or stored.
 """
 
 from __future__ import annotations
+
+import re
+
+# scheme://user:password@ -- the user info of a URL, up to its last "@" before the path
+_USERINFO = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#\s]*@")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def redact(text: str) -> str:
+    """``text`` safe to show and to store: the user info of every URL in it is dropped
+    (``http://alice:pw@host/x`` becomes ``http://***@host/x``) and control characters become
+    ``\\xNN``, so a server's words can neither leak a password nor move the cursor, set the
+    terminal's title or start a forged line."""
+    text = _USERINFO.sub(r"\1***@", text)
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 class LayerIndexError(Exception):

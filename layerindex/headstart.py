@@ -93,9 +93,12 @@ class ReplayingClient:
         call = partial(self.upstream.get_blob_bytes, ref, digest, max_size)
         return self._answer(("config", ref, digest), call)
 
-    def open_blob(self, ref: Reference, digest: str) -> AbstractContextManager[BlobReader]:
+    def open_blob(
+        self, ref: Reference, digest: str, size: int | None = None
+    ) -> AbstractContextManager[BlobReader]:
         # Only a failure is kept for a blob: a started download belongs to its walk.
-        return self._answer(("blob", ref, digest), partial(self.upstream.open_blob, ref, digest))
+        call = partial(self.upstream.open_blob, ref, digest, size)
+        return self._answer(("blob", ref, digest), call)
 
     def abandon_downloads(self) -> None:
         self.upstream.abandon_downloads()
@@ -183,11 +186,14 @@ class HeadStart:
                     wanted.setdefault(diff_id, layer)
         known = _held(reader, "diffs", "diff_id", list(wanted))
         for diff_id in [d for d in wanted if d not in known][:WALKS_MAX]:
-            self._start(ref, wanted[diff_id].digest, diff_id, hash_files)
+            layer = wanted[diff_id]
+            self._start(ref, layer.digest, diff_id, hash_files, layer.size)
 
-    def _start(self, ref: Reference, digest: str, diff_id: str, hash_files: bool) -> None:
+    def _start(
+        self, ref: Reference, digest: str, diff_id: str, hash_files: bool, size: int
+    ) -> None:
         with contextlib.ExitStack() as stack:
-            download = self.client.upstream.open_blob(ref, digest)
+            download = self.client.upstream.open_blob(ref, digest, size)
             try:
                 walk = stack.enter_context(
                     walk_download(

@@ -51,6 +51,11 @@ def digest_problem(digest: str) -> str | None:
     return None
 
 
+def is_tag(text: str) -> bool:
+    """``text`` is a tag name: 1-128 of ``[A-Za-z0-9_.-]``, not starting with "." or "-"."""
+    return _TAG.fullmatch(text) is not None
+
+
 def _registry_problem(registry: str) -> str | None:
     """Why ``registry`` is not ``host[:port]`` (a DNS name, IPv4 or bracketed IPv6), or None."""
     if registry.startswith("["):
@@ -61,15 +66,20 @@ def _registry_problem(registry: str) -> str | None:
             return f"registry {registry!r} is not a valid bracketed IPv6 address"
         if not bracket:
             return f"registry {registry!r} is missing its closing ']'"
-        if rest and (not rest.startswith(":") or _PORT.fullmatch(rest[1:]) is None):
-            return f"registry {registry!r} has an invalid port"
+        if rest and (not rest.startswith(":") or _bad_port(rest[1:])):
+            return f"registry {registry!r} has an invalid port (ports are 1-65535)"
         return None
     host, colon, port = registry.partition(":")
-    if colon and _PORT.fullmatch(port) is None:
-        return f"registry {registry!r} has an invalid port {port!r}"
+    if colon and _bad_port(port):
+        return f"registry {registry!r} has an invalid port {port!r} (ports are 1-65535)"
     if not all(_DOMAIN_LABEL.fullmatch(label) for label in host.split(".")):
         return f"registry {registry!r} is not a valid host name"
     return None
+
+
+def _bad_port(port: str) -> bool:
+    """True unless ``port`` is a TCP port number, 1 to 65535."""
+    return len(port) > 5 or _PORT.fullmatch(port) is None or not 0 < int(port) < 65536
 
 
 def _looks_like_registry(component: str) -> bool:
@@ -153,7 +163,7 @@ def parse_reference(text: str) -> Reference:
     last_colon = name.rfind(":")
     if last_colon > name.rfind("/"):  # a colon before the last "/" is a registry port
         name, tag = name[:last_colon], name[last_colon + 1 :]
-        if _TAG.fullmatch(tag) is None:
+        if not is_tag(tag):
             raise bad(
                 f"tag {tag!r} must be 1-128 letters, digits, '_', '.' or '-', "
                 "not starting with '.' or '-'"

@@ -24,7 +24,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from urllib.parse import urlencode, urljoin, urlsplit
+from functools import partial
+from urllib.parse import urlencode, urljoin
 
 import requests
 
@@ -44,19 +45,29 @@ from layerindex.errors import (
     NotFound,
     RateLimited,
     RegistryError,
+    redact,
 )
 from layerindex.manifest import ACCEPT_MANIFESTS
 from layerindex.manifest import FetchedManifest as FetchedManifest
-from layerindex.reference import DOCKER_HUB, DOCKER_HUB_ALIASES, Reference, digest_problem
+from layerindex.reference import (
+    DOCKER_HUB,
+    DOCKER_HUB_ALIASES,
+    Reference,
+    digest_problem,
+    is_tag,
+)
 from layerindex.retry import RETRY_STATUSES, Quota, RetryPolicy, parse_quota, say_duration
 from layerindex.transport import (
     BlobReader,
     BlobStream,
+    Origin,
     Transport,
     decompress,
+    host_of,
     is_json,
     is_loopback,
     loggable_url,
+    origin_of,
     read_body,
     retry_after,
     server_message,
@@ -69,6 +80,14 @@ CONFIG_MAX_BYTES = 8 * 1024 * 1024  # an image config, read whole (get_blob_byte
 TAG_PAGE_MAX_BYTES = 16 * 1024 * 1024
 ERROR_BODY_MAX_BYTES = 64 * 1024
 TAG_PAGE_SIZE = 1000  # ECR refuses n > 1000 (ggcr#1091)
+TAG_PAGES_MAX = 1000  # a tag list is followed this many pages at most (a registry's Link loop)
+TAGS_MAX = 100_000  # and this many tags: the largest public repositories have tens of thousands
+# Seconds for the whole body of a manifest, config, token, tag page or error: they are
+# kilobytes, a read timeout bounds one read only, and a server may send a byte a second.
+BODY_DEADLINE = 60.0
+# A blob has no deadline (2 GB on a slow link) but must progress: fewer bytes than this in
+# this many seconds is a stall, resumed as a cut connection is.
+BLOB_PROGRESS = (64 * 1024, 60.0)
 MAX_REDIRECTS = 5
 BLOB_BUFFER = 1024 * 1024
 BLOB_RESUMES = 5  # a blob cut mid-stream is resumed this many times at most
@@ -119,11 +138,14 @@ class RegistryClient:
         blob_resumes: int = BLOB_RESUMES,
         sleep: Callable[[float], None] = time.sleep,
         jitter: Callable[[], float] = random.random,
+        body_deadline: float = BODY_DEADLINE,
+        blob_progress: tuple[int, float] = BLOB_PROGRESS,
     ) -> None:
-        """``retries`` more attempts after the first on connection errors, timeouts and 5xx,
-        waiting ``jitter() * min(max_backoff, backoff_base * 2**n)`` seconds before retry ``n``;
-        a 429 waits its ``Retry-After`` up to ``max_retry_after`` seconds, else RateLimited.
-        ``read_timeout`` applies to every read of a body, blobs included."""
+        """``retries`` more attempts after the first on connection errors, timeouts, 5xx and
+        bodies cut short, waiting ``jitter() * min(max_backoff, backoff_base * 2**n)`` seconds
+        before retry ``n``; a 429 waits its ``Retry-After`` up to ``max_retry_after`` seconds,
+        else RateLimited. ``read_timeout`` applies to every read of a body, blobs included;
+        ``body_deadline`` to every body but a blob's, which must make ``blob_progress``."""
         self.keychain = keychain if keychain is not None else default_keychain()
         self.insecure = frozenset(h.strip().lower() for h in insecure if h.strip())
         self.timeout = (connect_timeout, read_timeout)
@@ -139,6 +161,8 @@ class RegistryClient:
             jitter=jitter,
         )
         self.blob_resumes = max(0, blob_resumes)
+        self.body_deadline = body_deadline
+        self.blob_progress = blob_progress
         self._quotas: dict[str, Quota] = {}
         self._quota_warned: set[str] = set()
         self._lock = threading.Lock()
@@ -159,6 +183,7 @@ class RegistryClient:
         data: Mapping[str, str] | None = None,
         stream: bool = False,
         quota_of: Reference | None = None,
+        origin: Origin | None = None,
     ) -> requests.Response:
         """Every HTTP exchange of the client passes here, and is retried here: on no answer
         and on 5xx after a back-off, on 429 after ``Retry-After`` when that is reasonable.
@@ -175,6 +200,7 @@ class RegistryClient:
                     authorization=authorization,
                     data=data,
                     stream=stream,
+                    origin=origin,
                 )
             except NetworkError as exc:
                 if final:
@@ -189,6 +215,31 @@ class RegistryClient:
                 return response
             response.close()
             self._pause(method, url, f"{response.status_code}", wait, attempt)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _answer(
+        self,
+        send: Callable[[], requests.Response],
+        check: Callable[[requests.Response], None],
+        limit: int,
+        what: str,
+    ) -> tuple[bytes, requests.Response]:
+        """``send()``'s answer, ``check``ed and its body read whole (at most ``limit`` bytes):
+        a body cut short is asked for again, as ``_request`` retries no answer (a blob resumes
+        instead). The response returned is closed; its headers and URL are still there."""
+        policy = self.retry
+        for attempt in range(policy.attempts):
+            with send() as response:
+                try:
+                    check(response)
+                    return read_body(response, limit, what, self.body_deadline), response
+                except NetworkError as exc:
+                    if attempt + 1 == policy.attempts:
+                        tried = f" (tried {policy.attempts} times)" if attempt else ""
+                        raise RegistryError(f"{exc}{tried}") from None
+                    why = str(exc)
+            method = response.request.method if response.request else None
+            self._pause(method or "GET", response.url, why, policy.backoff(attempt), attempt)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _retry_wait(self, response: requests.Response, attempt: int) -> float | None:
@@ -341,35 +392,26 @@ class RegistryClient:
             cached = self.tokens.get(key)
             if cached is not None:
                 return cached
-        realm_host = urlsplit(realm).netloc
+        realm_host = redact(host_of(realm))
+        query = [("service", service), *(("scope", s) for s in scopes)]
+        send = partial(
+            self._request, "GET", realm + ("&" if "?" in realm else "?") + _urlencode(query)
+        )
         if creds is not None and creds.username is not None and creds.password is not None:
             pair = f"{creds.username}:{creds.password}".encode()
-            query = [("service", service), *(("scope", s) for s in scopes)]
-            response = self._request(
-                "GET",
-                realm + ("&" if "?" in realm else "?") + _urlencode(query),
-                authorization="Basic " + base64.b64encode(pair).decode("ascii"),
-                stream=True,
-            )
+            basic = "Basic " + base64.b64encode(pair).decode("ascii")
+            send = partial(send, authorization=basic)
         elif creds is not None and creds.identity_token is not None:
-            response = self._request(
-                "POST",
-                realm,
-                data={
-                    "grant_type": "refresh_token",
-                    "refresh_token": creds.identity_token,
-                    "service": service,
-                    "scope": " ".join(scopes),
-                    "client_id": "layerindex",
-                },
-                stream=True,
-            )
-        else:
-            query = [("service", service), *(("scope", s) for s in scopes)]
-            response = self._request(
-                "GET", realm + ("&" if "?" in realm else "?") + _urlencode(query), stream=True
-            )
-        with response:
+            refresh = {
+                "grant_type": "refresh_token",
+                "refresh_token": creds.identity_token,
+                "service": service,
+                "scope": " ".join(scopes),
+                "client_id": "layerindex",
+            }
+            send = partial(self._request, "POST", realm, data=refresh)
+
+        def check(response: requests.Response) -> None:
             if response.status_code in (401, 403):
                 who = "the credentials" if creds is not None else "an anonymous token"
                 raise AuthError(
@@ -377,7 +419,9 @@ class RegistryClient:
                     f"({response.status_code}); log in with {_login_hint(ref.registry)}"
                 )
             self._check(response, ref, f"a token for {ref.repo_key} from {realm_host}", "")
-            body = read_body(response, ERROR_BODY_MAX_BYTES, f"token answer from {realm_host}")
+
+        what = f"token answer from {realm_host}"
+        body, _ = self._answer(partial(send, stream=True), check, ERROR_BODY_MAX_BYTES, what)
         token = parse_token_answer(body, self.tokens.clock())
         if token is None:
             raise AuthError(f"the token service {realm_host} answered without a usable token")
@@ -413,9 +457,12 @@ class RegistryClient:
         headers: Mapping[str, str] | None = None,
         stream: bool = True,
     ) -> requests.Response:
-        """A request to ``ref``'s registry with auth; a 401 gets one fresh token and one retry."""
+        """A request to ``ref``'s registry with auth; a 401 gets one fresh token and one retry.
+        ``path`` may be a URL the registry named (a ``Link``): the auth goes only to the
+        registry's own origin all the same."""
         host = self._host(ref)
         url = path if "://" in path else host.base_url + path
+        origin = origin_of(host.base_url)
         scopes: tuple[str, ...] = (f"repository:{ref.repository}:pull",)
         authorization = self._authorization(host, ref, scopes)
         response = self._request(
@@ -425,6 +472,7 @@ class RegistryClient:
             authorization=authorization,
             stream=stream,
             quota_of=ref,
+            origin=origin,
         )
         if response.status_code != 401:
             return response
@@ -442,7 +490,13 @@ class RegistryClient:
         if retry is None or retry == authorization:
             raise self._auth_error(ref, challenge, 401)
         response = self._request(
-            method, url, headers=headers, authorization=retry, stream=stream, quota_of=ref
+            method,
+            url,
+            headers=headers,
+            authorization=retry,
+            stream=stream,
+            quota_of=ref,
+            origin=origin,
         )
         if response.status_code == 401:
             final = choose_challenge(parse_challenges(response.headers.get("WWW-Authenticate", "")))
@@ -457,9 +511,12 @@ class RegistryClient:
         status = response.status_code
         if status < 300:
             return
-        body = read_body(response, ERROR_BODY_MAX_BYTES, what) if status != 429 else b""
+        if status == 429:
+            body = b""
+        else:
+            body = read_body(response, ERROR_BODY_MAX_BYTES, what, self.body_deadline)
         said = server_message(body)
-        host = urlsplit(response.url).netloc if response.url else ref.api_host
+        host = host_of(response.url) if response.url else ref.api_host
         if status == 404:
             raise NotFound(f"{said}: {missing}" if said and missing else missing or f"{what}: 404")
         if status == 429:
@@ -468,7 +525,7 @@ class RegistryClient:
             raise AuthError(
                 f"{host} refused access to {what} ({status}{': ' + said if said else ''})"
             )
-        reason = f" {response.reason}" if response.reason else ""
+        reason = f" {redact(response.reason)}" if response.reason else ""
         detail = f": {said}" if said else ""
         # _request retries these to the end: the answer reaching here was the last attempt's.
         tried = (
@@ -508,23 +565,26 @@ class RegistryClient:
     def get_manifest(self, ref: Reference) -> FetchedManifest:
         """The manifest ``ref`` names, its digest checked against ``ref`` and the registry's."""
         what = f"manifest of {ref.familiar()}"
-        response = self._registry_request(
+        send = partial(
+            self._registry_request,
             ref,
             "GET",
             self._manifest_path(ref, ref.manifest_ref),
             headers={"Accept": ", ".join(ACCEPT_MANIFESTS), "Accept-Encoding": "identity"},
         )
-        with response:
-            self._check(response, ref, what, self._manifest_missing(ref))
-            body = read_body(response, MANIFEST_MAX_BYTES, what)
-            content_type = response.headers.get("Content-Type", "")
-            encoding = response.headers.get("Content-Encoding", "").lower()
-            registry_digest = response.headers.get("Docker-Content-Digest")
+        missing = self._manifest_missing(ref)
+        body, response = self._answer(
+            send, lambda r: self._check(r, ref, what, missing), MANIFEST_MAX_BYTES, what
+        )
+        content_type = response.headers.get("Content-Type", "")
+        encoding = response.headers.get("Content-Encoding", "").lower()
+        registry_digest = response.headers.get("Docker-Content-Digest")
         if encoding in ("gzip", "x-gzip", "deflate") and not is_json(body):
             body = decompress(body, MANIFEST_MAX_BYTES, what)
         if not is_json(body):
             looks_html = "html" in content_type.lower() or body.lstrip()[:1] == b"<"
-            kind = "an HTML page" if looks_html else f"something that is not JSON ({content_type})"
+            not_json = f"something that is not JSON ({redact(content_type)})"
+            kind = "an HTML page" if looks_html else not_json
             raise RegistryError(
                 f"{ref.familiar()}: the registry returned {kind} instead of a manifest"
             )
@@ -586,11 +646,16 @@ class RegistryClient:
         return response
 
     def get_blob_bytes(self, ref: Reference, digest: str, max_size: int) -> bytes:
-        """A small blob (an image config), at most ``max_size`` bytes, digest verified."""
+        """A small blob (an image config), at most ``max_size`` bytes, digest verified; a
+        connection cut in the middle is asked for again."""
         what = f"blob {digest} of {ref.familiar()}"
-        with self._blob_response(ref, digest) as response:
-            body = read_body(response, max_size, what)
-            encoding = response.headers.get("Content-Encoding", "").lower()
+        body, response = self._answer(
+            partial(self._blob_response, ref, digest),
+            lambda r: None,  # _blob_response checked the status
+            max_size,
+            what,
+        )
+        encoding = response.headers.get("Content-Encoding", "").lower()
         actual = _digest_of(body, digest)
         if actual != digest and encoding in ("gzip", "x-gzip", "deflate"):
             # A server that transport-encoded anyway: the stored bytes are inside.
@@ -602,23 +667,32 @@ class RegistryClient:
         return body
 
     @contextmanager
-    def open_blob(self, ref: Reference, digest: str) -> Iterator[BlobReader]:
+    def open_blob(
+        self, ref: Reference, digest: str, size: int | None = None
+    ) -> Iterator[BlobReader]:
         """Stream a blob's stored (compressed) bytes; the caller reads in chunks and verifies
         the digest. Nothing is buffered beyond one read. A cut connection is resumed where it
-        stopped (see ``BlobStream``), asking the registry again: fresh redirect, fresh token."""
+        stopped (see ``BlobStream``), asking the registry again: fresh redirect, fresh token.
+        ``size``: the manifest's, which the registry may not exceed."""
         response = self._blob_response(ref, digest)
-        host = urlsplit(response.url).netloc if response.url else ref.api_host
+        host = host_of(response.url) if response.url else ref.api_host
 
         def reopen(offset: int, resume: int) -> requests.Response:
             self.retry.sleep(self.retry.backoff(resume - 1))
             return self._blob_response(ref, digest, offset)
 
-        blob = BlobStream(
-            response,
-            f"blob {digest} of {ref.familiar()} from {host}",
-            reopen=reopen,
-            max_resumes=self.blob_resumes,
-        )
+        try:
+            blob = BlobStream(
+                response,
+                f"blob {digest} of {ref.familiar()} from {host}",
+                reopen=reopen,
+                max_resumes=self.blob_resumes,
+                declared=size,
+                progress=self.blob_progress,
+            )
+        except DigestMismatch:
+            response.close()
+            raise
         stream = BlobReader(blob, BLOB_BUFFER)
         with self._lock:
             self._downloads.add(blob)
@@ -639,30 +713,66 @@ class RegistryClient:
             blob.abandon()
 
     def list_tags(self, ref: Reference) -> Iterator[str]:
-        """Every tag of ``ref``'s repository, following ``Link: <…>; rel="next"`` pages."""
+        """Every tag of ``ref``'s repository, following ``Link: <…>; rel="next"`` pages on the
+        registry's own origin only, ``TAG_PAGES_MAX`` pages and ``TAGS_MAX`` tags at most.
+        A tag that is not a valid tag name (``../../v2/other``) is data from a stranger: it is
+        skipped with a warning, never put in a URL."""
+        what = f"tags of {ref.repo_key}"
         url = f"/v2/{ref.repository}/tags/list?n={TAG_PAGE_SIZE}"
+        own = origin_of(self._host(ref).base_url)
+        send = partial(self._registry_request, ref, "GET", headers={"Accept": "application/json"})
         seen: set[str] = set()
+        listed = 0
         while url and url not in seen:
-            seen.add(url)
-            response = self._registry_request(
-                ref, "GET", url, headers={"Accept": "application/json"}
-            )
-            with response:
-                self._check(
-                    response, ref, f"tags of {ref.repo_key}", f"repository {ref.repo_key} not found"
+            if len(seen) == TAG_PAGES_MAX:
+                raise RegistryError(
+                    f"{ref.repo_key}: the tag list goes on past {TAG_PAGES_MAX} pages, "
+                    "the most layerindex reads; name the tags to index instead"
                 )
-                body = read_body(response, TAG_PAGE_MAX_BYTES, f"tags of {ref.repo_key}")
-                next_link = response.links.get("next", {}).get("url")
-                page_url = response.url
+            seen.add(url)
+            body, response = self._answer(
+                partial(send, url),
+                lambda r: self._check(r, ref, what, f"repository {ref.repo_key} not found"),
+                TAG_PAGE_MAX_BYTES,
+                what,
+            )
             try:
                 document = json.loads(body)
             except (json.JSONDecodeError, UnicodeDecodeError):
                 raise RegistryError(f"{ref.repo_key}: the tag list is not JSON") from None
             tags = document.get("tags") if isinstance(document, Mapping) else None
-            for tag in tags or ():
-                if isinstance(tag, str):
-                    yield tag
-            url = urljoin(page_url, next_link) if next_link else ""
+            good = [t for t in tags or () if isinstance(t, str) and is_tag(t)]
+            _warn_skipped(ref, [t for t in tags or () if t not in good])
+            listed += len(good)
+            if listed > TAGS_MAX:
+                raise RegistryError(
+                    f"{ref.repo_key}: the tag list has more than {TAGS_MAX} tags, the most "
+                    "layerindex reads; name the tags to index instead"
+                )
+            yield from good
+            next_link = response.links.get("next", {}).get("url")
+            url = urljoin(response.url, next_link) if next_link else ""
+            if url and origin_of(url) != own:
+                raise RegistryError(
+                    f"{ref.repo_key}: the tag list's next page is on another host "
+                    f"({redact(loggable_url(url))}); layerindex follows pages only on "
+                    f"{ref.api_host}"
+                )
+
+
+def _warn_skipped(ref: Reference, tags: list[object]) -> None:
+    """One warning for a page's tags that are not tag names, naming a few, escaped."""
+    if not tags:
+        return
+    shown = ", ".join(repr(t)[:80] for t in tags[:3])
+    more = f" and {len(tags) - 3} more" if len(tags) > 3 else ""
+    log.warning(
+        "%s: skipped %d tag(s) the registry listed that are not valid tag names: %s%s",
+        ref.repo_key,
+        len(tags),
+        shown,
+        more,
+    )
 
 
 def _quota_of(response: requests.Response) -> Quota | None:

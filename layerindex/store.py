@@ -113,6 +113,7 @@ class LayerState:
     attempts: int = 0  # failed or successful fetches so far
     last_attempt: dt.datetime | None = None
     last_error: str | None = None
+    size: int | None = None  # the manifest's: the registry may not send more
 
 
 @dataclass(frozen=True)
@@ -336,6 +337,7 @@ class Store:
                     attempts=row.attempts,
                     last_attempt=aware_utc(row.last_attempt),
                     last_error=row.last_error,
+                    size=row.size,
                 )
                 for row in (by_digest[lr.digest] for lr in image.layers)
             ]

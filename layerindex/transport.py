@@ -9,11 +9,14 @@ CDN signatures live.
 from __future__ import annotations
 
 import contextlib
+import errno
+import http.client
 import io
 import ipaddress
 import json
 import logging
 import re
+import socket
 import threading
 import time
 import zlib
@@ -25,7 +28,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 import urllib3
 
-from layerindex.errors import NetworkError, RegistryError
+from layerindex.errors import DigestMismatch, NetworkError, RegistryError, redact
 
 log = logging.getLogger("layerindex")
 
@@ -33,6 +36,8 @@ MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 64 * 1024
 _ADDRESS_IN_REPR = re.compile(r"<[^<>]* object at 0x[0-9a-fA-F]+>:?\s*")
+# urllib3 names its connection in messages: "HTTPConnectionPool(host='h', port=1): ..."
+_CONNECTION_NAME = re.compile(r"HTTPS?Connection(?:Pool)?\([^()]*\):?\s*")
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 
 
@@ -41,15 +46,23 @@ Origin = tuple[str, str, int]  # (scheme, lower-case host, port): where a creden
 
 def origin_of(url: str) -> Origin:
     parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        port = parts.port
+    except ValueError:  # a port out of range: an origin no credential goes to
+        port = -1
+    port = port or (443 if parts.scheme == "https" else 80)
     return parts.scheme, (parts.hostname or "").lower(), port
+
+
+def host_of(url: str) -> str:
+    """``url``'s host[:port] without the user info a redirect may carry (``user:pw@host``)."""
+    return urlsplit(url).netloc.rpartition("@")[2]
 
 
 def loggable_url(url: str) -> str:
     """``url`` without user info, query or fragment: redirect URLs carry signatures there."""
     parts = urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]
-    return f"{parts.scheme}://{host}{parts.path}"
+    return f"{parts.scheme}://{host_of(url)}{parts.path}"
 
 
 def is_loopback(host: str) -> bool:
@@ -72,8 +85,29 @@ def _keep_headers(request: requests.PreparedRequest) -> requests.PreparedRequest
     return request
 
 
+def _socket_error(exc: BaseException) -> OSError | None:
+    """The operating system's error under urllib3's and requests' wrappers, if any."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause
+        inner = cause.args[0] if cause.args else None
+        if isinstance(inner, urllib3.exceptions.MaxRetryError) and inner.reason is not None:
+            cause = inner.reason
+        else:
+            cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def describe(exc: BaseException) -> str:
-    """A connection error in words, without URLs (they may carry signed query strings)."""
+    """A connection error in words, without URLs (they may carry signed query strings) and
+    without Python's names for things: "connection refused", "name or service not known"."""
+    root = _socket_error(exc)
+    if root is not None and root.strerror:
+        words = root.strerror[:1].lower() + root.strerror[1:]
+        return f"host name not found ({words})" if isinstance(root, socket.gaierror) else words
     reason: object = exc
     inner = exc.args[0] if exc.args else None
     if isinstance(inner, urllib3.exceptions.MaxRetryError) and inner.reason is not None:
@@ -81,8 +115,10 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, urllib3.exceptions.ProtocolError) and len(exc.args) == 2:
         # ('Connection broken: IncompleteRead(…)', IncompleteRead(…)): say it once.
         reason = exc.args[0]
-    text = _ADDRESS_IN_REPR.sub("", str(reason))
-    return re.sub(r"\s*\(Caused by .*\)$", "", text).strip() or type(exc).__name__
+        if isinstance(exc.args[1], http.client.IncompleteRead) and exc.args[1].expected:
+            return f"the server closed the connection {exc.args[1].expected} bytes before the end"
+    text = _CONNECTION_NAME.sub("", _ADDRESS_IN_REPR.sub("", str(reason)))
+    return redact(re.sub(r"\s*\(Caused by .*\)$", "", text).strip()) or type(exc).__name__
 
 
 def retry_after(value: str | None) -> float | None:
@@ -100,7 +136,8 @@ def retry_after(value: str | None) -> float | None:
 
 
 def server_message(body: bytes) -> str | None:
-    """The first message of a registry error body ``{"errors": [{"code", "message"}]}``."""
+    """The first message of a registry error body ``{"errors": [{"code", "message"}]}``,
+    redacted: it is shown and stored."""
     try:
         document = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -108,7 +145,7 @@ def server_message(body: bytes) -> str | None:
     errors = document.get("errors") if isinstance(document, Mapping) else None
     if isinstance(errors, list) and errors and isinstance(errors[0], Mapping):
         message = errors[0].get("message") or errors[0].get("code")
-        return str(message) if message else None
+        return redact(str(message)) if message else None
     return None
 
 
@@ -125,6 +162,11 @@ class BlobStream(io.RawIOBase):
     (``Content-Range``); a 200 (Range ignored, which the spec allows) has its first ``count``
     bytes read and dropped. At most ``max_resumes`` times; then a RegistryError naming the host
     and how far it got. The reader still hashes every byte, so a bad splice cannot go unnoticed.
+
+    No deadline for the whole blob (2 GB on a slow link is fine), but progress: fewer than
+    ``progress`` = (bytes, seconds) in a window is a stall, resumed as a cut is (a server
+    dribbling a byte a minute passes every read timeout). And never more than ``declared``
+    bytes (the manifest's size): a longer body is a DigestMismatch at the first byte too many.
     """
 
     def __init__(
@@ -134,6 +176,9 @@ class BlobStream(io.RawIOBase):
         *,
         reopen: Reopen | None = None,
         max_resumes: int = 0,
+        declared: int | None = None,
+        progress: tuple[int, float] = (0, 0.0),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
         self._response = response
@@ -143,10 +188,15 @@ class BlobStream(io.RawIOBase):
         self._max_resumes = max_resumes
         self._skip = 0  # bytes of a 200 answer to a Range request still to drop
         self.size = _length(response)  # the whole blob's, when the server said
+        self.declared = declared
         self.bytes_read = 0
         self.resumes = 0
         self._ended = False  # read to the end: the connection goes back to the pool
         self._abandoned = False
+        self._progress = progress
+        self._clock = clock
+        self._window = (clock(), 0)  # (start, bytes_read then) of the progress window
+        self._check_size()
 
     def readable(self) -> bool:
         return True
@@ -165,15 +215,47 @@ class BlobStream(io.RawIOBase):
                             f"and it ended before byte {self.bytes_read}"
                         )
                     self._skip -= len(dropped)
-                chunk = self._read(len(view))
+                chunk = self._read(self._wanted(len(view)))
+                self._check_progress(len(chunk))
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 if not self._abandoned:
                     self._resume(exc)
                 continue
+            if self.declared is not None and self.bytes_read + len(chunk) > self.declared:
+                raise DigestMismatch(
+                    f"{self._where}: the registry sent more than the {self.declared} bytes "
+                    "the manifest declares"
+                )
             self._ended = not chunk and len(view) > 0
             view[: len(chunk)] = chunk
             self.bytes_read += len(chunk)
             return len(chunk)
+
+    def _wanted(self, room: int) -> int:
+        # One byte past the declared size is enough to know the body is too long.
+        if self.declared is None or room == 0:
+            return room
+        return max(1, min(room, self.declared - self.bytes_read + 1))
+
+    def _check_size(self) -> None:
+        # Shorter is left to the reader, whose digest check (or decompressor) says what broke.
+        if self.size is not None and self.declared is not None and self.size > self.declared:
+            raise DigestMismatch(
+                f"{self._where}: the registry announces {self.size} bytes, more than the "
+                f"{self.declared} the manifest declares"
+            )
+
+    def _check_progress(self, arrived: int) -> None:
+        """A TimeoutError (taken as a cut) when the window closes on too few bytes."""
+        least, seconds = self._progress
+        start, then = self._window
+        now = self._clock()
+        if not seconds or now - start < seconds:
+            return
+        got = self.bytes_read + arrived - then
+        if got < least:
+            raise TimeoutError(f"stalled: {got} bytes in {seconds:g} s, fewer than {least}")
+        self._window = (now, self.bytes_read + arrived)
 
     def _read(self, size: int) -> bytes:
         # read1 hands over what has arrived: a read that then times out loses nothing.
@@ -210,9 +292,11 @@ class BlobStream(io.RawIOBase):
 
     def _check_resumed(self, response: requests.Response) -> None:
         status = response.status_code
+        self._window = (self._clock(), self.bytes_read)
         if status == 200:  # Range ignored: the whole blob again
             if self.size is None:
                 self.size = _length(response)
+                self._check_size()
             self._skip = self.bytes_read
             return
         if status != 206:
@@ -260,8 +344,77 @@ def _length(response: requests.Response) -> int | None:
     return int(length) if response.status_code == 200 and length.isdigit() else None
 
 
+_header_watch = threading.local()  # .seconds: the deadline for the answer's status and headers
+
+
+class _TooSlow(ConnectionAbortedError):
+    """The answer's headers did not arrive by the deadline: the socket was shut down."""
+
+
+def _watched(connection: Any, getresponse: Callable[[], Any]) -> Any:
+    """``getresponse()`` (status line and headers), the socket shut down at the deadline: a
+    read timeout bounds one read, and a server sending a header byte a second never hits it."""
+    seconds = getattr(_header_watch, "seconds", None)
+    sock = connection.sock
+    if seconds is None or sock is None:
+        return getresponse()
+    fired = threading.Event()
+
+    def cut() -> None:
+        fired.set()
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(seconds, cut)
+    timer.daemon = True
+    timer.start()
+    too_slow = _TooSlow(errno.ETIMEDOUT, f"no answer within {seconds:g} s")
+    try:
+        response = getresponse()
+    except Exception:
+        if fired.is_set():
+            raise too_slow from None
+        raise
+    finally:
+        timer.cancel()
+    if fired.is_set():  # the headers ended where the shutdown cut them
+        response.close()
+        raise too_slow
+    return response
+
+
+class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
+    def getresponse(self) -> Any:
+        return _watched(self, super().getresponse)
+
+
+class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def getresponse(self) -> Any:
+        return _watched(self, super().getresponse)
+
+
+class _WatchedHTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+class _WatchedAdapter(requests.adapters.HTTPAdapter):
+    """Connections whose answer's headers have a deadline (``_watched``)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _WatchedHTTPPool,
+            "https": _WatchedHTTPSPool,
+        }
+
+
 class Transport:
-    """requests with our rules; thread-safe (a Session per thread)."""
+    """requests with our rules; thread-safe (a Session per thread). The answer to each
+    request must have arrived, headers and all, within the read timeout (``_watched``)."""
 
     def __init__(self, *, timeout: tuple[float, float], user_agent: str) -> None:
         self.timeout = timeout
@@ -273,6 +426,8 @@ class Transport:
         if session is None:
             session = requests.Session()
             session.headers["User-Agent"] = self.user_agent
+            for scheme in ("http://", "https://"):
+                session.mount(scheme, _WatchedAdapter())
             self._local.session = session
         return session
 
@@ -285,15 +440,18 @@ class Transport:
         authorization: str | None = None,
         data: Mapping[str, str] | None = None,
         stream: bool = False,
+        origin: Origin | None = None,
     ) -> requests.Response:
-        """One HTTP exchange, redirects followed by hand. ``authorization`` goes only to the
-        origin of ``url``, never to a host a redirect leads to."""
-        allowed = origin_of(url)
+        """One HTTP exchange, redirects followed by hand. ``authorization`` goes only to
+        ``origin`` (by default ``url``'s), never to a host a redirect (or a URL the server
+        named, such as a tag list's ``Link``) leads to."""
+        allowed = origin or origin_of(url)
         for _hop in range(MAX_REDIRECTS + 1):
             hop_headers = dict(headers or {})
             if authorization is not None and origin_of(url) == allowed:
                 hop_headers["Authorization"] = authorization
-            host = urlsplit(url).netloc.rpartition("@")[2]
+            host = host_of(url)
+            _header_watch.seconds = self.timeout[1]
             try:
                 response = self._session().request(
                     method,
@@ -308,6 +466,8 @@ class Transport:
             except requests.Timeout as exc:
                 raise NetworkError(f"timed out talking to {host}: {describe(exc)}") from None
             except requests.RequestException as exc:
+                if isinstance(_socket_error(exc), _TooSlow):
+                    raise NetworkError(f"timed out talking to {host}: {describe(exc)}") from None
                 raise NetworkError(f"cannot connect to {host}: {describe(exc)}") from None
             log.debug(
                 "%s %s -> %d (%s bytes)",
@@ -328,21 +488,37 @@ class Transport:
         raise RegistryError(f"too many redirects (more than {MAX_REDIRECTS}) from {host}")
 
 
-def read_body(response: requests.Response, limit: int, what: str) -> bytes:
-    """The body as sent (no Content-Encoding decoding), at most ``limit`` bytes."""
+def read_body(
+    response: requests.Response,
+    limit: int,
+    what: str,
+    deadline: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> bytes:
+    """The body as sent (no Content-Encoding decoding), at most ``limit`` bytes, whole within
+    ``deadline`` seconds (a read timeout bounds one read only: a server sending a byte a second
+    would pass it for ever). A connection lost mid-body is a NetworkError, worth asking again;
+    too big or too slow is a RegistryError."""
     length = response.headers.get("Content-Length", "")
     if length.isdigit() and int(length) > limit:
         raise RegistryError(f"{what} is {int(length)} bytes, more than the {limit} allowed")
     chunks: list[bytes] = []
     total = 0
+    give_up = clock() + deadline
+    read1 = getattr(response.raw, "read1", None)  # what has arrived, not a full chunk
+    read = read1 if read1 is not None else response.raw.read
     try:
-        while chunk := response.raw.read(_CHUNK, decode_content=False):
+        while chunk := read(_CHUNK, decode_content=False):
             total += len(chunk)
             if total > limit:
                 raise RegistryError(f"{what} is more than the {limit} bytes allowed")
             chunks.append(chunk)
+            if clock() > give_up:
+                raise RegistryError(
+                    f"{what} did not arrive within {deadline:g} s ({total} bytes received)"
+                )
     except (urllib3.exceptions.HTTPError, OSError) as exc:
-        raise RegistryError(f"{what}: connection lost: {describe(exc)}") from None
+        raise NetworkError(f"{what}: connection lost: {describe(exc)}") from None
     return b"".join(chunks)
 
 

@@ -192,6 +192,52 @@ class FaultProxy:
 
         return self.add(path, action, method=method, times=times, name=f"stall after {after}")
 
+    def dribble(
+        self,
+        path: str,
+        *,
+        every: float,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        times: int | None = 1,
+        method: str = "GET",
+    ) -> Rule:
+        """Send the headers, then the body (``body``, else the registry's) one byte every
+        ``every`` seconds: each read returns in time, the whole never does. Ends early when the
+        client hangs up or at ``reset``."""
+
+        def action(handler: _ProxyHandler, fetch: Callable[[], Upstream]) -> None:
+            upstream = (
+                fetch() if body is None else Upstream(200, list((headers or {}).items()), body)
+            )
+            handler.send(upstream, body_limit=0)
+            for i in range(len(upstream.body)):
+                if self._release.wait(every):
+                    break
+                try:
+                    handler.wfile.write(upstream.body[i : i + 1])
+                    handler.wfile.flush()
+                except OSError:
+                    break
+            handler.close_connection = True
+
+        return self.add(path, action, method=method, times=times, name=f"dribble every {every}")
+
+    def cut_first(self, path: str, *, after: int, method: str = "GET") -> Rule:
+        """Cut (as ``cut``) the first request for each path matching, pass the rest through."""
+        cut = _cut(after)
+        done: set[str] = set()
+
+        def action(handler: _ProxyHandler, fetch: Callable[[], Upstream]) -> None:
+            target = urlsplit(handler.path).path
+            if target in done:
+                handler.send(fetch())
+            else:
+                done.add(target)
+                cut(handler, fetch)
+
+        return self.add(path, action, method=method, times=None, name=f"cut first after {after}")
+
     def hang(
         self,
         path: str,

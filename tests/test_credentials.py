@@ -187,18 +187,28 @@ def test_missing_helper_warns_and_means_no_credentials(
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("script", "said"),
+    [
+        ("echo 'error getting credentials - keyring locked' >&2",
+         "error getting credentials - keyring locked"),
+        # an answer, Secret and all, then a failure: the answer is never echoed; escapes are
+        ("echo '{\"ServerURL\": \"ghcr.io\", \"Username\": \"u\", \"Secret\": \"hunter2\"}'\n"
+         "printf 'keyring \\033]0;locked\\007\\n' >&2",
+         "keyring \\x1b]0;locked\\x07"),
+    ],
+)  # fmt: skip
 def test_failing_helper_warns(
-    helper_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    helper_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, script: str, said: str
 ) -> None:
     broken = helper_path / "docker-credential-broken"
-    broken.write_text("#!/bin/sh\necho 'error getting credentials - keyring locked' >&2\nexit 1\n")
+    broken.write_text(f"#!/bin/sh\n{script}\nexit 1\n")
     broken.chmod(0o755)
     config = write(tmp_path / "config.json", {"credsStore": "broken"})
     caplog.set_level(logging.WARNING, logger="layerindex")
     assert Keychain([config]).resolve("ghcr.io", "o/a") is None
     assert [r.getMessage() for r in caplog.records] == [
-        "credential helper docker-credential-broken failed for ghcr.io: "
-        "error getting credentials - keyring locked"
+        f"credential helper docker-credential-broken failed for ghcr.io: {said}"
     ]
 
 

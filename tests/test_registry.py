@@ -174,9 +174,10 @@ def test_connection_refused_names_the_host() -> None:
             client(sleep=waits.append, jitter=lambda: 0.5).get_manifest(
                 parse_reference(f"127.0.0.1:{port}/x:1")
             )
-    assert str(caught.value).startswith(f"cannot connect to 127.0.0.1:{port}: ")
-    assert "Connection refused" in str(caught.value)
-    assert str(caught.value).endswith(" (tried 5 times)")
+    # the operating system's words, not urllib3's HTTPConnection(host=…) or a repr at 0x…
+    assert str(caught.value) == (
+        f"cannot connect to 127.0.0.1:{port}: connection refused (tried 5 times)"
+    )
     assert waits == [0.25, 0.5, 1.0, 2.0]  # refused is retried: a registry may be restarting
 
 
