@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import suppress
 from typing import BinaryIO
 
 from layerindex.compression import LayerStream
@@ -141,12 +142,13 @@ class LayerWalker:
         self.digest_seen = ""
         self.diff_id_seen = ""
         self._started = False
+        self._layer: LayerStream | None = None
 
-    def __iter__(self) -> Iterator[Entry]:
+    def __iter__(self) -> Generator[Entry, None, None]:
         if self._started:
             raise RuntimeError("a LayerWalker reads its stream once; make a new one")
         self._started = True
-        layer = LayerStream(self.stream, self.where)
+        layer = self._layer = LayerStream(self.stream, self.where)
         chunks = layer.chunks()
         self.compression = layer.compression
         try:
@@ -170,6 +172,22 @@ class LayerWalker:
                 f"{self.where}: uncompressed diff_id mismatch: the image config's rootfs.diff_ids "
                 f"says {self.diff_id}, the tar stream hashes to {self.diff_id_seen}"
             )
+
+    def rest_digest(self) -> str:
+        """The blob's digest after the walk stopped early or failed, reading (and hashing) what
+        it left of the stream; a stream that fails ends the reading there. Sets
+        ``compressed_size`` and ``digest_seen``."""
+        if self._layer is None:
+            raise RuntimeError("rest_digest: the walk has not started")
+        sha = self._layer.compressed_sha256.copy()
+        size = self._layer.compressed_size
+        with suppress(OSError, LayerFormatError):
+            while chunk := self.stream.read(1 << 20):
+                sha.update(chunk)
+                size += len(chunk)
+        self.compressed_size = size
+        self.digest_seen = "sha256:" + sha.hexdigest()
+        return self.digest_seen
 
 
 class _Blocks:
