@@ -26,6 +26,7 @@ import hashlib
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -423,27 +424,75 @@ def _blob_problem(walker: LayerWalker, digest: str) -> str | None:
 # --- output ----------------------------------------------------------------------------------
 
 
+def _existing_kind(output: Path) -> int | None:
+    """The file type (``stat.S_IFMT``) at ``output``, symlinks followed; None if none is there."""
+    try:
+        return stat.S_IFMT(output.stat().st_mode)
+    except FileNotFoundError:
+        return None  # nothing there, or a dangling symlink
+    except OSError as exc:
+        raise UsageError(f"{output}: {exc.strerror}") from None
+
+
+# Written into rather than replaced, as cp and a shell's redirection do: /dev/null, a tty, a FIFO.
+_STREAMS = (stat.S_IFCHR, stat.S_IFIFO)
+_REFUSED = {stat.S_IFDIR: "a directory", stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
 @contextmanager
 def output_file(output: Path, *, force: bool) -> Iterator[BinaryIO]:
     """A temporary file next to ``output``, renamed over it when the block ends cleanly and
-    removed when it does not: a failed get leaves nothing behind, and never half a file."""
-    if output.is_dir():
+    removed when it does not: a failed get leaves nothing behind, and never half a file.
+
+    Only a regular file (or a symlink, itself replaced, never written through) is replaced,
+    and only with ``force``; a character device or FIFO is for ``_write_into``."""
+    kind = _existing_kind(output)
+    if kind == stat.S_IFDIR:
         raise UsageError(f"{output}: is a directory; give a file name with -o")
-    if not force and (output.exists() or output.is_symlink()):
+    if kind is not None and kind != stat.S_IFREG:
+        what = _REFUSED.get(kind, "not a regular file")
+        raise UsageError(
+            f"{output}: is {what}; get replaces only a regular file, and writes into a "
+            "character device or a FIFO"
+        )
+    if not force and (kind is not None or output.is_symlink()):
         raise UsageError(f"{output}: already exists; use --force to replace it")
     parent = output.parent
     if not parent.is_dir():
         raise UsageError(f"{parent}: no such directory")
-    handle, temp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".part", dir=parent)
+    try:
+        handle, temp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".part", dir=parent)
+    except OSError as exc:
+        raise UsageError(f"{output}: cannot create a file in {parent}: {exc.strerror}") from None
     temp = Path(temp_name)
     try:
         with os.fdopen(handle, "w+b") as stream:
             yield stream
         # os.replace renames over a symlink at ``output`` rather than writing through it.
-        os.replace(temp, output)
+        try:
+            os.replace(temp, output)
+        except OSError as exc:
+            raise UsageError(f"{output}: cannot replace it: {exc.strerror}") from None
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+
+
+def _write_into(output: Path, checked: BinaryIO) -> None:
+    """Copy ``checked`` into the character device or FIFO at ``output`` (opened, never
+    created, replaced or truncated: /dev/null stays /dev/null)."""
+    try:
+        handle = os.open(output, os.O_WRONLY | os.O_NOCTTY)
+    except OSError as exc:
+        raise UsageError(f"{output}: cannot open it for writing: {exc.strerror}") from None
+    with os.fdopen(handle, "wb") as stream:
+        if stat.S_IFMT(os.fstat(handle).st_mode) not in _STREAMS:  # replaced since we looked
+            raise UsageError(f"{output}: changed while get ran; nothing was written")
+        try:
+            shutil.copyfileobj(checked, stream, COPY_CHUNK)
+            stream.flush()
+        except OSError as exc:
+            raise UsageError(f"{output}: writing failed: {exc.strerror}") from None
 
 
 def get_to(
@@ -459,8 +508,8 @@ def get_to(
     stdout: BinaryIO,
 ) -> Fetched:
     """``get`` into ``output`` (permission bits from the image, less set-id, sticky and the
-    umask), or to stdout once every check passed."""
-    if output is not None:
+    umask), or into stdout, a character device or a FIFO once every check passed."""
+    if output is not None and _existing_kind(output) not in _STREAMS:
         with output_file(output, force=force) as stream:
             fetched = get(engine, client, ref, path, stream, platform=platform, follow=follow)
             if fetched.source.type is EntryType.FILE:
@@ -472,6 +521,9 @@ def get_to(
         spool_io = cast(BinaryIO, spool)
         fetched = get(engine, client, ref, path, spool_io, platform=platform, follow=follow)
         spool_io.seek(0)
+        if output is not None:
+            _write_into(output, spool_io)
+            return fetched
         shutil.copyfileobj(spool_io, stdout, COPY_CHUNK)
         stdout.flush()
     return fetched

@@ -6,7 +6,9 @@ import gzip
 import os
 import random
 import re
+import socket
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -217,6 +219,59 @@ def test_output_file_mode_refusal_and_force(
     assert run("get", "--force", ref, "/etc/conf", "-o", str(out)).exit_code == 0
     assert out.read_bytes() == b"conf from the gzip layer\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "link", "tool"]
+
+
+def test_devices_and_fifos_are_written_into_never_replaced(
+    fault_proxy: FaultProxy, run: Run, tmp_path: Path
+) -> None:
+    """As cp and a shell's ">" do: /dev/null stays the null device, with or without --force,
+    and a FIFO gets the bytes (once checked) without being replaced."""
+    ref = indexed(fault_proxy, run, APP)
+    result = run("get", ref, "/etc/conf", "-o", os.devnull)  # --force on /dev/null: below
+    assert (result.exit_code, result.stdout, result.stderr) == (0, "", "")
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    result = run("get", "--force", ref, "/etc/conf", "-o", str(fifo))
+    reader.join(timeout=60)
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert received == [b"conf from the gzip layer\n"]
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    if hasattr(os, "mknod") and os.geteuid() == 0:  # a null device of our own to --force
+        null = tmp_path / "null"
+        os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        assert run("get", "--force", ref, "/etc/conf", "-o", str(null)).exit_code == 0
+        assert stat.S_ISCHR(null.lstat().st_mode)
+
+
+def test_other_special_files_are_refused_without_suggesting_force(
+    fault_proxy: FaultProxy, run: Run, tmp_path: Path
+) -> None:
+    ref = indexed(fault_proxy, run, APP)
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(tmp_path / "sock"))
+        for flags in ((), ("--force",)):
+            result = run("get", *flags, ref, "/etc/conf", "-o", str(tmp_path / "sock"))
+            assert (result.exit_code, result.stdout, result.stderr) == (
+                2,
+                "",
+                f"Error: {tmp_path / 'sock'}: is a socket; get replaces only a regular file, "
+                "and writes into a character device or a FIFO\n",
+            )
+        assert stat.S_ISSOCK((tmp_path / "sock").lstat().st_mode)
+    assert fault_proxy.seen("/blobs/") == []
+
+
+def test_an_output_where_no_file_can_be_made_is_an_error(fault_proxy: FaultProxy, run: Run) -> None:
+    ref = indexed(fault_proxy, run, APP)
+    result = run("get", ref, "/etc/conf", "-o", "/proc/self/x")
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr == (
+        "Error: /proc/self/x: cannot create a file in /proc/self: No such file or directory\n"
+    )
 
 
 def tampered(members_content: bytes) -> bytes:
