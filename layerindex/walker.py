@@ -282,9 +282,11 @@ class _Blocks:
 
 def _number(field: bytes) -> int:
     """A numeric header field the fast path could not read: base-256, empty, odd padding."""
-    if field and field[0] & 0x80:  # GNU base-256: 0x80 positive, 0xff negative
+    if field and field[0] in (0x80, 0xFF):  # GNU base-256: 0x80 positive, 0xff negative
         value = int.from_bytes(field[1:], "big")
         return value - (1 << (8 * len(field) - 8)) if field[0] == 0xFF else value
+    if field and field[0] & 0x80:  # no other first byte is a number (GNU tar, tarfile)
+        raise ValueError(field)
     text = field.partition(b"\0")[0].strip()
     return int(text, 8) if text else 0
 

@@ -513,6 +513,23 @@ def test_bad_header_checksum() -> None:
     assert_format_error(bytes(tar), "checksum", "1024")
 
 
+def test_a_block_that_is_not_zero_and_fails_its_checksum_is_an_error_not_the_end() -> None:
+    """Only an all-zero block ends the archive (GNU tar, Go, tarfile); a header whose checksum
+    does not add up is an error, at the start of a layer and after members alike, with the
+    checksum field read up to its first NUL (a NUL first: unreadable)."""
+    go_header = tarcorpus.go_issue12435_header()
+    for at, tar in [(0, b""), (1024, member(b"./a", b"data"))]:
+        assert_format_error(tar + go_header + tarcorpus.END, "header checksum", f"offset {at}")
+        assert_format_error(tar + go_header, "header checksum", f"offset {at}")
+    # Its size field, base-256 for Go but neither 0x80 (positive) nor 0xff (negative) first:
+    # GNU tar and tarfile refuse it, and so does the walker, instead of reading a size of 0.
+    odd_base256 = member(b"./x", size=b"\x97" + bytes(11))
+    assert_format_error(odd_base256 + tarcorpus.END, "bad numeric header field", "offset 0")
+    assert [e.path for e in one(member(b"./a"))] == ["/a"]  # the end blocks end it
+    lone_zero_block = member(b"./a") + bytes(tarcorpus.BLOCK) + member(b"./after-the-end")
+    assert [e.path for e in walk(lone_zero_block)] == ["/a"]  # as GNU tar and tarfile
+
+
 def test_garbage_is_not_a_tar() -> None:
     assert_format_error(random.Random(1).randbytes(5000), "not a tar archive")
 
