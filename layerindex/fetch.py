@@ -359,6 +359,11 @@ class _Copy:
             self.linked = self.copied is not None
         return self.copied is not None and self.copied[1] == wanted.sha256
 
+    def result(self) -> tuple[int, str]:
+        if self.copied is None:
+            raise RuntimeError("no copy of the member was read")
+        return self.copied
+
     def disagreement(self) -> str | None:
         """How the copy differs from what the index says, if it does."""
         wanted = self.wanted
@@ -393,13 +398,15 @@ def _copy_member(
         for entry in entries:
             if copy.done(entry):
                 entries.close()  # stops the decompressing thread: nothing more is read
-                return (*cast(tuple[int, str], copy.copied), walker.compressed_size)
+                return (*copy.result(), walker.compressed_size)
     except LayerFormatError as exc:
         # It was indexed, so it parsed then: say so if these are other bytes than the blob's.
         if (blob_problem := _blob_problem(walker, layer_digest)) is not None:
             unreadable = str(exc).removeprefix(f"{where}: ")
             raise DigestMismatch(f"{where}: {blob_problem}; they read as: {unreadable}") from None
         raise
+    finally:
+        entries.close()  # on Ctrl-C too: the thread stops before the blob stream is closed
     problem = copy.disagreement()
     if (blob_problem := _blob_problem(walker, layer_digest)) is not None:
         also = f"; {problem}" if problem else ""
@@ -407,7 +414,7 @@ def _copy_member(
     if problem is not None:
         error = LayerFormatError if copy.copied is None else DigestMismatch
         raise error(f"{where}: {problem}; nothing was written")
-    return (*cast(tuple[int, str], copy.copied), walker.compressed_size)
+    return (*copy.result(), walker.compressed_size)
 
 
 def _blob_problem(walker: LayerWalker, digest: str) -> str | None:
