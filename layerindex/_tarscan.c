@@ -22,7 +22,8 @@
 
 #define BLOCK 512
 #define SPECIAL_MAX (1 << 20) /* walker.SPECIAL_MAX (a test keeps them equal): bigger is an error */
-#define PATH_BYTES 4096       /* longer names (pax path records) are canonicalised in Python */
+#define PATH_BYTES 4096 /* walker.PATH_MAX: longer names and link targets are Python's to refuse */
+#define NAME_BYTES 255  /* walker.NAME_MAX: so are names with a longer component */
 
 enum { T_FILE, T_DIR, T_SYMLINK, T_HARDLINK, T_CHAR, T_BLOCK, T_FIFO, T_COUNT };
 
@@ -90,6 +91,11 @@ static PyObject *canonical(const unsigned char *raw, size_t len) {
         return NULL;
     /* The root and whiteouts are walker._special's business. */
     if (len == 0 || contains(path, len + 1, ".wh.", 4)) return NULL;
+    for (size_t i = 0, start = 0; i <= len; i++) {
+        if (i < len && raw[i] != '/') continue;
+        if (i - start > NAME_BYTES) return NULL;
+        start = i + 1;
+    }
     PyObject *text = PyUnicode_DecodeUTF8(path, (Py_ssize_t)(len + 1), NULL);
     if (!text) PyErr_Clear();
     return text;
@@ -97,7 +103,7 @@ static PyObject *canonical(const unsigned char *raw, size_t len) {
 
 /* A symlink target as entries.path_text keeps it: UTF-8 without backslashes, as written. */
 static PyObject *as_written(const unsigned char *raw, size_t len) {
-    if (memchr(raw, '\\', len)) return NULL;
+    if (len > PATH_BYTES || memchr(raw, '\\', len)) return NULL;
     PyObject *text = PyUnicode_DecodeUTF8((const char *)raw, (Py_ssize_t)len, NULL);
     if (!text) PyErr_Clear();
     return text;
@@ -320,7 +326,10 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__tarscan(void) {
     PyObject *m = PyModule_Create(&module);
-    /* For the test that keeps it equal to walker.SPECIAL_MAX. */
-    if (m && PyModule_AddIntConstant(m, "SPECIAL_MAX", SPECIAL_MAX) < 0) Py_CLEAR(m);
+    /* For the test that keeps them equal to walker.SPECIAL_MAX, PATH_MAX and NAME_MAX. */
+    if (m && (PyModule_AddIntConstant(m, "SPECIAL_MAX", SPECIAL_MAX) < 0 ||
+              PyModule_AddIntConstant(m, "PATH_MAX", PATH_BYTES) < 0 ||
+              PyModule_AddIntConstant(m, "NAME_MAX", NAME_BYTES) < 0))
+        Py_CLEAR(m);
     return m;
 }

@@ -1,6 +1,8 @@
 from layerindex.entries import Entry, EntryType
 
 SPECIAL_MAX: int
+PATH_MAX: int
+NAME_MAX: int
 
 def scan(
     buffer: bytes,

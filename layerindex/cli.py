@@ -566,8 +566,10 @@ def get(
     """Download the file PATH of an indexed image, fetching only the layer that provides it.
 
     PATH is looked up in the image's final filesystem; symlinks are followed inside the image.
-    The download stops once the file is read. Its size, and its sha256 when indexed with
-    --hash-files, are checked before anything is written. Exits 2 on any error.
+    Its size, and its sha256 when indexed with --hash-files, are checked before anything is
+    written. With the sha256 the download stops once the file is read; without, the layer is
+    read to its end (the last copy of a path written twice wins) and its digest checked.
+    Exits 2 on any error.
     """
     from layerindex.fetch import get_to
 

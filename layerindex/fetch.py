@@ -1,11 +1,14 @@
 """``layerindex get``: one file of an image, fetched from the one layer that provides it.
 
 The index says which layer of the image's final filesystem holds a path, its size and (with
-``--hash-files``) its sha256. Only that layer's blob is streamed, through the decompressor
-(``compression.LayerStream``) and ``tarfile`` in stream mode, and the download stops as soon as
-the member has been read: for a file early in a big layer most of the blob never arrives.
-Since the blob is not read to its end its digest cannot be checked; the member's size (always)
-and sha256 (when indexed) are, and a layer that ends without the member has its digest checked.
+``--hash-files``) its sha256. Only that layer's blob is streamed, through the walker ``index``
+uses (``walker.LayerWalker``, its limits on headers and names included), which hands the
+member's bytes to the output as they pass. What is written is exactly what the image holds:
+- with an indexed sha256, the download stops at the first copy of the member with that hash:
+  for a file early in a big layer most of the blob never arrives;
+- without one, the layer is read to its end: a path written twice in a layer is the last
+  copy (as in the index and in a container), and the blob's digest proves the bytes.
+The member's size is checked in both cases.
 
 Paths are resolved against the final filesystem from the index, never the local disk:
 - symlinks are followed, relative ones from their directory, absolute ones from the image's
@@ -20,14 +23,13 @@ to it, renamed over it only once every check passed, or to stdout once they pass
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import shutil
-import tarfile
+import stat
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, cast
@@ -36,12 +38,11 @@ from sqlalchemy import Engine, select, tuple_
 from sqlalchemy.engine import Connection
 
 from layerindex import overlay
-from layerindex.compression import LayerStream
 from layerindex.entries import (
     OPAQUE_MARKER,
     TYPE_NAMES,
+    Entry,
     EntryType,
-    normalise,
     path_bytes,
     query_path,
     split_path,
@@ -56,6 +57,7 @@ from layerindex.schema import (
     layers,
     names,
 )
+from layerindex.walker import LayerWalker
 
 if TYPE_CHECKING:
     from layerindex.reference import Reference
@@ -319,167 +321,185 @@ def get(
     return Fetched(path, data, size, digest, bytes_read, layer.size)
 
 
-class _Chunks(io.RawIOBase):
-    """The decompressed chunks as a readable file, for ``tarfile``'s stream mode."""
+class _Copy:
+    """The wanted member's bytes, written to ``out`` as the walker reads them. A path written
+    twice in one layer is copied twice, the later copy over the earlier: the index (like a
+    container) holds the last one."""
 
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self.chunks = chunks
-        self.pending = b""
+    def __init__(self, wanted: _Wanted, out: BinaryIO) -> None:
+        self.wanted = wanted
+        self.out = out
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self.copied: tuple[int, str] | None = None  # (size, sha256) of the last copy read
+        self.linked = False  # the hard link came: its data is the copy before it, whatever follows
 
-    def readable(self) -> bool:
-        return True
+    def sink(self, path: str) -> Callable[[memoryview], object] | None:
+        if path != self.wanted.member or self.linked:
+            return None
+        self.out.seek(0)
+        self.out.truncate()
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self.copied = None
+        return self._write
 
-    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
-        if not self.pending:
-            self.pending = next(self.chunks, b"")
-        n = min(len(buffer), len(self.pending))
-        buffer[:n] = self.pending[:n]
-        self.pending = self.pending[n:]
-        return n
+    def _write(self, data: memoryview) -> None:
+        self.sha.update(data)
+        self.out.write(data)
+        self.size += len(data)
+
+    def done(self, entry: Entry) -> bool:
+        """Note the walker's next entry; True once the copy is proven to be the index's, by
+        the indexed sha256 (without one, only the blob's digest at the layer's end proves it)."""
+        wanted = self.wanted
+        if entry.path == wanted.member and entry.type is EntryType.FILE and not self.linked:
+            self.copied = self.size, "sha256:" + self.sha.hexdigest()
+        elif entry.path == wanted.hard_link and entry.type is EntryType.HARDLINK:
+            self.linked = self.copied is not None
+        return self.copied is not None and self.copied[1] == wanted.sha256
+
+    def result(self) -> tuple[int, str]:
+        if self.copied is None:
+            raise RuntimeError("no copy of the member was read")
+        return self.copied
+
+    def disagreement(self) -> str | None:
+        """How the copy differs from what the index says, if it does."""
+        wanted = self.wanted
+        if self.copied is None:
+            return f"{wanted.member} is not in the layer although the index lists it"
+        size, digest = self.copied
+        if size != wanted.size:
+            return (
+                f"{wanted.member} is {size} bytes in the layer but {wanted.size} in the "
+                "index (the registry sent other bytes, or the index is stale)"
+            )
+        if wanted.sha256 is not None and digest != wanted.sha256:
+            return (
+                f"{wanted.member}: sha256 mismatch: the index says {wanted.sha256}, "
+                f"the bytes received hash to {digest}"
+            )
+        return None
 
 
 def _copy_member(
     blob: BinaryIO, where: str, layer_digest: str, wanted: _Wanted, out: BinaryIO
 ) -> tuple[int, str, int]:
-    """(size, sha256, compressed bytes read) of ``wanted``'s member copied to ``out``."""
-    layer = LayerStream(blob, where)
-    chunks = layer.chunks()
-    copied: tuple[int, str] | None = None
-    disagreement = ""
+    """(size, sha256, compressed bytes read) of ``wanted``'s member copied to ``out``.
+
+    The layer is read with the walker ``index`` uses (its limits included) until the copy is
+    proven: by the indexed sha256 as soon as a copy has it, else by the blob's digest once
+    the layer has been read to its end (which also makes the copy the layer's last)."""
+    copy = _Copy(wanted, out)
+    walker = LayerWalker(blob, where=where, content=copy.sink)
+    entries = iter(walker)
     try:
-        try:
-            with tarfile.open(
-                fileobj=cast(BinaryIO, _Chunks(chunks)), mode="r|", errors="surrogateescape"
-            ) as tar:
-                for member in tar:
-                    name = normalise(member.name.encode("utf-8", "surrogateescape"))
-                    if name == wanted.member and member.isreg():
-                        # A path written twice in one layer: the index holds the last one, so a
-                        # copy that disagrees with it is dropped and the stream read on.
-                        result = _copy_checked(tar, member, wanted, out)
-                        copied, disagreement = (
-                            (None, result)
-                            if isinstance(result, str)
-                            else (
-                                result,
-                                "",
-                            )
-                        )
-                        if copied is not None and wanted.hard_link is None:
-                            break
-                    elif name == wanted.hard_link and member.islnk() and copied is not None:
-                        break
-        except tarfile.TarError as exc:
-            _stop(chunks)
-            _check_blob(layer, blob, layer_digest, where)
-            raise LayerFormatError(f"{where}: not a readable tar stream ({exc})") from None
-        except LayerFormatError:
-            _stop(chunks)
-            _check_blob(layer, blob, layer_digest, where)
-            raise
-        if copied is None:
-            for _ in chunks:  # the whole blob was read anyway: check it is the right one
-                pass
-            blob_problem = _blob_problem(layer, blob, layer_digest)
-            if disagreement:
-                also = f"; {blob_problem}" if blob_problem else ""
-                raise DigestMismatch(f"{where}: {disagreement}{also}; nothing was written")
-            if blob_problem:
-                raise DigestMismatch(f"{where}: {blob_problem}")
-            raise LayerFormatError(
-                f"{where}: {wanted.member} is not in the layer although the index lists it"
-            )
+        for entry in entries:
+            if copy.done(entry):
+                entries.close()  # stops the decompressing thread: nothing more is read
+                return (*copy.result(), walker.compressed_size)
+    except LayerFormatError as exc:
+        # It was indexed, so it parsed then: say so if these are other bytes than the blob's.
+        if (blob_problem := _blob_problem(walker, layer_digest)) is not None:
+            unreadable = str(exc).removeprefix(f"{where}: ")
+            raise DigestMismatch(f"{where}: {blob_problem}; they read as: {unreadable}") from None
+        raise
     finally:
-        _stop(chunks)  # stops the decompressing thread: nothing more is read from the blob
-    return copied[0], copied[1], layer.compressed_size
+        entries.close()  # on Ctrl-C too: the thread stops before the blob stream is closed
+    problem = copy.disagreement()
+    if (blob_problem := _blob_problem(walker, layer_digest)) is not None:
+        also = f"; {problem}" if problem else ""
+        raise DigestMismatch(f"{where}: {blob_problem}{also}; nothing was written")
+    if problem is not None:
+        error = LayerFormatError if copy.copied is None else DigestMismatch
+        raise error(f"{where}: {problem}; nothing was written")
+    return (*copy.result(), walker.compressed_size)
 
 
-def _stop(chunks: Iterator[bytes]) -> None:
-    """Close the chunk generator: with a decompressing thread, that stops it before the blob
-    stream is closed."""
-    close = getattr(chunks, "close", None)
-    if close is not None:
-        close()
-
-
-def _copy_checked(
-    tar: tarfile.TarFile, member: tarfile.TarInfo, wanted: _Wanted, out: BinaryIO
-) -> tuple[int, str] | str:
-    """Copy ``member`` to ``out`` from its start: (size, sha256), or why it is not what the
-    index says."""
-    out.seek(0)
-    out.truncate()
-    if member.size != wanted.size:
-        return (
-            f"{wanted.member} is {member.size} bytes in the layer but {wanted.size} in the "
-            "index (the registry sent other bytes, or the index is stale)"
-        )
-    source = tar.extractfile(member)
-    if source is None:
-        return f"{wanted.member}: tarfile gave no data"
-    sha = hashlib.sha256()
-    size = 0
-    while chunk := source.read(COPY_CHUNK):
-        sha.update(chunk)
-        out.write(chunk)
-        size += len(chunk)
-    digest = "sha256:" + sha.hexdigest()
-    if size != wanted.size:
-        return f"{wanted.member}: {size} bytes received, the index says {wanted.size}"
-    if wanted.sha256 is not None and digest != wanted.sha256:
-        return (
-            f"{wanted.member}: sha256 mismatch: the index says {wanted.sha256}, "
-            f"the bytes received hash to {digest}"
-        )
-    return size, digest
-
-
-def _check_blob(layer: LayerStream, blob: BinaryIO, digest: str, where: str) -> None:
-    problem = _blob_problem(layer, blob, digest)
-    if problem:
-        raise DigestMismatch(f"{where}: {problem}")
-
-
-def _blob_problem(layer: LayerStream, blob: BinaryIO, digest: str) -> str | None:
-    """What is wrong with the whole blob's digest, reading what the decompressor left."""
-    sha = layer.compressed_sha256.copy()
-    size = layer.compressed_size
-    with suppress(OSError, LayerFormatError):
-        while chunk := blob.read(COPY_CHUNK):
-            sha.update(chunk)
-            size += len(chunk)
-    seen = "sha256:" + sha.hexdigest()
+def _blob_problem(walker: LayerWalker, digest: str) -> str | None:
+    """What is wrong with the whole blob's digest, reading what the walker left of it."""
+    seen = walker.rest_digest()
     if seen == digest:
         return None
     return (
-        f"blob digest mismatch: got {seen} ({size} bytes); the registry or a proxy sent other bytes"
+        f"blob digest mismatch: got {seen} ({walker.compressed_size} bytes); the registry or a "
+        "proxy sent other bytes"
     )
 
 
 # --- output ----------------------------------------------------------------------------------
 
 
+def _existing_kind(output: Path) -> int | None:
+    """The file type (``stat.S_IFMT``) at ``output``, symlinks followed; None if none is there."""
+    try:
+        return stat.S_IFMT(output.stat().st_mode)
+    except FileNotFoundError:
+        return None  # nothing there, or a dangling symlink
+    except OSError as exc:
+        raise UsageError(f"{output}: {exc.strerror}") from None
+
+
+# Written into rather than replaced, as cp and a shell's redirection do: /dev/null, a tty, a FIFO.
+_STREAMS = (stat.S_IFCHR, stat.S_IFIFO)
+_REFUSED = {stat.S_IFDIR: "a directory", stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
 @contextmanager
 def output_file(output: Path, *, force: bool) -> Iterator[BinaryIO]:
     """A temporary file next to ``output``, renamed over it when the block ends cleanly and
-    removed when it does not: a failed get leaves nothing behind, and never half a file."""
-    if output.is_dir():
+    removed when it does not: a failed get leaves nothing behind, and never half a file.
+
+    Only a regular file (or a symlink, itself replaced, never written through) is replaced,
+    and only with ``force``; a character device or FIFO is for ``_write_into``."""
+    kind = _existing_kind(output)
+    if kind == stat.S_IFDIR:
         raise UsageError(f"{output}: is a directory; give a file name with -o")
-    if not force and (output.exists() or output.is_symlink()):
+    if kind is not None and kind != stat.S_IFREG:
+        what = _REFUSED.get(kind, "not a regular file")
+        raise UsageError(
+            f"{output}: is {what}; get replaces only a regular file, and writes into a "
+            "character device or a FIFO"
+        )
+    if not force and (kind is not None or output.is_symlink()):
         raise UsageError(f"{output}: already exists; use --force to replace it")
     parent = output.parent
     if not parent.is_dir():
         raise UsageError(f"{parent}: no such directory")
-    handle, temp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".part", dir=parent)
+    try:
+        handle, temp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".part", dir=parent)
+    except OSError as exc:
+        raise UsageError(f"{output}: cannot create a file in {parent}: {exc.strerror}") from None
     temp = Path(temp_name)
     try:
         with os.fdopen(handle, "w+b") as stream:
             yield stream
         # os.replace renames over a symlink at ``output`` rather than writing through it.
-        os.replace(temp, output)
+        try:
+            os.replace(temp, output)
+        except OSError as exc:
+            raise UsageError(f"{output}: cannot replace it: {exc.strerror}") from None
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+
+
+def _write_into(output: Path, checked: BinaryIO) -> None:
+    """Copy ``checked`` into the character device or FIFO at ``output`` (opened, never
+    created, replaced or truncated: /dev/null stays /dev/null)."""
+    try:
+        handle = os.open(output, os.O_WRONLY | os.O_NOCTTY)
+    except OSError as exc:
+        raise UsageError(f"{output}: cannot open it for writing: {exc.strerror}") from None
+    with os.fdopen(handle, "wb") as stream:
+        if stat.S_IFMT(os.fstat(handle).st_mode) not in _STREAMS:  # replaced since we looked
+            raise UsageError(f"{output}: changed while get ran; nothing was written")
+        try:
+            shutil.copyfileobj(checked, stream, COPY_CHUNK)
+            stream.flush()
+        except OSError as exc:
+            raise UsageError(f"{output}: writing failed: {exc.strerror}") from None
 
 
 def get_to(
@@ -495,8 +515,8 @@ def get_to(
     stdout: BinaryIO,
 ) -> Fetched:
     """``get`` into ``output`` (permission bits from the image, less set-id, sticky and the
-    umask), or to stdout once every check passed."""
-    if output is not None:
+    umask), or into stdout, a character device or a FIFO once every check passed."""
+    if output is not None and _existing_kind(output) not in _STREAMS:
         with output_file(output, force=force) as stream:
             fetched = get(engine, client, ref, path, stream, platform=platform, follow=follow)
             if fetched.source.type is EntryType.FILE:
@@ -508,6 +528,9 @@ def get_to(
         spool_io = cast(BinaryIO, spool)
         fetched = get(engine, client, ref, path, spool_io, platform=platform, follow=follow)
         spool_io.seek(0)
+        if output is not None:
+            _write_into(output, spool_io)
+            return fetched
         shutil.copyfileobj(spool_io, stdout, COPY_CHUNK)
         stdout.flush()
     return fetched

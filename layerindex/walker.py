@@ -19,14 +19,23 @@ Path rules (each has a test named after it in tests/test_walker.py):
 - the root directory member (``./``) is dropped: it is in every layer and nobody looks for "/";
 - ``.wh..wh..opq`` yields an OPAQUE entry for its directory, ``.wh.NAME`` a WHITEOUT of NAME;
 - other ``/.wh..wh.*`` members are AUFS bookkeeping that Docker skips on extraction: dropped;
-- a path written twice is yielded twice; the later one wins (the store keeps the last).
+- a path written twice is yielded twice; the later one wins (the store keeps the last);
+- a member name longer than Linux's PATH_MAX (4096 bytes), with a component longer than
+  NAME_MAX (255 bytes), or a link target longer than PATH_MAX fails the layer: no kernel
+  could create it, and every reader of the index would carry it.
+
+With ``content``, the walker also hands out file content: for each regular file it asks
+``content(path)`` for a sink, which receives the member's bytes (sparse holes as zeros) as
+they stream past, before the member's entry is yielded. ``layerindex get`` copies one file
+so, through the same parser and limits as ``index``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import suppress
 from typing import BinaryIO
 
 from layerindex.compression import LayerStream
@@ -42,6 +51,8 @@ from layerindex.entries import (
 from layerindex.errors import DigestMismatch, LayerFormatError
 
 Scan = Callable[[bytes, int, list[Entry], type[Entry], tuple[EntryType, ...], bool], int]
+Sink = Callable[[memoryview], object]  # takes a regular file's content, piece by piece
+Content = Callable[[str], Sink | None]  # a regular file's path → where its content goes, or None
 _scan: Scan | None
 try:  # the C fast path for plain members (layerindex/_tarscan.c), built where a compiler is
     from layerindex._tarscan import scan as _scan
@@ -58,6 +69,8 @@ BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
 SPECIAL_MAX = 1 << 20  # largest pax / GNU long-name header we read into memory
 SPARSE_HOLES_HASH_LIMIT = 1 << 30  # zero bytes we will hash for a sparse file's holes, at most
+PATH_MAX = 4096  # Linux's limits (limits.h): a longer name or target fails the layer
+NAME_MAX = 255
 _ZEROS = memoryview(bytes(1 << 20))
 
 _FILE, _DIR, _SYMLINK, _HARDLINK = (
@@ -67,6 +80,7 @@ _FILE, _DIR, _SYMLINK, _HARDLINK = (
     EntryType.HARDLINK,
 )
 _WHITEOUT, _OPAQUE = EntryType.WHITEOUT, EntryType.OPAQUE
+_LINKS = (_SYMLINK, _HARDLINK)
 # What _tarscan.scan yields for file, dir, symlink, hardlink, char, block, fifo members.
 SCAN_TYPES = (_FILE, _DIR, _SYMLINK, _HARDLINK, EntryType.CHAR, EntryType.BLOCK, EntryType.FIFO)
 TYPES: dict[int, EntryType] = {
@@ -114,11 +128,13 @@ class LayerWalker:
         diff_id: str | None = None,
         hash_files: bool = False,
         where: str = "",
+        content: Content | None = None,
     ) -> None:
         self.stream = stream
         self.digest = digest
         self.diff_id = diff_id
         self.hash_files = hash_files
+        self.content = content
         self.where = where or "layer"
         self.compression = ""
         self.compressed_size = 0
@@ -126,21 +142,23 @@ class LayerWalker:
         self.digest_seen = ""
         self.diff_id_seen = ""
         self._started = False
+        self._layer: LayerStream | None = None
 
-    def __iter__(self) -> Iterator[Entry]:
+    def __iter__(self) -> Generator[Entry, None, None]:
         if self._started:
             raise RuntimeError("a LayerWalker reads its stream once; make a new one")
         self._started = True
-        layer = LayerStream(self.stream, self.where)
+        layer = self._layer = LayerStream(self.stream, self.where)
         chunks = layer.chunks()
         self.compression = layer.compression
         try:
-            yield from _TarWalk(_Blocks(chunks, self.where), self.hash_files).entries()
+            walk = _TarWalk(_Blocks(chunks, self.where), self.hash_files, self.content)
+            yield from walk.entries()
             for _ in chunks:  # the blob may go on after the end blocks; the digests cover it all
                 pass
         finally:
             chunks.close()  # on an error: stops the decompressing thread before we go on
-        self.compressed_size = layer.compressed_size
+            self.compressed_size = layer.compressed_size  # so far, when the caller stopped early
         self.uncompressed_size = layer.uncompressed_size
         self.digest_seen = "sha256:" + layer.compressed_sha256.hexdigest()
         self.diff_id_seen = "sha256:" + layer.tar_sha256.hexdigest()
@@ -154,6 +172,22 @@ class LayerWalker:
                 f"{self.where}: uncompressed diff_id mismatch: the image config's rootfs.diff_ids "
                 f"says {self.diff_id}, the tar stream hashes to {self.diff_id_seen}"
             )
+
+    def rest_digest(self) -> str:
+        """The blob's digest after the walk stopped early or failed, reading (and hashing) what
+        it left of the stream; a stream that fails ends the reading there. Sets
+        ``compressed_size`` and ``digest_seen``."""
+        if self._layer is None:
+            raise RuntimeError("rest_digest: the walk has not started")
+        sha = self._layer.compressed_sha256.copy()
+        size = self._layer.compressed_size
+        with suppress(OSError, LayerFormatError):
+            while chunk := self.stream.read(1 << 20):
+                sha.update(chunk)
+                size += len(chunk)
+        self.compressed_size = size
+        self.digest_seen = "sha256:" + sha.hexdigest()
+        return self.digest_seen
 
 
 class _Blocks:
@@ -248,9 +282,11 @@ class _Blocks:
 
 def _number(field: bytes) -> int:
     """A numeric header field the fast path could not read: base-256, empty, odd padding."""
-    if field and field[0] & 0x80:  # GNU base-256: 0x80 positive, 0xff negative
+    if field and field[0] in (0x80, 0xFF):  # GNU base-256: 0x80 positive, 0xff negative
         value = int.from_bytes(field[1:], "big")
         return value - (1 << (8 * len(field) - 8)) if field[0] == 0xFF else value
+    if field and field[0] & 0x80:  # no other first byte is a number (GNU tar, tarfile)
+        raise ValueError(field)
     text = field.partition(b"\0")[0].strip()
     return int(text, 8) if text else 0
 
@@ -299,14 +335,17 @@ def _pax_records(
 
 
 class _TarWalk:
-    def __init__(self, blocks: _Blocks, hash_files: bool) -> None:
+    def __init__(self, blocks: _Blocks, hash_files: bool, content: Content | None) -> None:
         self.blocks = blocks
         self.hash_files = hash_files
+        self.content = content
         self.global_pax: dict[bytes, bytes] = {}
 
     def entries(self) -> Iterator[Entry]:
         blocks = self.blocks
         hash_files = self.hash_files
+        content = self.content
+        read_files = hash_files or content is not None  # the C fast path hands files back then
         adler32 = zlib.adler32
         types_get = TYPES.get
         pax: dict[bytes, bytes] | None = None
@@ -322,7 +361,7 @@ class _TarWalk:
             if scan is not None and not pending and not global_pax:
                 plain: list[Entry] = []
                 buf = blocks.ahead()
-                blocks.pos = scan(buf, blocks.pos, plain, Entry, SCAN_TYPES, hash_files)
+                blocks.pos = scan(buf, blocks.pos, plain, Entry, SCAN_TYPES, read_files)
                 yield from plain
             offset = blocks.offset
             header = blocks.header()
@@ -439,6 +478,8 @@ class _TarWalk:
             if size < 0:
                 raise blocks.error("negative member size", offset)
 
+            if len(name) > NAME_MAX or (len(link) > PATH_MAX and entry_type in _LINKS):
+                self._check_lengths(name, link if entry_type in _LINKS else b"", offset)
             path = _canonical(name)
             if ".wh." in path or path == "/":
                 special = self._special(path, entry_type)
@@ -448,8 +489,9 @@ class _TarWalk:
                 path, entry_type = special
 
             digest = None
-            if hash_files and entry_type is _FILE:
-                digest = self._hash(data_size, logical_size, sparse_map)
+            sink = content(path) if content is not None and entry_type is _FILE else None
+            if entry_type is _FILE and (hash_files or sink is not None):
+                digest = self._file_data(data_size, logical_size, sparse_map, sink)
                 blocks.skip(-data_size & 511)
             else:
                 blocks.skip((data_size + 511) & ~511)
@@ -483,6 +525,23 @@ class _TarWalk:
         if base.startswith(WHITEOUT_PREFIX) and len(base) > len(WHITEOUT_PREFIX):
             return parent + "/" + base[len(WHITEOUT_PREFIX) :], _WHITEOUT  # deletes NAME
         return path, entry_type
+
+    def _check_lengths(self, name: bytes, link: bytes, offset: int) -> None:
+        """PATH_MAX and NAME_MAX, as the kernel enforces them: what no extraction could create
+        is not an image's file, and a name of megabytes would burden every query after."""
+        if len(name) > PATH_MAX:
+            problem = f"member name of {len(name)} bytes (more than PATH_MAX, {PATH_MAX})"
+        elif len(longest := max(name.split(b"/"), key=len)) > NAME_MAX:
+            problem = (
+                f"member name with a component of {len(longest)} bytes "
+                f"(more than NAME_MAX, {NAME_MAX})"
+            )
+        elif len(link) > PATH_MAX:
+            problem = f"link target of {len(link)} bytes (more than PATH_MAX, {PATH_MAX})"
+        else:
+            return
+        shown = repr(name[:80])[2:-1]  # escaped: the name is the image author's choice
+        raise self.blocks.error(f"{problem}: {shown}{'...' if len(name) > 80 else ''}", offset)
 
     def _data(self, size: int) -> bytes:
         if size > SPECIAL_MAX:  # Go's archive/tar has the same limit; a bigger one is an attack
@@ -547,31 +606,48 @@ class _TarWalk:
         except ValueError:
             raise self.blocks.error("bad GNU sparse 1.0 map", offset) from None
 
-    def _hash(self, data_size: int, logical_size: int, sparse_map: list[int] | None) -> str | None:
-        """sha256 of a regular file's content: for sparse files, of the expanded content."""
-        sha = hashlib.sha256()
-        if sparse_map is None:
-            self.blocks.feed(data_size, sha.update)
-            return "sha256:" + sha.hexdigest()
-        stored = sum(sparse_map[1::2])
-        if logical_size - stored > SPARSE_HOLES_HASH_LIMIT:
-            self.blocks.skip(data_size)  # hashing that much zero would take minutes: not hashed
-            return None
+    def _file_data(
+        self, data_size: int, logical_size: int, sparse_map: list[int] | None, sink: Sink | None
+    ) -> str | None:
+        """Read a regular file's data: its content (for sparse files the expanded content) to
+        ``sink``, and its sha256 when hashing is asked (None when not, or when a sparse file's
+        holes are too big to hash)."""
+        sha = hashlib.sha256() if self.hash_files else None
+        holes = 0 if sparse_map is None else logical_size - sum(sparse_map[1::2])
+        if holes > SPARSE_HOLES_HASH_LIMIT:
+            sha = None  # hashing that much zero would take minutes: not hashed
+        feed = sink if sha is None else sha.update if sink is None else _both(sha.update, sink)
+        if feed is None:
+            self.blocks.skip(data_size)
+        elif sparse_map is None:
+            self.blocks.feed(data_size, feed)
+        else:
+            self._sparse(data_size, logical_size, sparse_map, feed)
+        return None if sha is None else "sha256:" + sha.hexdigest()
+
+    def _sparse(self, data_size: int, logical_size: int, sparse_map: list[int], feed: Sink) -> None:
         position = 0
         fed = 0
         for start, length in zip(sparse_map[::2], sparse_map[1::2], strict=True):
             if start < position or fed + length > data_size:
                 raise self.blocks.error("sparse map does not match the stored data")
-            _feed_zeros(sha, start - position)
-            self.blocks.feed(length, sha.update)
+            _feed_zeros(feed, start - position)
+            self.blocks.feed(length, feed)
             position, fed = start + length, fed + length
-        _feed_zeros(sha, logical_size - position)
+        _feed_zeros(feed, logical_size - position)
         self.blocks.skip(data_size - fed)
-        return "sha256:" + sha.hexdigest()
 
 
-def _feed_zeros(sha: hashlib._Hash, count: int) -> None:
+def _both(first: Sink, second: Sink) -> Sink:
+    def feed(data: memoryview) -> None:
+        first(data)
+        second(data)
+
+    return feed
+
+
+def _feed_zeros(feed: Sink, count: int) -> None:
     while count > 0:
         step = min(count, len(_ZEROS))
-        sha.update(_ZEROS[:step])
+        feed(_ZEROS[:step])
         count -= step

@@ -201,6 +201,21 @@ def odd_types_archive() -> bytes:
     )
 
 
+def go_issue12435_header() -> bytes:
+    """The header of Go's archive/tar testdata/issue12435.tar, as its issue (golang/go#12435)
+    gives the bytes: no name, base-256 mode, uid and gid, a checksum field of a NUL and zeros,
+    which Go (trimming NULs) and tarfile (cutting at the NUL) both read as 0 and which matches
+    the header's signed sum (the last byte is chosen so). GNU tar, Go and tarfile refuse it."""
+    block = bytearray(BLOCK)
+    block[100:120] = b"\xff\x01\x00\x00\x00\x00\x00\x00" * 2 + b"\xff\x01\x00\x00"
+    block[122:125] = b"\t\xbf\x97"
+    block[148:157] = b"\x0000000000"
+    block[157:162] = "KǸ".encode() + b"\xd4\x03"
+    signed = 8 * 32 + sum(b - 256 if b >= 128 else b for b in block[:148] + block[156:])
+    block[511] = -signed % 256  # signed sum 0: the checksum Go 1.5 accepted
+    return bytes(block)
+
+
 def old_gnu_sparse_archive(segments: int = 30) -> tuple[bytes, bytes]:
     """GNU 'S' member with more segments than fit in the header (extension blocks).
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import random
 import re
+import socket
 import stat
+import threading
 from pathlib import Path
 
 import pytest
+import tarcorpus
 from faults import FaultProxy
 from images import (
     Image,
@@ -218,6 +222,59 @@ def test_output_file_mode_refusal_and_force(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "link", "tool"]
 
 
+def test_devices_and_fifos_are_written_into_never_replaced(
+    fault_proxy: FaultProxy, run: Run, tmp_path: Path
+) -> None:
+    """As cp and a shell's ">" do: /dev/null stays the null device, with or without --force,
+    and a FIFO gets the bytes (once checked) without being replaced."""
+    ref = indexed(fault_proxy, run, APP)
+    result = run("get", ref, "/etc/conf", "-o", os.devnull)  # --force on /dev/null: below
+    assert (result.exit_code, result.stdout, result.stderr) == (0, "", "")
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    result = run("get", "--force", ref, "/etc/conf", "-o", str(fifo))
+    reader.join(timeout=60)
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert received == [b"conf from the gzip layer\n"]
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    if hasattr(os, "mknod") and os.geteuid() == 0:  # a null device of our own to --force
+        null = tmp_path / "null"
+        os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        assert run("get", "--force", ref, "/etc/conf", "-o", str(null)).exit_code == 0
+        assert stat.S_ISCHR(null.lstat().st_mode)
+
+
+def test_other_special_files_are_refused_without_suggesting_force(
+    fault_proxy: FaultProxy, run: Run, tmp_path: Path
+) -> None:
+    ref = indexed(fault_proxy, run, APP)
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(tmp_path / "sock"))
+        for flags in ((), ("--force",)):
+            result = run("get", *flags, ref, "/etc/conf", "-o", str(tmp_path / "sock"))
+            assert (result.exit_code, result.stdout, result.stderr) == (
+                2,
+                "",
+                f"Error: {tmp_path / 'sock'}: is a socket; get replaces only a regular file, "
+                "and writes into a character device or a FIFO\n",
+            )
+        assert stat.S_ISSOCK((tmp_path / "sock").lstat().st_mode)
+    assert fault_proxy.seen("/blobs/") == []
+
+
+def test_an_output_where_no_file_can_be_made_is_an_error(fault_proxy: FaultProxy, run: Run) -> None:
+    ref = indexed(fault_proxy, run, APP)
+    result = run("get", ref, "/etc/conf", "-o", "/proc/self/x")
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr == (
+        "Error: /proc/self/x: cannot create a file in /proc/self: No such file or directory\n"
+    )
+
+
 def tampered(members_content: bytes) -> bytes:
     """BASE's tar with /etc/conf's bytes swapped for others of the same length."""
     layer = make_layer(
@@ -301,17 +358,122 @@ def test_registry_failure_is_an_error(fault_proxy: FaultProxy, run: Run, tmp_pat
 BIG = random.Random(4).randbytes(48 << 20)  # incompressible: the blob is as big as the tar
 
 
-def test_download_stops_once_the_file_is_read(fault_proxy: FaultProxy, run: Run) -> None:
+def compressed_bytes_read(stderr: str) -> tuple[int, int]:
+    match = re.search(r"read (\d+) of (\d+) compressed bytes", stderr)
+    assert match, stderr
+    return int(match[1]), int(match[2])
+
+
+def test_download_stops_once_the_file_is_read_and_matches_its_hash(
+    fault_proxy: FaultProxy, run: Run
+) -> None:
     big_layer = make_layer([file("etc/first", b"early in a big layer"), file("big.bin", BIG)])
     image = make_image([big_layer])
-    ref = indexed(fault_proxy, run, image, repo="team/big")
+    ref = indexed(fault_proxy, run, image, "--hash-files", repo="team/big")
     result = run("-v", "get", ref, "/etc/first")
     assert (result.exit_code, result.stdout_bytes) == (0, b"early in a big layer")
-    match = re.search(r"read (\d+) of (\d+) compressed bytes", result.stderr)
-    assert match, result.stderr
-    read, size = int(match[1]), int(match[2])
+    read, size = compressed_bytes_read(result.stderr)
     assert size == big_layer.size > 48 << 20
     assert read < size // 4  # the decompressor's read-ahead, not the layer
+
+
+def test_without_file_hashes_the_layer_is_read_to_its_end(
+    fault_proxy: FaultProxy, run: Run
+) -> None:
+    """Only the blob's digest can prove the bytes then, and only the layer's end says which copy
+    of a path is the last."""
+    big_layer = make_layer([file("etc/first", b"early in a big layer"), file("big.bin", BIG)])
+    ref = indexed(fault_proxy, run, make_image([big_layer]), repo="team/big")
+    result = run("-v", "get", ref, "/etc/first")
+    assert (result.exit_code, result.stdout_bytes) == (0, b"early in a big layer")
+    read, size = compressed_bytes_read(result.stderr)
+    assert read == size == big_layer.size
+
+
+TWICE = make_layer(
+    [
+        directory("etc"),
+        file("etc/passwd", b"root:x:0:0:benign\n"),  # what a reader of the first copy sees
+        file("etc/other", b"between the copies"),
+        file("etc/passwd", b"root:x:0:0:EVIL!!\n", mode=0o600),  # what a container sees
+    ],
+    "gzip",
+)
+
+
+@pytest.mark.parametrize("flags", [(), ("--hash-files",)], ids=["sizes", "hashes"])
+def test_a_path_written_twice_in_a_layer_gives_the_last_copy(
+    fault_proxy: FaultProxy, run: Run, tmp_path: Path, flags: tuple[str, ...]
+) -> None:
+    ref = indexed(fault_proxy, run, make_image([TWICE]), *flags, repo="team/twice")
+    result = run("get", ref, "/etc/passwd")
+    assert (result.exit_code, result.stdout_bytes, result.stderr) == (
+        0,
+        b"root:x:0:0:EVIL!!\n",
+        "",
+    )
+    out = tmp_path / "passwd"
+    assert run("get", ref, "/etc/passwd", "-o", str(out)).exit_code == 0
+    assert out.read_bytes() == b"root:x:0:0:EVIL!!\n"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
+def test_other_bytes_of_the_same_size_are_caught_by_the_blob_digest(
+    fault_proxy: FaultProxy, run: Run, tmp_path: Path
+) -> None:
+    """Indexed without file hashes: a registry (or proxy) serving a blob of the same size with
+    the file's bytes changed is caught at the layer's end, and nothing is written."""
+    ref = indexed(fault_proxy, run, APP)
+    forged = TOP.blob.replace(b"from the plain tar layer", b"FROM THE PLAIN TAR LAYER")
+    assert len(forged) == len(TOP.blob) and forged != TOP.blob
+    fault_proxy.respond(
+        f"/blobs/{TOP.digest}", body=forged, headers={"Content-Type": "application/octet-stream"}
+    )
+    tmp_path = tmp_path / "out"  # tmp_path itself holds the test's home
+    tmp_path.mkdir()
+    out = tmp_path / "plain.txt"
+    for args in (("-o", str(out)), ()):
+        result = run("get", ref, "/plain.txt", *args)
+        assert (result.exit_code, result.stdout) == (2, "")
+        assert result.stderr.startswith(
+            f"Error: layer {TOP.digest} of {ref}: blob digest mismatch: got sha256:"
+        )
+        assert result.stderr.endswith(
+            "; the registry or a proxy sent other bytes; nothing was written\n"
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def pax_layer(header: bytes) -> bytes:
+    """A gzip blob: a pax header, as big as ``header`` says, in front of /plain.txt."""
+    return gzip.compress(header + tarcorpus.member(b"plain.txt", b"x") + tarcorpus.END, mtime=0)
+
+
+@pytest.mark.parametrize(
+    ("blob", "problem"),
+    [
+        (  # 200,000 digits: tarfile's quadratic pax parsing (CVE-2024-6232) took 40 s on it
+            pax_layer(tarcorpus.member(b"./PaxHeaders/x", b"1" * 200_000 + b" path=x\n", b"x")),
+            "malformed pax extended header record at tar offset 0",
+        ),
+        (  # a 1 GiB pax header: tarfile read it into memory (2.4 GB RSS); here refused unread
+            pax_layer(tarcorpus.header(b"./PaxHeaders/x", b"x", size=1 << 30)),
+            "pax or GNU long-name header of 1073741824 bytes at tar offset 512",
+        ),
+    ],
+    ids=["long-record", "huge-header"],
+)
+def test_get_reads_the_layer_with_the_walkers_limits(
+    fault_proxy: FaultProxy, run: Run, blob: bytes, problem: str
+) -> None:
+    ref = indexed(fault_proxy, run, APP)
+    fault_proxy.respond(
+        f"/blobs/{TOP.digest}", body=blob, headers={"Content-Type": "application/octet-stream"}
+    )
+    result = run("get", ref, "/plain.txt")
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr.startswith(f"Error: layer {TOP.digest} of {ref}: blob digest mismatch: ")
+    assert result.stderr.endswith(f"; they read as: {problem}\n")
 
 
 def test_docker_hub_like_registry_token_and_redirect(

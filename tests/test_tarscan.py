@@ -39,6 +39,8 @@ def test_fast_path_refuses_the_pax_headers_python_refuses() -> None:
     from layerindex import _tarscan
 
     assert _tarscan.SPECIAL_MAX == walker_module.SPECIAL_MAX
+    limits = (_tarscan.PATH_MAX, _tarscan.NAME_MAX)
+    assert limits == (walker_module.PATH_MAX, walker_module.NAME_MAX)
 
 
 def scanned(tar: bytes, hash_files: bool = False) -> tuple[list[Entry], int]:

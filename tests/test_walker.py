@@ -15,7 +15,7 @@ import subprocess
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -513,6 +513,23 @@ def test_bad_header_checksum() -> None:
     assert_format_error(bytes(tar), "checksum", "1024")
 
 
+def test_a_block_that_is_not_zero_and_fails_its_checksum_is_an_error_not_the_end() -> None:
+    """Only an all-zero block ends the archive (GNU tar, Go, tarfile); a header whose checksum
+    does not add up is an error, at the start of a layer and after members alike, with the
+    checksum field read up to its first NUL (a NUL first: unreadable)."""
+    go_header = tarcorpus.go_issue12435_header()
+    for at, tar in [(0, b""), (1024, member(b"./a", b"data"))]:
+        assert_format_error(tar + go_header + tarcorpus.END, "header checksum", f"offset {at}")
+        assert_format_error(tar + go_header, "header checksum", f"offset {at}")
+    # Its size field, base-256 for Go but neither 0x80 (positive) nor 0xff (negative) first:
+    # GNU tar and tarfile refuse it, and so does the walker, instead of reading a size of 0.
+    odd_base256 = member(b"./x", size=b"\x97" + bytes(11))
+    assert_format_error(odd_base256 + tarcorpus.END, "bad numeric header field", "offset 0")
+    assert [e.path for e in one(member(b"./a"))] == ["/a"]  # the end blocks end it
+    lone_zero_block = member(b"./a") + bytes(tarcorpus.BLOCK) + member(b"./after-the-end")
+    assert [e.path for e in walk(lone_zero_block)] == ["/a"]  # as GNU tar and tarfile
+
+
 def test_garbage_is_not_a_tar() -> None:
     assert_format_error(random.Random(1).randbytes(5000), "not a tar archive")
 
@@ -520,6 +537,34 @@ def test_garbage_is_not_a_tar() -> None:
 def test_malformed_pax_record() -> None:
     tar = member(b"./PaxHeaders/a", b"99 path=x\n", typeflag=b"x") + member(b"a") + tarcorpus.END
     assert_format_error(tar, "pax")
+
+
+def test_names_and_link_targets_longer_than_the_kernel_allows_fail_the_layer() -> None:
+    """PATH_MAX 4096 and NAME_MAX 255 (Linux): the error names the layer and shows the start of
+    the name escaped; at the limits the member is read."""
+    limit = b"./" + b"/".join([b"d" * 255] * 15) + b"/" + b"f" * 254  # 4096 bytes in all
+    assert len(limit) == walker_module.PATH_MAX
+    at_limits = [tarcorpus.pax_member([(b"path", limit)]) + member(b"x", b"data")]
+    at_limits.append(tarcorpus.pax_member([(b"linkpath", b"t" * 4096)]) + symlink_member(b"s"))
+    assert [len(e.path) for e in one(*at_limits)] == [4095, 2]
+    too_long = [
+        (b"]0;" + b"a/" * 2100, "member name of 4204 bytes (more than PATH_MAX, 4096)"),
+        (b"etc/" + b"n" * 256, "a component of 256 bytes (more than NAME_MAX, 255)"),
+    ]
+    for name, problem in too_long:
+        tar = tarcorpus.pax_member([(b"path", name)]) + member(b"x") + tarcorpus.END
+        shown = repr(name[:80])[2:-1]
+        header_at = len(tar) - len(member(b"x") + tarcorpus.END)  # the member's, after its pax
+        assert_format_error(tar, f"{problem}: {shown}... at tar offset {header_at}")
+    long_target = tarcorpus.pax_member([(b"linkpath", b"t" * 4097)]) + symlink_member(b"s")
+    assert_format_error(long_target + tarcorpus.END, "link target of 4097 bytes", ": s at")
+    # A GNU long name says the same.
+    gnu = member(b"././@LongLink", b"x" * 5000 + b"\0", typeflag=b"L") + member(b"short")
+    assert_format_error(gnu + tarcorpus.END, "member name of 5000 bytes")
+
+
+def symlink_member(name: bytes) -> bytes:
+    return member(name, typeflag=b"2", linkname=b"short-target")
 
 
 @pytest.mark.parametrize("compression", COMPRESSIONS)
@@ -571,6 +616,42 @@ def test_hash_of_sparse_files_is_of_the_expanded_content() -> None:
         (entry,) = walk(tar, hash_files=True)
         assert entry.size == len(content), name
         assert entry.sha256 == "sha256:" + hashlib.sha256(content).hexdigest(), name
+
+
+def test_content_hands_out_the_chosen_files_bytes_before_its_entry() -> None:
+    """``content``: for each regular file (whiteouts and non-files never asked) a sink or None;
+    a sink gets the bytes, sparse holes expanded, before the entry comes out of the walk."""
+    sparse, expanded = tarcorpus.old_gnu_sparse_archive()
+    tar = b"".join(
+        [
+            member(b"./etc/conf", b"first copy"),
+            member(b"./etc/.wh.gone"),
+            member(b"./etc", typeflag=b"5"),
+            member(b"./etc/conf", b"second copy, the one a container sees"),
+            sparse[: -len(tarcorpus.END)],
+        ]
+    )
+    asked: list[str] = []
+    got: list[tuple[str, bytes]] = []
+
+    def content(path: str) -> Callable[[memoryview], object] | None:
+        asked.append(path)
+        got.append((path, b""))
+
+        def sink(data: memoryview) -> None:
+            got[-1] = (path, got[-1][1] + bytes(data))
+
+        return sink
+
+    for entry in LayerWalker(io.BytesIO(tar + tarcorpus.END), content=content):
+        if entry.type is EntryType.FILE:  # its content was handed out already
+            assert (got[-1][0], len(got[-1][1])) == (entry.path, entry.size)
+    assert asked == ["/etc/conf", "/etc/conf", "/sparse-old"]
+    assert [data for _, data in got] == [
+        b"first copy",
+        b"second copy, the one a container sees",
+        expanded,
+    ]
 
 
 @pytest.mark.parametrize("fmt", ["gnu", "pax"])
