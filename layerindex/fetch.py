@@ -307,7 +307,7 @@ def get(
         hard_link = None  # the data sits in a lower layer, at its own path
     wanted = _Wanted(data.path, hard_link, data.size, data.sha256)
     where = f"layer {layer.digest} of {ref.familiar()}"
-    with client.open_blob(ref, layer.digest) as blob:
+    with client.open_blob(ref, layer.digest, layer.size) as blob:
         size, digest, bytes_read = _copy_member(blob, where, layer.digest, wanted, out)
     log.info(
         "%s: %d bytes from layer %d (%s); read %d of %d compressed bytes",
