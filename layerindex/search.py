@@ -63,7 +63,7 @@ def parse(kind: Kind, value: str) -> PathPattern:
         if value.endswith("/") and not glob.endswith("/"):
             glob += "/"
         regex = compile_glob(glob)
-        return PathPattern(kind, glob, lambda p: regex.fullmatch(p) is not None)
+        return PathPattern(kind, glob, regex.fullmatch)
     if kind == "name":
         if "/" in value or not value:
             raise UsageError(f"--name takes a basename without '/', not {value!r}")
@@ -74,7 +74,7 @@ def parse(kind: Kind, value: str) -> PathPattern:
         return PathPattern(kind, value, lambda p: value in p)
     if kind == "regex":
         compiled = compile_regex(value, f"--regex {value!r}")
-        return PathPattern(kind, value, lambda p: compiled.search(p) is not None)
+        return PathPattern(kind, value, compiled.search)
     if not DIGEST.fullmatch(value):
         raise UsageError(f"--digest {value!r} is not a digest like sha256:<64 hex digits>")
     return PathPattern(kind, value, lambda _p: True)

@@ -4,6 +4,7 @@ the trigram indexes on SQLite and PostgreSQL, fed through the store."""
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -18,8 +19,10 @@ from test_index import APP, KUBECTL, Run, db_path, table
 from test_store import e, image, index_image
 
 from layerindex.entries import EntryType
+from layerindex.errors import UsageError
 from layerindex.finder import Finder
 from layerindex.locate import FindFilters
+from layerindex.regex import compile_regex
 from layerindex.schema import entries, names
 from layerindex.search import glob_regex, parse, regex_literal
 from layerindex.store import Store
@@ -282,6 +285,22 @@ def test_hostile_patterns_over_crafted_names_finish(
         )
         assert result.returncode == (0 if paths else 1), result.stderr
         assert [row["path"] for row in json.loads(result.stdout or "[]")] == paths, args
+
+
+def test_compile_regex_refuses_with_usage_errors() -> None:
+    """The one way a user's regex is compiled (find, and an image list's tag regexes)."""
+    for pattern, message in (
+        ("a{" + "9" * 5000 + "}", "counts past 1000"),  # int() of it would raise ValueError
+        ("a{2,1001}", "the repetition {2,1001} counts past 1000"),
+        ("(a)\\1", "invalid escape sequence: \\1"),
+        ("x\udcff", "it holds bytes that are not UTF-8"),  # argv that is not UTF-8
+        ("(?:a{1000}){1000}", "invalid repetition size: {1000}"),  # too big a program
+    ):
+        with pytest.raises(UsageError, match=re.escape(message)):
+            compile_regex(pattern, "--regex x")
+    # A registry's tag may hold a lone surrogate (JSON "\ud800"): it just does not match.
+    assert not compile_regex("^v1$", "x").search("v1\ud800")
+    assert compile_regex("é+", "x").fullmatch("éé")
 
 
 def dump(path: Path) -> list[str]:
