@@ -32,6 +32,8 @@ TITLES = {
     "wasted_bytes": "WASTED",
     "created_by": "CREATED BY",
 }
+# The widest a table's cell is shown, but in the last column (JSON and CSV: always whole).
+MAX_CELL = 80
 
 
 # What a terminal would act on instead of showing, in text strangers wrote (tar names, link
@@ -138,8 +140,10 @@ def write_rows(
         shown = list(table_columns or columns)
         fmt = formatters or {}
         cells = [[TITLES.get(c, c.upper()) for c in shown]]
+        last = len(shown) - 1  # its cells pad nothing: shown whole
         for row in rows:
-            cells.append([terminal_text(fmt.get(c, _plain)(row.get(c))) for c in shown])
+            texts = [terminal_text(fmt.get(c, _plain)(row.get(c))) for c in shown]
+            cells.append([_shortened(t) if i < last else t for i, t in enumerate(texts)])
             count += 1
         # A table needs every row for its column widths; listings small enough to read are.
         if count:
@@ -149,6 +153,16 @@ def write_rows(
                 out.write(text.rstrip() + "\n")
     out.flush()
     return count
+
+
+def _shortened(cell: str) -> str:
+    """A cell of a column that pads others, at most MAX_CELL characters: one long path must not
+    push every row's next column hundreds of characters right. The middle is cut out and
+    marked "…": a path's start and its name stay."""
+    if len(cell) <= MAX_CELL:
+        return cell
+    head = (MAX_CELL - 1) // 2
+    return cell[:head] + "…" + cell[len(cell) - (MAX_CELL - 1 - head) :]
 
 
 def _plain(value: Any) -> str:

@@ -237,3 +237,22 @@ def test_tree_of_a_path_1001_components_deep(registry: RegistryServer, run: Run)
     assert lines[:3] == ["/", "└── d", "    └── d"]
     assert lines[1001] == " " * 4 * 1000 + "└── f"
     assert lines[-1] == "0 directories, 1 file"
+
+
+def test_one_long_path_does_not_stretch_a_table(registry: RegistryServer, run: Run) -> None:
+    long = "/opt/" + "x" * 195 + "/bin/tool"  # 209 characters
+    image = make_image([make_layer([file(long, b"x"), symlink("opt/short", long)])])
+    registry.push("evil/long", "1", image)
+    ref = f"{registry.host}/evil/long:1"
+    assert run("index", ref).exit_code == 0
+    cut = "/opt/" + "x" * 34 + "…" + "x" * 31 + "/bin/tool"  # 80: the middle cut out
+    assert (
+        run("ls", ref, "/opt").stdout
+        == (
+            f"TYPE     PATH{' ' * 76}  TARGET\n"
+            "symlink  /opt/short" + " " * 70 + f"  {long}\n"  # the last column: whole
+            f"file     {cut}\n"
+        )
+    )
+    rows = json.loads(run("ls", ref, "/opt", "--json").stdout)
+    assert [r["path"] for r in rows] == ["/opt/short", long]
