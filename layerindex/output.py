@@ -45,6 +45,7 @@ MAX_CELL = 80
 # config may hold one; no terminal can be sent it).
 _UNSAFE_ABOVE_C0 = "\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff"
 UNSAFE = re.compile(f"[\x00-\x1f{_UNSAFE_ABOVE_C0}]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 # In JSON text, where json.dumps has written C0 controls as \u00XX already.
 _UNSAFE_IN_JSON = re.compile(f"[{_UNSAFE_ABOVE_C0}]")
 
@@ -119,7 +120,7 @@ def write_rows(
     elif output_format == "csv":
         # CSV is data for spreadsheets and programs: exact (the csv module quotes a newline),
         # unless a person reads it on a terminal, as ls(1) shows names raw only to a pipe.
-        cell = _terminal_cell if out.isatty() else _plain
+        cell = _terminal_cell if out.isatty() else _data_cell
         # With "\r\n" as its line end the writer quotes a field holding a CR (which ends a row
         # for a reader too), as it quotes one holding a newline; rows still end with "\n".
         row_text = io.StringIO()
@@ -171,6 +172,13 @@ def _plain(value: Any) -> str:
 
 def _terminal_cell(value: Any) -> str:
     return terminal_text(_plain(value))
+
+
+def _data_cell(value: Any) -> str:
+    """A CSV cell as it is, but for a lone surrogate (a JSON config's "\\ud800"), which no
+    UTF-8 can hold: written as JSON writes it."""
+    text = _plain(value)
+    return _SURROGATE.sub(_escaped, text) if _SURROGATE.search(text) else text
 
 
 def short_digest(digest: Any) -> str:

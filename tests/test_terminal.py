@@ -42,7 +42,7 @@ NAMES = [
 LINK_TARGET = f"{TITLE}target\n"
 LABELS = {f"org.{CLIPBOARD}": f"value\n{CLEAR}"}
 ENV = [f"PS1={TITLE}$ "]
-HISTORY = [f"RUN echo {CLEAR}\rdone", History(f"CMD {CSI_8BIT}", empty_layer=True)]
+HISTORY = [f"RUN echo {CLEAR}\rdone \ud800", History(f"CMD {CSI_8BIT}", empty_layer=True)]
 
 HOSTILE = make_image(
     [
@@ -135,12 +135,12 @@ def test_inspect_and_layers_show_config_text_escaped(hostile: str, run: Run) -> 
     ) in text
     assert text.endswith(
         "History:\n"
-        "  0  2023-11-14T22:13:20Z  RUN echo \\x1b[2J\\x1b[H\\x0ddone\n"
+        "  0  2023-11-14T22:13:20Z  RUN echo \\x1b[2J\\x1b[H\\x0ddone \\ud800\n"
         "  -  2023-11-14T22:13:20Z  CMD \\u009b31m\n"
     )
     assert not RAW_CONTROL.search(text)
     layers = run("layers", hostile).stdout.splitlines()
-    assert layers[1].endswith("  indexed  RUN echo \\x1b[2J\\x1b[H\\x0ddone")
+    assert layers[1].endswith("  indexed  RUN echo \\x1b[2J\\x1b[H\\x0ddone \\ud800")
 
 
 def test_json_loads_back_exactly_and_carries_no_raw_controls(hostile: str, run: Run) -> None:
@@ -165,6 +165,10 @@ def test_csv_is_exact_data_but_escaped_on_a_terminal(hostile: str, home: Path, r
     text = run("ls", hostile, "/evil", "--csv").stdout
     rows = list(csv.DictReader(io.StringIO(text, newline="")))
     assert sorted(r["path"] for r in rows if r["path"] != "/evil") == sorted([*NAMES, "/evil/link"])
+    # A lone surrogate (JSON's "\ud800" in a config) has no UTF-8: written as JSON writes it.
+    text = run("layers", hostile, "--csv").stdout
+    (layer,) = csv.DictReader(io.StringIO(text, newline=""))
+    assert layer["created_by"] == f"RUN echo {CLEAR}\rdone \\ud800"
     # A person reading CSV on a terminal gets it escaped (as ls(1) shows names raw only to
     # a pipe): a real pseudo-terminal, a real process.
     controller, terminal = pty.openpty()
