@@ -260,7 +260,12 @@ PATTERN_OPTIONS = ("name", "contains", "regex", "digest")
 @click.option("--exact", is_flag=True, help="PATH is a literal path even if it holds * ? [.")
 @click.option("--name", metavar="BASENAME", help="Entries with this basename, in any directory.")
 @click.option("--contains", metavar="TEXT", help="Paths containing TEXT.")
-@click.option("--regex", metavar="REGEX", help="Paths a Python regular expression matches.")
+@click.option(
+    "--regex",
+    metavar="REGEX",
+    help="Paths a regular expression matches (RE2: Python's syntax without backreferences "
+    "or look-around).",
+)
 @click.option(
     "--digest", metavar="sha256:HEX", help="Files with this content (indexed with --hash-files)."
 )
