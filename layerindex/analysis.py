@@ -20,6 +20,7 @@ from layerindex.manifest import (
     parse_config,
     parse_manifest,
 )
+from layerindex.output import terminal_text
 from layerindex.schema import repositories, tags
 
 # --- inspect -------------------------------------------------------------------------------------
@@ -340,4 +341,4 @@ def inspect_text(data: Row) -> str:
         else:
             where, position = str(position), position + 1
         lines.append(f"  {where:<3}{entry['created'] or '-'}  {entry['created_by'] or ''}".rstrip())
-    return "\n".join(lines) + "\n"
+    return "\n".join(map(terminal_text, lines)) + "\n"  # a value's newline is shown, not obeyed

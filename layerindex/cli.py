@@ -16,7 +16,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from layerindex.errors import LayerIndexError
-from layerindex.output import output_options
+from layerindex.output import echo, output_options
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -25,7 +25,7 @@ EXIT_ERROR = 2
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
-    click.echo(f"Error: {message}", err=True)
+    echo(f"Error: {message}", err=True)
     sys.exit(code)
 
 
@@ -149,7 +149,7 @@ class _StderrHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         label = "Warning" if record.levelno >= logging.WARNING else record.levelname.lower()
-        click.echo(f"{label}: {record.getMessage()}", err=True)  # the current stderr, always
+        echo(f"{label}: {record.getMessage()}", err=True)  # the current stderr, always
 
 
 def _client(insecure: Iterable[str]) -> Any:
@@ -230,9 +230,9 @@ def index(
         with crawl_lock(engine):
             for ref in references:
                 for outcome in crawler.index(ref, incremental=True):
-                    click.echo(image_line(outcome))
+                    echo(image_line(outcome))
                     for error in outcome.errors:
-                        click.echo(f"Error: {error}", err=True)
+                        echo(f"Error: {error}", err=True)
                     failed = failed or not outcome.ok
                 head_start.close()  # walks the first image left: not to run on beside the next
             crawler.store.analyze()
@@ -270,7 +270,12 @@ PATTERN_OPTIONS = ("name", "contains", "regex", "digest")
 @click.option("--exact", is_flag=True, help="PATH is a literal path even if it holds * ? [.")
 @click.option("--name", metavar="BASENAME", help="Entries with this basename, in any directory.")
 @click.option("--contains", metavar="TEXT", help="Paths containing TEXT.")
-@click.option("--regex", metavar="REGEX", help="Paths a Python regular expression matches.")
+@click.option(
+    "--regex",
+    metavar="REGEX",
+    help="Paths a regular expression matches (RE2: Python's syntax without backreferences "
+    "or look-around).",
+)
 @click.option(
     "--digest", metavar="sha256:HEX", help="Files with this content (indexed with --hash-files)."
 )
@@ -348,7 +353,7 @@ def find(
             formatters={"layer_digest": short_digest, "size": human_size, "mode": octal_mode},
         )
     if not written:
-        click.echo(f"{pattern.describe()}: not found in any indexed image", err=True)
+        echo(f"{pattern.describe()}: not found in any indexed image", err=True)
         sys.exit(EXIT_NOT_FOUND)
 
 
@@ -462,7 +467,7 @@ def layers(context: Context, ref: str, platform: str | None, output_format: str)
         },
     )
     left_out = f"  ({report.not_indexed} layers not indexed)" if report.not_indexed else ""
-    click.echo(
+    echo(
         f"Total Image size: {human_size(report.size)}  "
         f"Potential wasted space: {human_size(report.wasted_bytes)}  "
         f"Image efficiency score: {int(100 * report.efficiency)} %{left_out}",
@@ -605,11 +610,10 @@ def inspect(
 ) -> None:
     """What `skopeo inspect` shows of an indexed image, from the index (no network): digest,
     current tags, created, platform, labels, env, entrypoint and cmd, layers, history."""
-    import json
-
     from layerindex.analysis import inspect as inspect_image
     from layerindex.analysis import inspect_text
     from layerindex.finder import Finder
+    from layerindex.output import write_json
 
     if as_json + raw + show_config > 1:
         raise click.UsageError("give at most one of --json, --raw and --config")
@@ -622,10 +626,10 @@ def inspect(
         stdout.flush()
         return
     data = inspect_image(finder, image)
-    click.echo(
-        json.dumps(data, indent=2, ensure_ascii=False) if as_json else inspect_text(data),
-        nl=as_json,
-    )
+    if as_json:
+        write_json(data)
+    else:
+        click.echo(inspect_text(data), nl=False)  # escaped line by line
 
 
 @cli.command(name="diff")
@@ -673,9 +677,9 @@ def upgrade(context: Context) -> None:
 
     before, after = upgrade_database(context.db_url)
     if before == after:
-        click.echo(f"already at {after}")
+        echo(f"already at {after}")
     else:
-        click.echo(f"upgraded {before or 'empty database'} -> {after}")
+        echo(f"upgraded {before or 'empty database'} -> {after}")
 
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

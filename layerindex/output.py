@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import json
+import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -30,6 +32,47 @@ TITLES = {
     "wasted_bytes": "WASTED",
     "created_by": "CREATED BY",
 }
+# The widest a table's cell is shown, but in the last column (JSON and CSV: always whole).
+MAX_CELL = 80
+
+
+# What a terminal would act on instead of showing, in text strangers wrote (tar names, link
+# targets, labels, env, history, tags, a registry's error text): C0 controls (ESC starts a
+# sequence that can clear the screen, set the title or write the clipboard with OSC 52; CR and
+# newline forge lines and rows; BEL), DEL, C1 controls (U+009B is an 8-bit CSI, U+009D an OSC),
+# the bidi embeddings, overrides and isolates that show text in another order than it is
+# stored ("Trojan Source"), the line and paragraph separators, and lone surrogates (a JSON
+# config may hold one; no terminal can be sent it).
+_UNSAFE_ABOVE_C0 = "\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff"
+UNSAFE = re.compile(f"[\x00-\x1f{_UNSAFE_ABOVE_C0}]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# In JSON text, where json.dumps has written C0 controls as \u00XX already.
+_UNSAFE_IN_JSON = re.compile(f"[{_UNSAFE_ABOVE_C0}]")
+
+
+def terminal_text(text: str) -> str:
+    """``text`` safe to show: each UNSAFE character written as ``\\xNN`` (C0 controls and DEL:
+    the byte, as a stored path writes bytes that are not UTF-8, so ``\\x1b`` is that name's
+    byte) or ``\\uNNNN`` (the others, whose UTF-8 takes several bytes)."""
+    return UNSAFE.sub(_escaped, text) if UNSAFE.search(text) else text
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}"
+
+
+def echo(text: str, *, err: bool = False) -> None:
+    """A line of text for a person (a message, an image's line) on stdout or stderr, its
+    UNSAFE characters escaped: a newline in it is shown, not obeyed."""
+    click.echo(terminal_text(text), err=err)
+
+
+def json_text(value: Any, indent: int | None = None) -> str:
+    """``value`` as JSON that loads back exactly, with nothing a terminal acts on: the UNSAFE
+    characters json.dumps leaves as they are are written as ``\\uNNNN`` escapes."""
+    text = json.dumps(value, indent=indent, ensure_ascii=False)
+    return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def output_options(function: F) -> F:
@@ -67,25 +110,41 @@ def write_rows(
         out.write("[")
         for row in rows:
             out.write(",\n " if count else "\n ")
-            out.write(json.dumps({c: row.get(c) for c in columns}, ensure_ascii=False))
+            out.write(json_text({c: row.get(c) for c in columns}))
             count += 1
         out.write("\n]\n" if count else "]\n")
     elif output_format == "nl":
         for row in rows:
-            out.write(json.dumps({c: row.get(c) for c in columns}, ensure_ascii=False) + "\n")
+            out.write(json_text({c: row.get(c) for c in columns}) + "\n")
             count += 1
     elif output_format == "csv":
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(columns)
+        # CSV is data for spreadsheets and programs: exact (the csv module quotes a newline),
+        # unless a person reads it on a terminal, as ls(1) shows names raw only to a pipe.
+        cell = _terminal_cell if out.isatty() else _data_cell
+        # With "\r\n" as its line end the writer quotes a field holding a CR (which ends a row
+        # for a reader too), as it quotes one holding a newline; rows still end with "\n".
+        row_text = io.StringIO()
+        writer = csv.writer(row_text, lineterminator="\r\n")
+
+        def csv_line(cells: Sequence[Any]) -> str:
+            writer.writerow(cells)
+            text = row_text.getvalue()[:-2] + "\n"
+            row_text.seek(0)
+            row_text.truncate()
+            return text
+
+        out.write(csv_line(columns))
         for row in rows:
-            writer.writerow(["" if row.get(c) is None else row.get(c) for c in columns])
+            out.write(csv_line([cell(row.get(c)) for c in columns]))
             count += 1
     else:
         shown = list(table_columns or columns)
         fmt = formatters or {}
         cells = [[TITLES.get(c, c.upper()) for c in shown]]
+        last = len(shown) - 1  # its cells pad nothing: shown whole
         for row in rows:
-            cells.append([fmt[c](row.get(c)) if c in fmt else _plain(row.get(c)) for c in shown])
+            texts = [terminal_text(fmt.get(c, _plain)(row.get(c))) for c in shown]
+            cells.append([_shortened(t) if i < last else t for i, t in enumerate(texts)])
             count += 1
         # A table needs every row for its column widths; listings small enough to read are.
         if count:
@@ -97,8 +156,29 @@ def write_rows(
     return count
 
 
+def _shortened(cell: str) -> str:
+    """A cell of a column that pads others, at most MAX_CELL characters: one long path must not
+    push every row's next column hundreds of characters right. The middle is cut out and
+    marked "…": a path's start and its name stay."""
+    if len(cell) <= MAX_CELL:
+        return cell
+    head = (MAX_CELL - 1) // 2
+    return cell[:head] + "…" + cell[len(cell) - (MAX_CELL - 1 - head) :]
+
+
 def _plain(value: Any) -> str:
     return "" if value is None else str(value)
+
+
+def _terminal_cell(value: Any) -> str:
+    return terminal_text(_plain(value))
+
+
+def _data_cell(value: Any) -> str:
+    """A CSV cell as it is, but for a lone surrogate (a JSON config's "\\ud800"), which no
+    UTF-8 can hold: written as JSON writes it."""
+    text = _plain(value)
+    return _SURROGATE.sub(_escaped, text) if _SURROGATE.search(text) else text
 
 
 def short_digest(digest: Any) -> str:
@@ -124,7 +204,7 @@ def octal_mode(value: Any) -> str:
 
 def write_json(value: Any) -> None:
     """One JSON document (an object, for commands that describe one thing)."""
-    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.write(json_text(value, indent=2) + "\n")
     sys.stdout.flush()
 
 
@@ -161,17 +241,24 @@ def write_tree(rows: Iterable[dict[str, Any]], root: str, *, long_format: bool =
         elif row["type"] not in ("opaque", "whiteout"):
             files += 1
     out = sys.stdout
-    out.write(root + "\n")
-
-    def draw(node: dict[str, Any], path: str, indent: str) -> None:
-        names = sorted(node)
-        for i, name in enumerate(names):
-            last = i == len(names) - 1
-            child = path.rstrip("/") + "/" + name
-            out.write(f"{indent}{'└── ' if last else '├── '}{labels.get(child, name)}\n")
-            draw(node[name], child, indent + ("    " if last else "│   "))
-
-    draw(tree, root, "")
+    out.write(terminal_text(root) + "\n")
+    # Depth first without recursion: a path may have thousands of components. Each stack item
+    # is a directory's children still to draw, sorted and reversed, and their indent.
+    stack = [(sorted(tree, reverse=True), root.rstrip("/"), tree, "")]
+    while stack:
+        names, path, node, indent = stack[-1]
+        if not names:
+            stack.pop()
+            continue
+        name = names.pop()
+        last = not names
+        child = path + "/" + name
+        label = labels.get(child, name)
+        out.write(f"{indent}{'└── ' if last else '├── '}{terminal_text(label)}\n")
+        below = node[name]
+        stack.append(
+            (sorted(below, reverse=True), child, below, indent + ("    " if last else "│   "))
+        )
     out.write(
         f"\n{dirs} director{'y' if dirs == 1 else 'ies'}, {files} file{'' if files == 1 else 's'}\n"
     )

@@ -9,10 +9,11 @@ from typing import TextIO
 
 from layerindex.crawler import ImageOutcome
 from layerindex.job import RunSummary
-from layerindex.output import human_size
+from layerindex.output import human_size, terminal_text
 
 
 def image_line(outcome: ImageOutcome) -> str:
+    """An image's line, escaped for a terminal (a tag, a platform are a registry's text)."""
     if outcome.unchanged:
         state = "unchanged"
     else:
@@ -20,7 +21,7 @@ def image_line(outcome: ImageOutcome) -> str:
             f"layers: {outcome.indexed} indexed, {outcome.known} known, "
             f"{outcome.skipped} skipped, {outcome.failed} failed"
         )
-    return (
+    return terminal_text(
         f"{outcome.reference}  {outcome.manifest_digest or '-'}  {outcome.platform or '-'}  "
         f"{state}  entries: {outcome.entries}"
     )
@@ -55,7 +56,7 @@ class Progress:
                 if not self.quiet:
                     self.stream.write(image_line(outcome) + "\n")
                 for error in outcome.errors:
-                    self.stream.write(f"Error: {error}\n")
+                    self.stream.write(f"Error: {terminal_text(error)}\n")
             if self.live:
                 self.stream.write(self.status())
             self.stream.flush()

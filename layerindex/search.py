@@ -18,6 +18,7 @@ from typing import Literal, TypeVar
 from layerindex.database import Reader
 from layerindex.entries import query_path
 from layerindex.errors import UsageError
+from layerindex.regex import Regex, compile_regex
 
 Kind = Literal["exact", "glob", "name", "contains", "regex", "digest"]
 GLOB_CHARS = frozenset("*?[")
@@ -61,8 +62,8 @@ def parse(kind: Kind, value: str) -> PathPattern:
         glob = query_path(value) if not value.startswith("/") else "/" + value.lstrip("/")
         if value.endswith("/") and not glob.endswith("/"):
             glob += "/"
-        regex = re.compile(glob_regex(glob))
-        return PathPattern(kind, glob, lambda p: regex.fullmatch(p) is not None)
+        regex = compile_glob(glob)
+        return PathPattern(kind, glob, regex.fullmatch)
     if kind == "name":
         if "/" in value or not value:
             raise UsageError(f"--name takes a basename without '/', not {value!r}")
@@ -72,13 +73,8 @@ def parse(kind: Kind, value: str) -> PathPattern:
             raise UsageError("--contains needs at least one character")
         return PathPattern(kind, value, lambda p: value in p)
     if kind == "regex":
-        try:
-            compiled = re.compile(value)
-        except re.error as exc:
-            raise UsageError(
-                f"--regex {value!r} is not a valid regular expression: {exc}"
-            ) from None
-        return PathPattern(kind, value, lambda p: compiled.search(p) is not None)
+        compiled = compile_regex(value, f"--regex {value!r}")
+        return PathPattern(kind, value, compiled.search)
     if not DIGEST.fullmatch(value):
         raise UsageError(f"--digest {value!r} is not a digest like sha256:<64 hex digits>")
     return PathPattern(kind, value, lambda _p: True)
@@ -88,9 +84,15 @@ def is_glob(value: str) -> bool:
     return any(c in GLOB_CHARS for c in value)
 
 
+def compile_glob(glob: str) -> Regex:
+    """A path glob compiled to match in time linear in the path (see regex.py)."""
+    return compile_regex(glob_regex(glob), f"glob {glob!r}")
+
+
 def glob_regex(glob: str) -> str:
-    """A path glob as a regex: ``*`` and ``?`` stay within one path segment, ``**`` crosses
-    them (``/**/`` also matches a single ``/``), ``[abc]``/``[!abc]`` are character classes."""
+    """A path glob as an RE2 regex: ``*`` and ``?`` stay within one path segment, ``**``
+    crosses them (``/**/`` also matches a single ``/``), ``[abc]``/``[!abc]`` are character
+    classes of one segment's characters."""
     out: list[str] = []
     i = 0
     while i < len(glob):
@@ -113,19 +115,48 @@ def glob_regex(glob: str) -> str:
             if body in ("", "!", "^") or end == -1:
                 raise UsageError(f"glob {glob!r}: '[' at {i} opens a character class never closed")
             negate = body[0] in "!^"
-            members = body[1:] if negate else body
-            escaped = "".join("\\" + m if m in "\\^[]" else m for m in members)
-            out.append(f"[^/{escaped}]" if negate else f"(?!/)[{escaped}]")
+            out.append(_segment_class(body[1:] if negate else body, negate))
             i = end + 1
         else:
             out.append(re.escape(c))
             i += 1
-    regex = "".join(out)
-    try:
-        re.compile(regex)
-    except re.error as exc:
-        raise UsageError(f"glob {glob!r} is malformed: {exc}") from None
-    return regex
+    return "".join(out)
+
+
+def _segment_class(members: str, negate: bool) -> str:
+    """A glob's ``[members]`` (``[!members]`` with ``negate``) as a regex class that never
+    matches ``/`` (RE2 has no look-ahead to say so: a range across ``/`` is cut in two)."""
+    ranges: list[tuple[str, str]] = []
+    i = 0
+    while i < len(members):
+        if members[i + 1 : i + 2] == "-" and i + 2 < len(members):
+            ranges.append((members[i], members[i + 2]))
+            i += 3
+        else:
+            ranges.append((members[i], members[i]))
+            i += 1
+    if any(low > high for low, high in ranges):
+        raise UsageError(f"glob class [{members}]: a range runs backwards (z-a); write a-z")
+    if negate:
+        ranges.append(("/", "/"))
+    else:
+        below, above = chr(ord("/") - 1), chr(ord("/") + 1)
+        ranges = [
+            cut
+            for low, high in ranges
+            for cut in ((low, min(high, below)), (max(low, above), high))
+            if cut[0] <= cut[1]
+        ]
+    if not ranges:
+        return r"[^\x00-\x{10ffff}]"  # only "/": a class nothing in a segment matches
+    body = "".join(
+        _in_class(low) + ("-" + _in_class(high) if high != low else "") for low, high in ranges
+    )
+    return f"[^{body}]" if negate else f"[{body}]"
+
+
+def _in_class(c: str) -> str:
+    return "\\" + c if c in "\\^[]-" else c
 
 
 def _glob_literals(glob: str) -> list[str]:
@@ -134,22 +165,79 @@ def _glob_literals(glob: str) -> list[str]:
 
 
 def regex_literal(pattern: str) -> str:
-    """The longest run of characters every match of ``pattern`` must contain ('' if none)."""
-    try:
-        parsed = re._parser.parse(pattern)  # type: ignore[attr-defined]
-    except re.error:
+    """The longest run of characters every match of ``pattern`` (RE2 syntax) must contain ('' if
+    none), read from the pattern's top level: what is inside a group, a class, an escape other
+    than an escaped punctuation mark, or under a quantifier that allows none, is not counted."""
+    if _FLAGS.search(pattern) or "\\Q" in pattern:
+        # Under (?i) the literal's case is not what matches; after (?s) a quantifier may apply
+        # to more than the character before; \Q…\E quotes what looks like syntax.
         return ""
-    if parsed.state.flags & (re.IGNORECASE | re.VERBOSE):
-        return ""  # the literal's case or spacing is not what matches
-    best, run = "", ""
-    for op, argument in parsed:
-        if op is re._constants.LITERAL:  # type: ignore[attr-defined]
-            run += chr(argument)
-            continue
-        if op in (re._constants.AT,):  # type: ignore[attr-defined]
-            continue  # ^ $ \b: zero width, the run goes on
-        best, run = max(best, run, key=len), ""
+    best = run = ""
+    depth = i = 0
+    while i < len(pattern):
+        c, literal = pattern[i], ""
+        if c == "\\":
+            escaped = pattern[i + 1 : i + 2]
+            i = _escape_end(pattern, i)
+            literal = escaped if escaped and not escaped.isalnum() else ""
+        elif c == "[":
+            i = _class_end(pattern, i)
+        else:
+            i += 1
+            if c == "(":
+                depth += 1
+            elif c == ")":
+                depth -= 1
+            elif c == "|" and depth == 0:
+                return ""  # alternatives: no run is in every match
+            elif c in "*?" or (c == "{" and (repeat := _REPEAT.match(pattern, i - 1))):
+                run = run[:-1]  # x* x? x{0,n}: the character before may be absent
+                i = repeat.end() if c == "{" and repeat else i
+            elif c not in ".^$+":
+                literal = c
+        if literal and depth == 0:
+            run += literal
+        else:
+            best, run = max(best, run, key=len), ""
     return max(best, run, key=len)
+
+
+_FLAGS = re.compile(r"\(\?[imsU-]*(?:i|\))")  # (?i) (?si:...) (?s)
+_REPEAT = re.compile(r"\{\d+(?:,\d*)?\}")  # x{2} x{2,} x{2,5}; another "{" is a literal
+
+
+def _escape_end(pattern: str, start: int) -> int:
+    """Where the escape at ``start`` ends: ``\\.``, ``\\d``, ``\\x41``, ``\\x{263a}``, ``\\pL``,
+    ``\\p{Greek}``, ``\\123``."""
+    kind, i = pattern[start + 1 : start + 2], start + 2
+    if kind in ("x", "p", "P") and pattern[i : i + 1] == "{":
+        close = pattern.find("}", i)
+        return close + 1 if close != -1 else len(pattern)
+    if kind == "x":
+        return i + 2
+    if kind in ("p", "P"):
+        return i + 1
+    while kind.isdigit() and i < len(pattern) and i < start + 4 and pattern[i] in "01234567":
+        i += 1
+    return i
+
+
+def _class_end(pattern: str, start: int) -> int:
+    """Where the character class opened at ``start`` ends (``[]a]``, ``[^]a]``, ``[[:alpha:]]``,
+    ``[\\]]``)."""
+    i = start + 1
+    i += pattern[i : i + 1] == "^"
+    i += pattern[i : i + 1] == "]"
+    while i < len(pattern):
+        if pattern[i] == "\\":
+            i += 2
+        elif pattern.startswith("[:", i) and (close := pattern.find(":]", i + 2)) != -1:
+            i = close + 2
+        elif pattern[i] == "]":
+            return i + 1
+        else:
+            i += 1
+    return len(pattern)
 
 
 # --- SQL candidates ------------------------------------------------------------------------------
@@ -195,13 +283,13 @@ class Candidates:
             # Every match sits right in this directory: its entries are few enough to check.
             return Branch(dirs=self._equal("dirs", directory), names=names)
         if names is None and one_segment and any(c not in "*?" for c in name):
-            regex = re.compile(glob_regex(name))
+            regex = compile_glob(name)
             names = self._matching("names", _glob_superset(name), regex.fullmatch)
         literal = max(_glob_literals(directory), key=len, default="").strip("/")
         dirs = None
         if literal and one_segment and "**" not in directory:
             # The entry's dir is one the directory glob matches whole.
-            regex = re.compile(glob_regex(directory))
+            regex = compile_glob(directory)
             dirs = self._matching("dirs", "*" + _escape_glob(literal) + "*", regex.fullmatch)
         elif literal and names is None:
             # With "**" the dir holds the literal, or is below one that does.

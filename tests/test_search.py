@@ -4,7 +4,10 @@ the trigram indexes on SQLite and PostgreSQL, fed through the store."""
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +19,10 @@ from test_index import APP, KUBECTL, Run, db_path, table
 from test_store import e, image, index_image
 
 from layerindex.entries import EntryType
+from layerindex.errors import UsageError
 from layerindex.finder import Finder
 from layerindex.locate import FindFilters
+from layerindex.regex import compile_regex
 from layerindex.schema import entries, names
 from layerindex.search import glob_regex, parse, regex_literal
 from layerindex.store import Store
@@ -91,6 +96,12 @@ def test_globs(indexed: tuple[str, str], run: Run) -> None:
     ]
     # [*] is a literal star, as in a shell.
     assert found(run, "/usr/bin/[*]") == []
+    # A class matches within a segment, never "/", even in a range across it.
+    assert found(run, "/usr/local[%-~]bin/helm") == []
+    assert found(run, "/usr/loca[%-~]/bin/helm") == [("tools:2", "/usr/local/bin/helm", 0)]
+    assert found(run, "/usr/local[/]bin/helm") == []
+    # [!-~]: neither "-" nor "~" (not a range from "/" to "~").
+    assert found(run, "/usr/loca[!-~]/bin/helm") == [("tools:2", "/usr/local/bin/helm", 0)]
 
 
 def test_name_contains_regex(indexed: tuple[str, str], run: Run) -> None:
@@ -192,6 +203,18 @@ def test_find_by_file_digest(indexed: tuple[str, str], run: Run) -> None:
     [
         (["/usr/[abc"], "Error: glob '/usr/[abc': '[' at 5 opens a character class never closed\n"),
         (["--regex", "kube("], "Error: --regex 'kube(' is not a valid regular expression: "),
+        (
+            ["--regex", "a{99999999999}"],  # an OverflowError traceback from Python's re
+            "Error: --regex 'a{99999999999}': the repetition {99999999999} counts past 1000, "
+            "the most RE2 matches; use a smaller count or +\n",
+        ),
+        (
+            ["--regex", "kube(?=ctl)"],
+            "Error: --regex 'kube(?=ctl)' is not a valid regular expression: invalid perl "
+            "operator: (?= (RE2 syntax: no backreferences or look-around, so that matching "
+            "stays linear in the name)\n",
+        ),
+        (["/usr/[z-a]"], "Error: glob class [z-a]: a range runs backwards (z-a); write a-z\n"),
         (["--digest", "sha256:abc"], "Error: --digest 'sha256:abc' is not a digest like "),
         (["--name", "a/b"], "Error: --name takes a basename without '/', not 'a/b'\n"),
         (["/a", "--name", "b"], "Error: give one of PATH, --name, --contains, --regex or --digest"),
@@ -221,6 +244,63 @@ def test_patterns_are_data_not_sql(indexed: tuple[str, str], home: Path, run: Ru
         result = run("find", *args)
         assert (result.exit_code, result.stdout) == (1, ""), args
     assert dump(db_path(home)) == before
+
+
+# Names an image author picks against patterns that backtrack in Python's re: `(a+)+$` tries
+# 2^40 ways to fail on the first, the glob's nine "**a" runs C(48, 9) on the second.
+CRAFTED = make_image(
+    [
+        make_layer(
+            {
+                "/d/" + "a" * 40 + "b": b"",
+                "/d/" + "a" * 48: b"",
+                "/d/ab": b"",
+                "/d/aaz": b"",
+            }
+        )
+    ]
+)
+HOSTILE_PATTERNS = [
+    (["--regex", "(a+)+$"], ["/d/" + "a" * 48]),
+    (["--regex", "^/d/(a|aa)+z$"], ["/d/aaz"]),
+    (["/d/" + "**a" * 9 + "**z"], []),
+    (["/d/**a**z"], ["/d/aaz"]),
+]
+
+
+def test_hostile_patterns_over_crafted_names_finish(
+    registry: RegistryServer, run: Run, home: Path
+) -> None:
+    """Matching is linear in the name (RE2): each find ends at once. The old backtracking
+    matcher took hours on these; the subprocess's timeout only keeps a regression from
+    hanging the suite."""
+    registry.push("evil/crafted", "1", CRAFTED)
+    assert run("index", f"{registry.host}/evil/crafted:1").exit_code == 0
+    for args, paths in HOSTILE_PATTERNS:
+        result = subprocess.run(
+            [sys.executable, "-m", "layerindex", "find", *args, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == (0 if paths else 1), result.stderr
+        assert [row["path"] for row in json.loads(result.stdout or "[]")] == paths, args
+
+
+def test_compile_regex_refuses_with_usage_errors() -> None:
+    """The one way a user's regex is compiled (find, and an image list's tag regexes)."""
+    for pattern, message in (
+        ("a{" + "9" * 5000 + "}", "counts past 1000"),  # int() of it would raise ValueError
+        ("a{2,1001}", "the repetition {2,1001} counts past 1000"),
+        ("(a)\\1", "invalid escape sequence: \\1"),
+        ("x\udcff", "it holds bytes that are not UTF-8"),  # argv that is not UTF-8
+        ("(?:a{1000}){1000}", "invalid repetition size: {1000}"),  # too big a program
+    ):
+        with pytest.raises(UsageError, match=re.escape(message)):
+            compile_regex(pattern, "--regex x")
+    # A registry's tag may hold a lone surrogate (JSON "\ud800"): it just does not match.
+    assert not compile_regex("^v1$", "x").search("v1\ud800")
+    assert compile_regex("é+", "x").fullmatch("éé")
 
 
 def dump(path: Path) -> list[str]:
