@@ -82,6 +82,57 @@ def test_newest_tags_sort_by_version() -> None:
     ]
 
 
+def test_version_sort_is_exact_and_bounded_for_huge_numbers() -> None:
+    # int() of more than 4300 digits raises ValueError; the key compares digit strings.
+    huge, huger = "9" * 5000, "1" + "0" * 5000
+    tags = [huger, "1.10", huge, "0010", "9", "1.9", "²", "1.10.1"]
+    assert sorted(tags, key=version_key) == ["1.9", "1.10", "1.10.1", "9", "0010", huge, huger, "²"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            b"alpine:3.20\ncaf\xe9:1\n",
+            "Error: image list {path}:2 is not UTF-8 text (byte 15); save it as UTF-8 text, "
+            "one image reference a line\n",
+        ),
+        (
+            b"\x1f\x8b\x08\x00\x00\x00\x00\x00",
+            "Error: image list {path}:1 is not UTF-8 text (byte 1); save it as UTF-8 text, "
+            "one image reference a line\n",
+        ),
+        (
+            b"alpine\n\nbusy\x00box\n",
+            "Error: image list {path}:3 holds a NUL byte: it is not a text file (byte 12); save "
+            "it as UTF-8 text, one image reference a line\n",
+        ),
+        (
+            b"# tools\nalpine:/a{99999999999}/\n",
+            "Error: {path}:2: bad tag regex /a{{99999999999}}/: the repetition number is too "
+            "large\n",
+        ),
+        (
+            b"alpine --tags " + b"9" * 5000 + b"\n",
+            "Error: {path}:1: --tags needs a count from 1 to 100000, not " + "9" * 5000 + "\n",
+        ),
+    ],
+    ids=["latin-1", "gzip", "nul", "regex-overflow", "huge-count"],
+)
+def test_an_unreadable_image_list_is_an_error_naming_file_and_line(
+    env: Path, content: bytes, message: str
+) -> None:
+    image_list = env / "images.txt"
+    image_list.write_bytes(content)
+    result = CliRunner().invoke(cli, ["crawl", "--images", str(image_list)])
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        2,
+        "",
+        message.format(path=image_list),
+    )
+    assert not (env / "index.db").exists()  # refused before the database was opened
+
+
 def test_backoff_grows_after_the_second_failure() -> None:
     assert [backoff(n) for n in (0, 1, 2, 3, 4)] == [
         dt.timedelta(0),
@@ -154,6 +205,31 @@ def test_tag_filters_expand_through_the_tag_list(registry: RegistryServer, env: 
     assert result.exit_code == 0, result.output
     indexed = sorted(line.split()[0] for line in result.stderr.splitlines() if "entries:" in line)
     assert indexed == [f"{registry.host}/team/versions:1.10", f"{registry.host}/team/versions:1.9"]
+
+
+def test_a_5000_digit_tag_in_a_tag_list_does_not_stop_the_crawl(
+    registry: RegistryServer, fault_proxy: FaultProxy, env: Path
+) -> None:
+    # The registry refuses tags over 128 characters; a hostile one lists whatever it likes.
+    for tag in ("1", "2"):
+        registry.push("team/versions", tag, TWO)
+    registry.push("team/one", "1", ONE)
+    huge = "9" * 5000
+    fault_proxy.respond(
+        "/v2/team/versions/tags/list",
+        body=json.dumps({"name": "team/versions", "tags": ["1", huge, "2"]}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    result = crawl(
+        env, f"{fault_proxy.host}/team/versions --tags 2", f"{fault_proxy.host}/team/one:1"
+    )
+    # Sorting the tags no longer raises ValueError (int() of over 4300 digits) and ends the
+    # run: "2" and the list's next image are indexed; the huge tag itself is the registry's to
+    # answer (here: not found) or the tag list's to drop.
+    indexed = sorted(line.split()[0] for line in result.stderr.splitlines() if "sha256:" in line)
+    assert indexed == [f"{fault_proxy.host}/team/one:1", f"{fault_proxy.host}/team/versions:2"]
+    (run,) = runs(env)
+    assert run["status"] in ("ok", "failed")  # ran to its end, not "interrupted"
 
 
 def test_failures_are_recorded_and_retried_by_the_next_run(
