@@ -125,6 +125,7 @@ class CrawlJob:
 
     def _run(self, entries: list[ListEntry]) -> RunSummary:
         started = time.monotonic()
+        self.client.reachability.reset()  # a registry given up last run gets its chance again
         recorder = RunRecorder(self.engine, worker_name())
         owner = f"{worker_name()}:run{recorder.run_id}"
         status = None

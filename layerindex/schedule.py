@@ -146,7 +146,8 @@ def claim_target(
 
 
 def target_done(engine: Engine, reference: str, outcomes: list[ImageOutcome], owner: str) -> None:
-    """Record the check: success resets the back-off, a failure grows it."""
+    """Record the check: success resets the back-off, a failure grows it (unless nothing was
+    tried: its registry had been given up in this run, and the next run tries it again)."""
     now = utcnow()
     errors = [e for o in outcomes for e in o.errors]
     digest = next((o.manifest_digest for o in outcomes if o.manifest_digest), None)
@@ -155,7 +156,9 @@ def target_done(engine: Engine, reference: str, outcomes: list[ImageOutcome], ow
             select(targets.c.failures).where(targets.c.reference == reference)
         ).scalar_one()
         values: dict[str, Any] = {"last_checked": now, "lease_owner": None, "lease_until": None}
-        if errors:
+        if errors and all(o.not_tried for o in outcomes):
+            values["last_error"] = errors[0]
+        elif errors:
             failures += 1
             values |= {
                 "failures": failures,

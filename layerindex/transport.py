@@ -29,6 +29,7 @@ import requests
 import urllib3
 
 from layerindex.errors import DigestMismatch, NetworkError, RegistryError, redact
+from layerindex.retry import is_permanent
 
 log = logging.getLogger("layerindex")
 
@@ -464,11 +465,14 @@ class Transport:
                     auth=_keep_headers,
                 )
             except requests.Timeout as exc:
-                raise NetworkError(f"timed out talking to {host}: {describe(exc)}") from None
+                message = f"timed out talking to {host}: {describe(exc)}"
+                raise NetworkError(message, host=host) from None
             except requests.RequestException as exc:
                 if isinstance(_socket_error(exc), _TooSlow):
-                    raise NetworkError(f"timed out talking to {host}: {describe(exc)}") from None
-                raise NetworkError(f"cannot connect to {host}: {describe(exc)}") from None
+                    message = f"timed out talking to {host}: {describe(exc)}"
+                    raise NetworkError(message, host=host) from None
+                message = f"cannot connect to {host}: {describe(exc)}"
+                raise NetworkError(message, host=host, permanent=is_permanent(exc)) from None
             log.debug(
                 "%s %s -> %d (%s bytes)",
                 method,

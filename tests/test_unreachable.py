@@ -1,0 +1,238 @@
+"""A registry that does not answer costs a crawl one registry's tries, not every image's.
+
+No DNS query leaves the machine: its resolver is a server elsewhere (/etc/resolv.conf), so
+names under ``.invalid`` (RFC 2606: they never resolve) are answered "no such name" by a
+patched ``socket.getaddrinfo``, in process, as a resolver would; ``untrusted.invalid`` is
+answered with 127.0.0.1, where a TLS server shows a certificate nobody trusts.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from click.testing import CliRunner, Result
+from images import make_image, make_layer
+from loopback import SilentServer, refusing_host
+from registry_server import RegistryServer
+from sqlalchemy import create_engine, text
+from token_server import TokenSigner
+
+import layerindex.cli
+from layerindex.cli import cli
+from layerindex.transport import Transport
+
+GOOD = make_image([make_layer({"/bin/good": b"good"})])
+REFUSED_AGAIN = "; {host} is not asked again in this run, the next run tries it again"
+
+
+class Minutes:
+    """The registry client's clock and sleep: each back-off wait passes a minute, as if each
+    try had waited out a one-minute timeout, without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, _seconds: float) -> None:
+        self.now += 60
+
+
+@pytest.fixture
+def tries(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Every HTTP try the registry client makes, by the host it is made to."""
+    counts: Counter[str] = Counter()
+    real = Transport.request
+
+    def counted(self: Transport, method: str, url: str, **kwargs: Any) -> Any:
+        counts[urlsplit(url).netloc] += 1
+        return real(self, method, url, **kwargs)
+
+    monkeypatch.setattr(Transport, "request", counted)
+    return counts
+
+
+@pytest.fixture
+def no_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(host, str) and host == "untrusted.invalid":
+            return real("127.0.0.1", *args, **kwargs)
+        if isinstance(host, str) and host.endswith(".invalid"):
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+@pytest.fixture
+def crawl(
+    home: Path, monkeypatch: pytest.MonkeyPatch, no_dns: None
+) -> Callable[..., tuple[Result, list[dict[str, Any]]]]:
+    """``layerindex crawl`` of the given lines, its client's waits passing a fake clock's
+    minutes (``Minutes``), reads timing out after 0.5 s; returns the result and ``runs``."""
+    monkeypatch.setenv("LAYERINDEX_DB", f"sqlite:///{home / 'index.db'}")
+    minutes = Minutes()
+    real = layerindex.cli._client
+
+    def client(insecure: tuple[str, ...], **options: Any) -> Any:
+        return real(insecure, **options, read_timeout=0.5, clock=minutes.clock, sleep=minutes.sleep)
+
+    monkeypatch.setattr(layerindex.cli, "_client", client)
+
+    def invoke(*lines: str, extra: tuple[str, ...] = ()) -> tuple[Result, list[dict[str, Any]]]:
+        image_list = home / "images.txt"
+        image_list.write_text("\n".join(lines) + "\n")
+        result = CliRunner().invoke(
+            cli, ["crawl", "--images", str(image_list), "--jobs", "4", *extra]
+        )
+        runs = CliRunner().invoke(cli, ["runs", "--json"], catch_exceptions=False)
+        return result, json.loads(runs.stdout)
+
+    return invoke
+
+
+def errors_of(result: Result) -> Counter[str]:
+    return Counter(
+        line.removeprefix("Error: ")
+        for line in result.stderr.splitlines()
+        if line.startswith("Error: ")
+    )
+
+
+def given_up(result: Result, host: str, *, first: str, said: str, others: int) -> None:
+    """One image's error for ``host`` says what failed (``first``, then requests' words, among
+    them ``said``); ``others`` images fail at once with the same message, given up."""
+    again = REFUSED_AGAIN.format(host=host)
+    errors = errors_of(result)
+    (error,) = [e for e in errors if e.startswith(first) and said in e and not e.endswith(again)]
+    assert errors[error] == 1
+    assert errors[error + again] == others
+
+
+def targets(home: Path) -> dict[str, tuple[int, str | None]]:
+    """Each crawled reference's failures in a row and last error."""
+    engine = create_engine(f"sqlite:///{home / 'index.db'}")
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT reference, failures, last_error FROM targets"))
+        found = {r.reference: (r.failures, r.last_error) for r in rows}
+    engine.dispose()
+    return found
+
+
+@pytest.fixture
+def refused() -> Iterator[str]:
+    with refusing_host() as host:
+        yield host
+
+
+def test_a_refusing_registry_and_a_name_that_does_not_exist_are_tried_once_per_run(
+    registry: RegistryServer,
+    crawl: Callable[..., tuple[Result, list[dict[str, Any]]]],
+    tries: Counter[str],
+    refused: str,
+    home: Path,
+) -> None:
+    registry.push("team/good", "1", GOOD)
+    dead = "dead.invalid"
+    lines = [f"{host}/team/{name}:1" for host in (refused, dead) for name in "abc"]
+    result, (run, *_) = crawl(
+        *lines, f"{registry.host}/team/good:1", extra=("--give-up-after", "1h")
+    )
+    assert result.exit_code == 1, result.output
+    # Refused: five tries (a registry restarting refuses for a moment), once for the run; no
+    # such name: one try. Every other image of theirs fails at once with the same message.
+    assert (tries[refused], tries[dead]) == (5, 1)
+    given_up(
+        result,
+        refused,
+        first=f"cannot connect to {refused}: ",
+        said="[Errno 111] Connection refused (tried 5 times)",
+        others=2,
+    )
+    given_up(
+        result,
+        dead,
+        first=f"cannot connect to {dead}: ",
+        said=f"Failed to resolve '{dead}' ([Errno -2] Name or service not known)",
+        others=2,
+    )
+    assert len(errors_of(result)) == 4
+    assert result.stderr.splitlines()[-1].endswith(
+        ": 7 images (0 unchanged, 6 failed), layers 1 indexed, 0 known, 0 skipped, 0 failed, "
+        f"{len(GOOD.layers[0].blob)} B downloaded"
+    )
+    assert (run["status"], run["images"], run["images_failed"], len(run["errors"])) == (
+        "failed",
+        7,
+        6,
+        6,
+    )
+    # The images never tried do not grow their back-off: the next run tries them all again.
+    failures = sorted(failures for failures, _error in targets(home).values())
+    assert failures == [0, 0, 0, 0, 0, 1, 1]
+    tries.clear()
+    again, _runs = crawl(*lines, extra=("--give-up-after", "1h"))
+    assert again.exit_code == 1
+    assert (tries[refused], tries[dead]) == (5, 1)
+    assert sum(errors_of(again).values()) == 6
+
+
+def test_a_registry_that_never_answers_is_given_up_after_give_up_after(
+    crawl: Callable[..., tuple[Result, list[dict[str, Any]]]], tries: Counter[str]
+) -> None:
+    silent = SilentServer()
+    try:
+        lines = [f"{silent.host}/team/{name}:1" for name in "abcd"]
+        result, (run, *_) = crawl(*lines, extra=("--give-up-after", "2m"))
+    finally:
+        silent.stop()
+    assert result.exit_code == 1, result.output
+    # Tries at minute 0, 1 and 2 of no answer (each back-off passes a minute of the fake
+    # clock); at 2 minutes it is given up, and the other three images are not tried.
+    assert (tries[silent.host], len(silent.accepted)) == (3, 3)
+    given_up(
+        result,
+        silent.host,
+        first=f"timed out talking to {silent.host}: ",
+        said="Read timed out. (read timeout=0.5) (tried 3 times, no answer for 2 min)",
+        others=3,
+    )
+    assert (run["images"], run["images_failed"]) == (4, 4)
+
+
+def test_a_certificate_that_fails_verification_is_not_tried_again(
+    crawl: Callable[..., tuple[Result, list[dict[str, Any]]]],
+    tries: Counter[str],
+    tmp_path: Path,
+) -> None:
+    signer = TokenSigner("untrusted.invalid")  # self-signed: no one's trusted CA signed it
+    (tmp_path / "cert.pem").write_bytes(signer.cert_pem)
+    (tmp_path / "key.pem").write_bytes(signer.key_pem)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    server = SilentServer(tls)
+    host = f"untrusted.invalid:{server.host.rpartition(':')[2]}"
+    try:
+        result, _runs = crawl(f"{host}/team/a:1", f"{host}/team/b:1")
+    finally:
+        server.stop()
+    assert result.exit_code == 1, result.output
+    assert (tries[host], len(server.accepted)) == (1, 1)
+    given_up(
+        result,
+        host,
+        first=f"cannot connect to {host}: ",
+        said="[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed",
+        others=1,
+    )
