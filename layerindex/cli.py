@@ -782,6 +782,7 @@ def crawl(
         lease_seconds=parse_duration(lease),
         on_image=progress.image,
         on_total=progress.set_total,
+        on_error=progress.error,
     )
     _imports_done()
     if interval is None:
@@ -816,6 +817,9 @@ def runs_command(context: Context, limit: int, output_format: str) -> None:
             "images",
             "images_unchanged",
             "images_failed",
+            "images_deferred",
+            "deferred_until",
+            "lists_failed",
             "layers_indexed",
             "layers_known",
             "layers_skipped",
@@ -830,6 +834,8 @@ def runs_command(context: Context, limit: int, output_format: str) -> None:
             "images",
             "images_unchanged",
             "images_failed",
+            "images_deferred",
+            "deferred_until",
             "layers_indexed",
             "layers_failed",
             "bytes",

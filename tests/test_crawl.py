@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -253,6 +254,58 @@ def test_failures_are_recorded_and_retried_by_the_next_run(
     retried = crawl(env, ref)
     assert retried.exit_code == 0, retried.output
     assert "layers: 1 indexed, 1 known, 0 skipped, 0 failed" in retried.stderr
+
+
+def test_a_run_whose_images_wait_out_their_back_off_says_so(
+    registry: RegistryServer, env: Path
+) -> None:
+    missing = f"{registry.host}/team/missing:1"
+    for _ in range(2):  # the second failure in a row starts a back-off of a minute
+        assert crawl(env, missing).exit_code == 1
+    deferred = crawl(env, missing)
+    assert deferred.exit_code == 0, deferred.output
+    engine = create_engine(os.environ["LAYERINDEX_DB"])
+    with engine.connect() as connection:
+        stored = connection.execute(text("SELECT next_attempt FROM targets")).scalar_one()
+    engine.dispose()
+    until = dt.datetime.fromisoformat(stored)
+    assert re.fullmatch(
+        r"run 3 ok in \d+\.\ds: 0 images \(0 unchanged, 0 failed\), 1 in back-off until "
+        + re.escape(f"{until:%Y-%m-%d %H:%M:%S}Z")
+        + r" at the earliest, layers 0 indexed, 0 known, 0 skipped, 0 failed, 0 B downloaded\n",
+        deferred.stderr,
+    ), deferred.stderr
+    run = runs(env)[0]
+    assert (run["status"], run["images"], run["images_deferred"], run["deferred_until"]) == (
+        "ok",
+        0,
+        1,
+        f"{until:%Y-%m-%dT%H:%M:%S}+00:00",
+    )
+
+
+def test_a_list_line_whose_tags_cannot_be_listed_is_an_error_line_not_an_image(
+    registry: RegistryServer, env: Path
+) -> None:
+    registry.push("team/two", "1", TWO)
+    line = f"{registry.host}/team/missing --tags 2"
+    result = crawl(env, line, f"{registry.host}/team/two:1")
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    (error,) = [e for e in lines if e.startswith("Error: ")]
+    assert error.startswith(f"Error: {line}: cannot list tags: ")
+    assert error.endswith(f"repository {registry.host}/team/missing not found")
+    assert lines[-1].endswith(
+        ": 1 images (0 unchanged, 0 failed), 1 list lines failed, layers 1 indexed, 0 known, "
+        f"0 skipped, 0 failed, {len(TWO.layers[0].blob)} B downloaded"
+    )
+    (run,) = runs(env)
+    assert (run["status"], run["images"], run["images_failed"], run["lists_failed"]) == (
+        "failed",
+        1,
+        0,
+        1,
+    )
 
 
 def test_second_crawl_on_the_same_sqlite_database_is_refused(
