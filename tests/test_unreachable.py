@@ -8,9 +8,12 @@ answered with 127.0.0.1, where a TLS server shows a certificate nobody trusts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import ssl
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +30,10 @@ from token_server import TokenSigner
 
 import layerindex.cli
 from layerindex.cli import cli
+from layerindex.credentials import Keychain
+from layerindex.errors import NetworkError
+from layerindex.reference import parse_reference
+from layerindex.registry import RegistryClient
 from layerindex.transport import Transport
 
 GOOD = make_image([make_layer({"/bin/good": b"good"})])
@@ -243,3 +250,35 @@ def test_a_certificate_that_fails_verification_is_not_tried_again(
         said="[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed",
         others=1,
     )
+
+
+def test_a_registry_that_never_answers_does_not_hold_up_the_others(
+    registry: RegistryServer,
+) -> None:
+    registry.push("team/good", "1", GOOD)
+    silent = SilentServer()
+    client = RegistryClient(keychain=Keychain([]), read_timeout=600, retries=0)
+    silent_ref = parse_reference(f"{silent.host}/team/a:1")
+
+    def ask_silent() -> None:
+        with contextlib.suppress(NetworkError):
+            client.head_manifest(silent_ref)
+
+    stuck = threading.Thread(target=ask_silent)
+    stuck.start()
+    try:
+        while not silent.accepted:  # its first ping is in flight, holding its registry's lock
+            time.sleep(0.01)
+        good: list[str | None] = []
+        asking = threading.Thread(
+            target=lambda: good.append(
+                client.head_manifest(parse_reference(f"{registry.host}/team/good:1"))
+            )
+        )
+        asking.start()
+        asking.join(timeout=60)  # only against a hang: it is answered in milliseconds
+        assert not asking.is_alive(), "the good registry waited for the silent one's ping"
+        assert good and good[0] is not None and good[0].startswith("sha256:")
+    finally:
+        silent.stop()
+        stuck.join()
