@@ -21,7 +21,7 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
@@ -54,34 +54,13 @@ _NO_SUCH_NAME = frozenset(
 )
 
 
-def is_permanent(exc: BaseException) -> bool:
-    """Whether a connection failure (requests', wrapping urllib3's, wrapping the socket's) is
-    one that trying again will not mend: no such host name, or a certificate that fails."""
-    for cause in _causes(exc):
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return True
-        if isinstance(cause, socket.gaierror) and cause.errno in _NO_SUCH_NAME:
-            return True
-    return False
-
-
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and what it wraps: causes, contexts, urllib3's ``reason``, requests' first arg."""
-    seen: set[int] = set()
-    pending = [exc]
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        wrapped = (
-            current.__cause__,
-            current.__context__,
-            getattr(current, "reason", None),
-            current.args[0] if current.args else None,
-        )
-        pending += [w for w in wrapped if isinstance(w, BaseException)]
+def is_permanent(failure: OSError | None) -> bool:
+    """Whether a connection's failure (the operating system's error under the HTTP stack's
+    wrappers) is one that trying again will not mend: no such host name, or a certificate
+    that fails verification."""
+    if isinstance(failure, ssl.SSLCertVerificationError):
+        return True
+    return isinstance(failure, socket.gaierror) and failure.errno in _NO_SUCH_NAME
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import socket
+import ssl
 import threading
 import time
 import zlib
@@ -106,6 +107,8 @@ def describe(exc: BaseException) -> str:
     """A connection error in words, without URLs (they may carry signed query strings) and
     without Python's names for things: "connection refused", "name or service not known"."""
     root = _socket_error(exc)
+    if isinstance(root, ssl.SSLCertVerificationError):
+        return f"TLS certificate verification failed ({root.verify_message})"
     if root is not None and root.strerror:
         words = root.strerror[:1].lower() + root.strerror[1:]
         return f"host name not found ({words})" if isinstance(root, socket.gaierror) else words
@@ -472,7 +475,8 @@ class Transport:
                     message = f"timed out talking to {host}: {describe(exc)}"
                     raise NetworkError(message, host=host) from None
                 message = f"cannot connect to {host}: {describe(exc)}"
-                raise NetworkError(message, host=host, permanent=is_permanent(exc)) from None
+                permanent = is_permanent(_socket_error(exc))
+                raise NetworkError(message, host=host, permanent=permanent) from None
             log.debug(
                 "%s %s -> %d (%s bytes)",
                 method,

@@ -37,7 +37,6 @@ from layerindex.registry import RegistryClient
 from layerindex.transport import Transport
 
 GOOD = make_image([make_layer({"/bin/good": b"good"})])
-REFUSED_AGAIN = "; {host} is not asked again in this run, the next run tries it again"
 
 
 class Minutes:
@@ -117,14 +116,11 @@ def errors_of(result: Result) -> Counter[str]:
     )
 
 
-def given_up(result: Result, host: str, *, first: str, said: str, others: int) -> None:
-    """One image's error for ``host`` says what failed (``first``, then requests' words, among
-    them ``said``); ``others`` images fail at once with the same message, given up."""
-    again = REFUSED_AGAIN.format(host=host)
-    errors = errors_of(result)
-    (error,) = [e for e in errors if e.startswith(first) and said in e and not e.endswith(again)]
-    assert errors[error] == 1
-    assert errors[error + again] == others
+def given_up(host: str, error: str, others: int) -> dict[str, int]:
+    """The error lines for ``host``: its first image's ``error``, then ``others`` images that
+    fail at once with the same message, the host given up."""
+    again = f"; {host} is not asked again in this run, the next run tries it again"
+    return {error: 1, error + again: others}
 
 
 def targets(home: Path) -> dict[str, tuple[int, str | None]]:
@@ -160,21 +156,11 @@ def test_a_refusing_registry_and_a_name_that_does_not_exist_are_tried_once_per_r
     # Refused: five tries (a registry restarting refuses for a moment), once for the run; no
     # such name: one try. Every other image of theirs fails at once with the same message.
     assert (tries[refused], tries[dead]) == (5, 1)
-    given_up(
-        result,
-        refused,
-        first=f"cannot connect to {refused}: ",
-        said="[Errno 111] Connection refused (tried 5 times)",
-        others=2,
+    assert errors_of(result) == given_up(
+        refused, f"cannot connect to {refused}: connection refused (tried 5 times)", 2
+    ) | given_up(
+        dead, f"cannot connect to {dead}: host name not found (name or service not known)", 2
     )
-    given_up(
-        result,
-        dead,
-        first=f"cannot connect to {dead}: ",
-        said=f"Failed to resolve '{dead}' ([Errno -2] Name or service not known)",
-        others=2,
-    )
-    assert len(errors_of(result)) == 4
     assert result.stderr.splitlines()[-1].endswith(
         ": 7 images (0 unchanged, 6 failed), layers 1 indexed, 0 known, 0 skipped, 0 failed, "
         f"{len(GOOD.layers[0].blob)} B downloaded"
@@ -215,12 +201,11 @@ def test_a_registry_that_never_answers_is_given_up_after_give_up_after(
     # Tries at minute 0, 1 and 2 of no answer (each back-off passes a minute of the fake
     # clock); at 2 minutes it is given up, and the other three images are not tried.
     assert (tries[silent.host], len(silent.accepted)) == (3, 3)
-    given_up(
-        result,
+    assert errors_of(result) == given_up(
         silent.host,
-        first=f"timed out talking to {silent.host}: ",
-        said="Read timed out. (read timeout=0.5) (tried 3 times, no answer for 2 min)",
-        others=3,
+        f"timed out talking to {silent.host}: no answer within 0.5 s (tried 3 times, no answer "
+        "for 2 min)",
+        3,
     )
     assert (run["images"], run["images_failed"]) == (4, 4)
 
@@ -243,13 +228,10 @@ def test_a_certificate_that_fails_verification_is_not_tried_again(
         server.stop()
     assert result.exit_code == 1, result.output
     assert (tries[host], len(server.accepted)) == (1, 1)
-    given_up(
-        result,
-        host,
-        first=f"cannot connect to {host}: ",
-        said="[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed",
-        others=1,
+    error = (
+        f"cannot connect to {host}: TLS certificate verification failed (self-signed certificate)"
     )
+    assert errors_of(result) == given_up(host, error, 1)
 
 
 def test_a_registry_that_never_answers_does_not_hold_up_the_others(
