@@ -9,9 +9,9 @@ message, until ``reset`` (the next crawl run). A host is given up when
   name server that did not answer),
 - a try failed in a way another try will not mend (``NetworkError.permanent``: a host name that
   does not exist, a TLS certificate that fails verification), or
-- it has answered nothing for ``give_up_after`` seconds of this run, counted from its first
-  failure since its last answer: a run spends at most that, plus one request's timeout, on a
-  registry that is gone, however many images it lists and retries it allows.
+- it has answered nothing for ``give_up_after`` seconds of this run, counted from the first try
+  since its last answer: a run spends at most that, plus one try's timeout, on a registry that
+  is gone, however many images it lists and retries it allows.
 
 A host that answered anything (any HTTP status) is reachable; its errors are the registry's.
 """
@@ -34,7 +34,7 @@ class HostGivenUp(NetworkError):
 
 @dataclass
 class _Host:
-    failing_since: float | None = None  # the first failure since the last answer
+    failing_since: float | None = None  # when the first try since the last answer was made
     given_up: str | None = None  # why, once given up: the last failure's message
 
 
@@ -70,15 +70,14 @@ class Reachability:
         with self._lock:
             self._hosts.pop(host, None)
 
-    def failing_too_long(self, host: str) -> bool:
-        """Note a try at ``host`` that got no answer; True once the host has answered nothing
-        for ``give_up_after`` seconds."""
+    def failing_too_long(self, host: str, tried_at: float) -> bool:
+        """Note a try at ``host``, made at ``tried_at`` (``clock()``), that got no answer; True
+        once the host has answered nothing for ``give_up_after`` seconds."""
         with self._lock:
             state = self._hosts.setdefault(host, _Host())
-            now = self.clock()
             if state.failing_since is None:
-                state.failing_since = now
-            return now - state.failing_since >= self.give_up_after
+                state.failing_since = tried_at
+            return self.clock() - state.failing_since >= self.give_up_after
 
     def give_up(self, host: str, why: str) -> None:
         """No more requests to ``host`` in this run: they fail with ``why``."""

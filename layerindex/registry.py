@@ -199,6 +199,7 @@ class RegistryClient:
         for attempt in range(policy.attempts):
             final = attempt + 1 == policy.attempts
             self.reachability.check(host)
+            tried_at = self.reachability.clock()
             try:
                 response = self.transport.request(
                     method,
@@ -211,7 +212,7 @@ class RegistryClient:
                 )
             except NetworkError as exc:
                 failed = exc.host or host
-                too_long = self.reachability.failing_too_long(failed)
+                too_long = self.reachability.failing_too_long(failed, tried_at)
                 # permanent: no such host name, a certificate that fails verification
                 if too_long or final or exc.permanent:
                     notes = [f"tried {attempt + 1} times"] if attempt else []
