@@ -429,6 +429,8 @@ class Crawler:
             if self.stopping:  # its download was abandoned: not the layer's failure
                 return _LayerResult("failed", error=f"{where}: interrupted")
             log.info("%s", message)  # the caller reports it
+            if isinstance(exc, HostGivenUp):  # not asked for: its registry's failure, not its own
+                return _LayerResult("failed", error=message)
             with self._write_lock:
                 store.record_failure(layer, message)
             return _LayerResult("failed", error=message)

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from click.testing import CliRunner, Result
+from faults import FaultProxy
 from images import make_image, make_layer
 from loopback import SilentServer, refusing_host
 from registry_server import RegistryServer
@@ -194,6 +195,32 @@ def test_a_refusing_registry_and_a_name_that_does_not_exist_are_tried_once_per_r
     for later in later_runs[:2]:
         assert later["images"] == later["images_failed"]
         assert later["images"] + later["images_deferred"] == 6
+
+
+def test_layers_not_tried_once_their_registry_is_given_up_keep_no_failure(
+    fault_proxy: FaultProxy,
+    crawl: Callable[..., tuple[Result, list[dict[str, Any]]]],
+    tries: Counter[str],
+    home: Path,
+) -> None:
+    # The registry answers for the manifest and config, then hangs up on every blob request.
+    two_layers = make_image([make_layer({"/bin/one": b"1"}), make_layer({"/bin/two": b"2"})])
+    fault_proxy.push("team/two", "1", two_layers)
+    for layer in two_layers.layers:
+        fault_proxy.hang(f"/blobs/{layer.digest}", seconds=0, times=None)
+    result, _runs = crawl(
+        f"{fault_proxy.host}/team/two:1", extra=("--give-up-after", "1h", "--jobs", "1")
+    )
+    assert result.exit_code == 1
+    first, second = (layer.digest for layer in two_layers.layers)
+    assert len(fault_proxy.seen(f"/blobs/{first}")) == 5
+    assert fault_proxy.seen(f"/blobs/{second}") == []
+    engine = create_engine(f"sqlite:///{home / 'index.db'}")
+    with engine.connect() as connection:
+        attempts = dict(connection.execute(text("SELECT digest, attempts FROM layers")).all())
+    engine.dispose()
+    # The layer whose download failed counts the failure; the one never asked for does not.
+    assert attempts == {first: 1, second: 0}
 
 
 def test_a_registry_that_never_answers_is_given_up_after_give_up_after(
