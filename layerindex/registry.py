@@ -50,7 +50,7 @@ from layerindex.errors import (
 )
 from layerindex.manifest import ACCEPT_MANIFESTS
 from layerindex.manifest import FetchedManifest as FetchedManifest
-from layerindex.reachability import GIVE_UP_AFTER, Reachability
+from layerindex.reachability import GIVE_UP_AFTER, HostGivenUp, Reachability
 from layerindex.reference import (
     DOCKER_HUB,
     DOCKER_HUB_ALIASES,
@@ -155,7 +155,10 @@ class RegistryClient:
         self.timeout = (connect_timeout, read_timeout)
         self.user_agent = user_agent or f"layerindex/{layerindex.__version__}"
         self.tokens = TokenCache(clock)
-        self.transport = Transport(timeout=self.timeout, user_agent=self.user_agent)
+        self.reachability = Reachability(give_up_after=give_up_after, clock=clock)
+        self.transport = Transport(
+            timeout=self.timeout, user_agent=self.user_agent, reachability=self.reachability
+        )
         self.retry = RetryPolicy(
             retries=max(0, retries),
             backoff_base=backoff_base,
@@ -167,7 +170,6 @@ class RegistryClient:
         self.blob_resumes = max(0, blob_resumes)
         self.body_deadline = body_deadline
         self.blob_progress = blob_progress
-        self.reachability = Reachability(give_up_after=give_up_after, clock=clock)
         self._quotas: dict[str, Quota] = {}
         self._quota_warned: set[str] = set()
         self._lock = threading.Lock()
@@ -195,10 +197,8 @@ class RegistryClient:
         The last answer is returned whatever its status; ``_check`` turns it into an error.
         ``quota_of``: the image whose registry's ``RateLimit-*`` headers these would be."""
         policy = self.retry
-        host = host_of(url)
         for attempt in range(policy.attempts):
             final = attempt + 1 == policy.attempts
-            self.reachability.check(host)
             tried_at = self.reachability.clock()
             try:
                 response = self.transport.request(
@@ -210,8 +210,10 @@ class RegistryClient:
                     stream=stream,
                     origin=origin,
                 )
+            except HostGivenUp:
+                raise  # nothing was asked
             except NetworkError as exc:
-                failed = exc.host or host
+                failed = exc.host or host_of(url)
                 too_long = self.reachability.failing_too_long(failed, tried_at)
                 # permanent: no such host name, a certificate that fails verification
                 if too_long or final or exc.permanent:
@@ -226,7 +228,6 @@ class RegistryClient:
                     raise error from None
                 self._pause(method, url, str(exc), policy.backoff(attempt), attempt)
                 continue
-            self.reachability.answered(host)
             if quota_of is not None:
                 self._note_quota(quota_of, response)
             wait = None if final else self._retry_wait(response, attempt)

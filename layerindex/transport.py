@@ -30,6 +30,7 @@ import requests
 import urllib3
 
 from layerindex.errors import DigestMismatch, NetworkError, RegistryError, redact
+from layerindex.reachability import Reachability
 from layerindex.retry import is_permanent
 
 log = logging.getLogger("layerindex")
@@ -420,9 +421,16 @@ class Transport:
     """requests with our rules; thread-safe (a Session per thread). The answer to each
     request must have arrived, headers and all, within the read timeout (``_watched``)."""
 
-    def __init__(self, *, timeout: tuple[float, float], user_agent: str) -> None:
+    def __init__(
+        self,
+        *,
+        timeout: tuple[float, float],
+        user_agent: str,
+        reachability: Reachability | None = None,
+    ) -> None:
         self.timeout = timeout
         self.user_agent = user_agent
+        self.reachability = reachability  # hosts given up are not asked, a redirect's either
         self._local = threading.local()
 
     def _session(self) -> requests.Session:
@@ -455,6 +463,8 @@ class Transport:
             if authorization is not None and origin_of(url) == allowed:
                 hop_headers["Authorization"] = authorization
             host = host_of(url)
+            if self.reachability is not None:
+                self.reachability.check(host)
             _header_watch.seconds = self.timeout[1]
             try:
                 response = self._session().request(
@@ -484,6 +494,8 @@ class Transport:
                 response.status_code,
                 response.headers.get("Content-Length", "?"),
             )
+            if self.reachability is not None:
+                self.reachability.answered(host)
             location = response.headers.get("Location")
             if response.status_code not in _REDIRECTS or not location:
                 return response

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import requests
 from click.testing import CliRunner, Result
 from faults import FaultProxy
 from images import make_image, make_layer
@@ -35,7 +36,6 @@ from layerindex.credentials import Keychain
 from layerindex.errors import NetworkError
 from layerindex.reference import parse_reference
 from layerindex.registry import RegistryClient
-from layerindex.transport import Transport
 
 GOOD = make_image([make_layer({"/bin/good": b"good"})])
 
@@ -61,19 +61,19 @@ def minutes() -> Minutes:
 
 @pytest.fixture
 def tries(monkeypatch: pytest.MonkeyPatch, minutes: Minutes) -> Counter[str]:
-    """Every HTTP try the registry client makes, by the host it is made to; each takes a
-    minute of ``minutes``."""
+    """Every HTTP request the registry client sends (a redirect's too), by the host it is sent
+    to; each takes a minute of ``minutes``."""
     counts: Counter[str] = Counter()
-    real = Transport.request
+    real = requests.Session.request
 
-    def counted(self: Transport, method: str, url: str, **kwargs: Any) -> Any:
+    def counted(self: requests.Session, method: str, url: str, **kwargs: Any) -> Any:
         counts[urlsplit(url).netloc] += 1
         try:
             return real(self, method, url, **kwargs)
         finally:
             minutes.now += 60
 
-    monkeypatch.setattr(Transport, "request", counted)
+    monkeypatch.setattr(requests.Session, "request", counted)
     return counts
 
 
@@ -197,30 +197,66 @@ def test_a_refusing_registry_and_a_name_that_does_not_exist_are_tried_once_per_r
         assert later["images"] + later["images_deferred"] == 6
 
 
+TWO_LAYERS = make_image([make_layer({"/bin/one": b"1"}), make_layer({"/bin/two": b"2"})])
+
+
+def blob_attempts(home: Path) -> dict[str, int]:
+    engine = create_engine(f"sqlite:///{home / 'index.db'}")
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT digest, attempts FROM layers")).all()
+    engine.dispose()
+    return {str(digest): int(count) for digest, count in rows}
+
+
 def test_layers_not_tried_once_their_registry_is_given_up_keep_no_failure(
     fault_proxy: FaultProxy,
     crawl: Callable[..., tuple[Result, list[dict[str, Any]]]],
-    tries: Counter[str],
     home: Path,
 ) -> None:
     # The registry answers for the manifest and config, then hangs up on every blob request.
-    two_layers = make_image([make_layer({"/bin/one": b"1"}), make_layer({"/bin/two": b"2"})])
-    fault_proxy.push("team/two", "1", two_layers)
-    for layer in two_layers.layers:
+    fault_proxy.push("team/two", "1", TWO_LAYERS)
+    for layer in TWO_LAYERS.layers:
         fault_proxy.hang(f"/blobs/{layer.digest}", seconds=0, times=None)
     result, _runs = crawl(
         f"{fault_proxy.host}/team/two:1", extra=("--give-up-after", "1h", "--jobs", "1")
     )
     assert result.exit_code == 1
-    first, second = (layer.digest for layer in two_layers.layers)
+    first, second = (layer.digest for layer in TWO_LAYERS.layers)
     assert len(fault_proxy.seen(f"/blobs/{first}")) == 5
     assert fault_proxy.seen(f"/blobs/{second}") == []
-    engine = create_engine(f"sqlite:///{home / 'index.db'}")
-    with engine.connect() as connection:
-        attempts = dict(connection.execute(text("SELECT digest, attempts FROM layers")).all())
-    engine.dispose()
     # The layer whose download failed counts the failure; the one never asked for does not.
-    assert attempts == {first: 1, second: 0}
+    assert blob_attempts(home) == {first: 1, second: 0}
+
+
+def test_a_blob_host_that_does_not_answer_is_given_up_too(
+    fault_proxy: FaultProxy,
+    crawl: Callable[..., tuple[Result, list[dict[str, Any]]]],
+    tries: Counter[str],
+    refused: str,
+    home: Path,
+) -> None:
+    # The registry redirects its blobs to a CDN that refuses connections.
+    fault_proxy.push("team/two", "1", TWO_LAYERS)
+    for layer in TWO_LAYERS.layers:
+        location = {"Location": f"http://{refused}/cdn/{layer.digest}"}
+        fault_proxy.respond(f"/blobs/{layer.digest}", status=307, body=b"", headers=location)
+    result, _runs = crawl(
+        f"{fault_proxy.host}/team/two:1", extra=("--give-up-after", "1h", "--jobs", "1")
+    )
+    assert result.exit_code == 1
+    first, second = (layer.digest for layer in TWO_LAYERS.layers)
+    # Five tries of the first layer (each redirected to the CDN); the second layer's redirect
+    # is followed no further: its host was given up.
+    assert tries[refused] == 5
+    assert [len(fault_proxy.seen(f"/blobs/{d}")) for d in (first, second)] == [5, 1]
+    assert blob_attempts(home) == {first: 1, second: 0}
+    error = f"cannot connect to {refused}: connection refused (tried 5 times)"
+    where = f"image {fault_proxy.host}/team/two:1 layer "
+    assert set(errors_of(result)) == {
+        f"{where}{first}: {error}",
+        f"{where}{second}: {error}; {refused} is not asked again in this run, the next run tries "
+        "it again",
+    }
 
 
 def test_a_registry_that_never_answers_is_given_up_after_give_up_after(
