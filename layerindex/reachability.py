@@ -3,7 +3,8 @@
 A crawl of many images from one registry that is down (offline, a dropped route, a server that
 accepts and never answers) used to try every image in turn, five tries each. Now the first
 image's requests find out, and every later request to that host fails at once with the same
-message, until ``reset`` (the next crawl run). A host is given up when
+message, until ``reset`` (the next crawl run). Hosts are the registry's, its token server's and
+those its redirects lead to (a blob CDN): the transport checks each hop. A host is given up when
 
 - a request to it got no answer after all its tries (connection refused, reset, timed out, a
   name server that did not answer),
