@@ -16,6 +16,7 @@ from pathlib import Path
 
 from layerindex.errors import InvalidReference, UsageError
 from layerindex.reference import Reference, parse_reference
+from layerindex.regex import Regex, compile_regex
 
 _TAG_FILTER = re.compile(r"^(?P<repo>[^\s]+?):/(?P<regex>.*)/$")
 NEWEST_MAX = 100_000  # --tags N: more tags than any repository keeps
@@ -28,7 +29,7 @@ class ListEntry:
 
     text: str  # the line as written (without comment), for messages and run records
     reference: Reference  # for a filtered repository: the repository with tag "latest"
-    tag_pattern: re.Pattern[str] | None = None
+    tag_pattern: Regex | None = None  # RE2: linear in the tag whatever the pattern
     newest: int | None = None
 
     @property
@@ -47,15 +48,13 @@ def parse_line(line: str, where: str = "") -> ListEntry | None:
         # int() of thousands of digits raises ValueError: a count that long is refused as such.
         newest = int(count) if len(count) <= len(str(NEWEST_MAX)) else NEWEST_MAX + 1
         if not 1 <= newest <= NEWEST_MAX:
-            raise UsageError(f"{where}: --tags needs a count from 1 to {NEWEST_MAX}, not {count}")
+            given = count if len(count) <= 12 else f"a {len(count)}-digit number"
+            raise UsageError(f"{where}: --tags needs a count from 1 to {NEWEST_MAX}, not {given}")
     else:
         text_head = text
     pattern = None
     if match := _TAG_FILTER.match(text_head):
-        try:
-            pattern = re.compile(match["regex"])
-        except (re.error, OverflowError) as exc:  # OverflowError: a{99999999999}
-            raise UsageError(f"{where}: bad tag regex /{match['regex']}/: {exc}") from None
+        pattern = compile_regex(match["regex"], f"{where}: tag regex /{match['regex']}/")
         text_head = match["repo"]
     try:
         reference = parse_reference(text_head)

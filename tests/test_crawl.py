@@ -63,12 +63,17 @@ def test_list_lines() -> None:
     assert not entry.expands
     filtered = parse_line(r"bitnami/kubectl:/^1\.3[0-9]\./ --tags 2")
     assert filtered is not None and filtered.newest == 2
-    assert filtered.tag_pattern is not None and filtered.tag_pattern.pattern == r"^1\.3[0-9]\."
+    assert filtered.tag_pattern is not None
+    assert [filtered.tag_pattern.search(t) for t in ("1.31.2", "1.29.0", "11.3.0")] == [
+        True,
+        False,
+        False,
+    ]
     assert filtered.reference.repository == "bitnami/kubectl"
 
 
 def test_bad_list_lines_say_where() -> None:
-    with pytest.raises(UsageError, match=r"list\.txt:3: bad tag regex /\(/"):
+    with pytest.raises(UsageError, match=r"list\.txt:3: tag regex /\(/ is not a valid regular"):
         parse_line("app:/(/", "list.txt:3")
     with pytest.raises(UsageError, match=r"list\.txt:4: invalid reference"):
         parse_line("App:1", "list.txt:4")
@@ -110,12 +115,12 @@ def test_version_sort_is_exact_and_bounded_for_huge_numbers() -> None:
         ),
         (
             b"# tools\nalpine:/a{99999999999}/\n",
-            "Error: {path}:2: bad tag regex /a{{99999999999}}/: the repetition number is too "
-            "large\n",
+            "Error: {path}:2: tag regex /a{{99999999999}}/: the repetition {{99999999999}} counts "
+            "past 1000, the most RE2 matches; use a smaller count or +\n",
         ),
         (
             b"alpine --tags " + b"9" * 5000 + b"\n",
-            "Error: {path}:1: --tags needs a count from 1 to 100000, not " + "9" * 5000 + "\n",
+            "Error: {path}:1: --tags needs a count from 1 to 100000, not a 5000-digit number\n",
         ),
     ],
     ids=["latin-1", "gzip", "nul", "regex-overflow", "huge-count"],
