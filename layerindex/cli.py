@@ -152,14 +152,15 @@ class _StderrHandler(logging.Handler):
         echo(f"{label}: {record.getMessage()}", err=True)  # the current stderr, always
 
 
-def _client(insecure: Iterable[str]) -> Any:
-    """A registry client with the user's credentials and insecure registries."""
+def _client(insecure: Iterable[str], **options: Any) -> Any:
+    """A registry client with the user's credentials and insecure registries; ``options``
+    go to RegistryClient."""
     from layerindex.credentials import default_keychain
     from layerindex.registry import RegistryClient
 
     env_insecure = os.environ.get("LAYERINDEX_INSECURE_REGISTRIES", "")
     hosts = {h.strip() for h in (*insecure, *env_insecure.split(",")) if h.strip()}
-    return RegistryClient(keychain=default_keychain(), insecure=hosts)
+    return RegistryClient(keychain=default_keychain(), insecure=hosts, **options)
 
 
 insecure_option = click.option(
@@ -730,6 +731,14 @@ def parse_duration(text: str) -> float:
     show_default=True,
     help="With --worker: how long a killed worker's image or layer stays claimed.",
 )
+@click.option(
+    "--give-up-after",
+    metavar="DURATION",
+    default="2m",
+    show_default=True,
+    help="Give up a registry that has answered nothing for this long: its images fail at "
+    "once for the rest of the run (and are tried again by the next).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print errors only.")
 @pass_context
 @handle_layer_errors
@@ -744,13 +753,16 @@ def crawl(
     max_runs: int | None,
     worker: bool,
     lease: str,
+    give_up_after: str,
     quiet: bool,
 ) -> None:
     """Keep an index of many images fresh (for cron, a systemd timer or --every).
 
     Each tag is checked with one HEAD request; only new digests are downloaded. Runs are
     recorded (see `layerindex runs`); a failing image or layer is retried with a growing
-    back-off. Exits 1 if the run had failures.
+    back-off. A registry that does not answer (after 5 tries, a host name that does not
+    exist, a TLS certificate that fails) is given up for the run: its images fail at once.
+    Exits 1 if the run had failures.
     """
     from layerindex.imagelist import read_list
     from layerindex.job import CrawlJob
@@ -762,7 +774,7 @@ def crawl(
     progress = Progress(quiet=quiet)
     job = CrawlJob(
         context.engine(),
-        _client(insecure),
+        _client(insecure, give_up_after=parse_duration(give_up_after)),
         platform=platform,
         hash_files=hash_files,
         jobs=jobs,
@@ -770,6 +782,7 @@ def crawl(
         lease_seconds=parse_duration(lease),
         on_image=progress.image,
         on_total=progress.set_total,
+        on_error=progress.error,
     )
     _imports_done()
     if interval is None:
@@ -804,6 +817,9 @@ def runs_command(context: Context, limit: int, output_format: str) -> None:
             "images",
             "images_unchanged",
             "images_failed",
+            "images_deferred",
+            "deferred_until",
+            "lists_failed",
             "layers_indexed",
             "layers_known",
             "layers_skipped",
@@ -818,6 +834,8 @@ def runs_command(context: Context, limit: int, output_format: str) -> None:
             "images",
             "images_unchanged",
             "images_failed",
+            "images_deferred",
+            "deferred_until",
             "layers_indexed",
             "layers_failed",
             "bytes",

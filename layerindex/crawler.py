@@ -28,6 +28,7 @@ from layerindex import manifest, walkproc
 from layerindex.errors import LayerIndexError, UnsupportedManifest
 from layerindex.headstart import WALKS_MAX, HeadStart, layer_where
 from layerindex.platforms import parse_platform
+from layerindex.reachability import HostGivenUp
 from layerindex.reference import Reference
 from layerindex.registry import CONFIG_MAX_BYTES
 from layerindex.store import ImageRecord, LayerRecord, LayerState, Store, StoredImage, utcnow
@@ -90,6 +91,9 @@ class ImageOutcome:
     bytes: int = 0  # blob bytes downloaded
     unchanged: bool = False  # a re-crawl found the tag where it was, fully indexed
     errors: list[str] = field(default_factory=list)
+    # Failed with nothing asked: its registry had been given up earlier in the run (it is the
+    # registry's failure, not the image's, and does not count towards the image's back-off).
+    not_tried: bool = False
 
     @property
     def ok(self) -> bool:
@@ -204,7 +208,8 @@ class Crawler:
             else:
                 targets_or_known = [(parsed, None)]
         except LayerIndexError as exc:
-            return [ImageOutcome(reference=ref.familiar(), errors=[str(exc)])]
+            not_tried = isinstance(exc, HostGivenUp)
+            return [ImageOutcome(reference=ref.familiar(), errors=[str(exc)], not_tried=not_tried)]
         outcomes = []
         for target in targets_or_known:
             if isinstance(target, list):
@@ -424,6 +429,8 @@ class Crawler:
             if self.stopping:  # its download was abandoned: not the layer's failure
                 return _LayerResult("failed", error=f"{where}: interrupted")
             log.info("%s", message)  # the caller reports it
+            if isinstance(exc, HostGivenUp):  # not asked for: its registry's failure, not its own
+                return _LayerResult("failed", error=message)
             with self._write_lock:
                 store.record_failure(layer, message)
             return _LayerResult("failed", error=message)

@@ -59,7 +59,13 @@ class NotFound(RegistryError):
 
 class NetworkError(RegistryError):
     """No answer: the connection was refused, reset or timed out. Worth another try, unlike a
-    registry that answered."""
+    registry that answered, unless ``permanent``: a host name that does not exist, a TLS
+    certificate that fails verification. ``host``: the host[:port] that did not answer."""
+
+    def __init__(self, message: str, *, host: str | None = None, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.host = host
+        self.permanent = permanent
 
 
 class RateLimited(RegistryError):

@@ -16,8 +16,10 @@ from pathlib import Path
 
 from layerindex.errors import InvalidReference, UsageError
 from layerindex.reference import Reference, parse_reference
+from layerindex.regex import Regex, compile_regex
 
 _TAG_FILTER = re.compile(r"^(?P<repo>[^\s]+?):/(?P<regex>.*)/$")
+NEWEST_MAX = 100_000  # --tags N: more tags than any repository keeps
 _NEWEST = re.compile(r"^(?P<head>.*?)\s+--tags\s+(?P<count>\d+)$")
 
 
@@ -27,7 +29,7 @@ class ListEntry:
 
     text: str  # the line as written (without comment), for messages and run records
     reference: Reference  # for a filtered repository: the repository with tag "latest"
-    tag_pattern: re.Pattern[str] | None = None
+    tag_pattern: Regex | None = None  # RE2: linear in the tag whatever the pattern
     newest: int | None = None
 
     @property
@@ -42,17 +44,17 @@ def parse_line(line: str, where: str = "") -> ListEntry | None:
         return None
     newest = None
     if match := _NEWEST.match(text):
-        text_head, newest = match["head"].strip(), int(match["count"])
-        if newest < 1:
-            raise UsageError(f"{where}: --tags needs a count of at least 1")
+        text_head, count = match["head"].strip(), match["count"]
+        # int() of thousands of digits raises ValueError: a count that long is refused as such.
+        newest = int(count) if len(count) <= len(str(NEWEST_MAX)) else NEWEST_MAX + 1
+        if not 1 <= newest <= NEWEST_MAX:
+            given = count if len(count) <= 12 else f"a {len(count)}-digit number"
+            raise UsageError(f"{where}: --tags needs a count from 1 to {NEWEST_MAX}, not {given}")
     else:
         text_head = text
     pattern = None
     if match := _TAG_FILTER.match(text_head):
-        try:
-            pattern = re.compile(match["regex"])
-        except re.error as exc:
-            raise UsageError(f"{where}: bad tag regex /{match['regex']}/: {exc}") from None
+        pattern = compile_regex(match["regex"], f"{where}: tag regex /{match['regex']}/")
         text_head = match["repo"]
     try:
         reference = parse_reference(text_head)
@@ -70,9 +72,10 @@ def _strip_comment(line: str) -> str:
 
 def read_list(path: Path) -> list[ListEntry]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        data = path.read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read image list {path}: {exc.strerror}") from None
+    lines = _text_lines(data, path)
     entries = []
     for number, line in enumerate(lines, 1):
         entry = parse_line(line, f"{path}:{number}")
@@ -81,10 +84,31 @@ def read_list(path: Path) -> list[ListEntry]:
     return entries
 
 
-def version_key(tag: str) -> tuple[tuple[int, int | str], ...]:
-    """Sort key putting ``1.10`` after ``1.9``: digit runs compare as numbers."""
+def _text_lines(data: bytes, path: Path) -> list[str]:
+    """The lines of an image list, which must be UTF-8 text: a binary or Latin-1 file is
+    refused naming the line and byte where it stops being that."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        problem, offset = "is not UTF-8 text", exc.start
+    else:
+        if "\0" not in text:
+            return text.splitlines()
+        problem, offset = "holds a NUL byte: it is not a text file", data.index(b"\0")
+    line = data.count(b"\n", 0, offset) + 1
+    raise UsageError(
+        f"image list {path}:{line} {problem} (byte {offset}); save it as UTF-8 text, "
+        "one image reference a line"
+    )
+
+
+def version_key(tag: str) -> tuple[tuple[int, int, str], ...]:
+    """Sort key putting ``1.10`` after ``1.9``: digit runs compare as numbers. A number is
+    compared by its length without leading zeros, then digit by digit: exact like int(), and
+    bounded where int() of a 5,000-digit tag from a registry raises ValueError."""
     return tuple(
-        (0, int(part)) if part.isdigit() else (1, part) for part in re.findall(r"\d+|\D+", tag)
+        (0, len(number := part.lstrip("0")), number) if part[0] in "0123456789" else (1, 0, part)
+        for part in re.findall(r"[0-9]+|[^0-9]+", tag)
     )
 
 

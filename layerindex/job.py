@@ -27,7 +27,13 @@ from layerindex.errors import LayerIndexError
 from layerindex.imagelist import ListEntry
 from layerindex.reference import Reference
 from layerindex.registry import RegistryClient
-from layerindex.schedule import RunRecorder, RunTotals, claim_target, target_done
+from layerindex.schedule import (
+    RunRecorder,
+    RunTotals,
+    claim_target,
+    deferred_until,
+    target_done,
+)
 from layerindex.store import Store
 
 log = logging.getLogger("layerindex")
@@ -107,6 +113,7 @@ class CrawlJob:
         lease_seconds: float = LEASE_SECONDS,
         on_image: Callable[[ImageOutcome], None] | None = None,
         on_total: Callable[[int], None] | None = None,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
         self.engine = engine
         self.client = client
@@ -117,6 +124,7 @@ class CrawlJob:
         self.lease_seconds = lease_seconds
         self.on_image = on_image or (lambda _outcome: None)
         self.on_total = on_total or (lambda _n: None)
+        self.on_error = on_error or (lambda _message: None)  # what failed outside an image
 
     def run(self, entries: list[ListEntry]) -> RunSummary:
         lock = contextlib.nullcontext() if self.worker else crawl_lock(self.engine)
@@ -125,6 +133,7 @@ class CrawlJob:
 
     def _run(self, entries: list[ListEntry]) -> RunSummary:
         started = time.monotonic()
+        self.client.reachability.reset()  # a registry given up last run gets its chance again
         recorder = RunRecorder(self.engine, worker_name())
         owner = f"{worker_name()}:run{recorder.run_id}"
         status = None
@@ -158,7 +167,10 @@ class CrawlJob:
                         checked_before=recorder.started_at,
                         force=not self.worker,
                     ):
-                        return  # another worker has it, or it is in back-off
+                        # Another worker has it, or it is in back-off: then the run says so.
+                        if (until := deferred_until(self.engine, key)) is not None:
+                            recorder.deferred(until)
+                        return
                     outcomes = crawler.index(ref, incremental=True)
                     if crawler.stopping:
                         return  # interrupted: neither done nor failed
@@ -189,7 +201,9 @@ class CrawlJob:
             try:
                 refs.extend(imagelist.expand(entry, self.client.list_tags))
             except LayerIndexError as exc:
-                recorder.error(entry.text, f"{entry.text}: cannot list tags: {exc}")
+                message = f"{entry.text}: cannot list tags: {exc}"
+                recorder.list_failed(entry.text, message)
+                self.on_error(message)
         return list(dict.fromkeys(refs))  # a reference named twice is crawled once
 
     def run_forever(

@@ -61,6 +61,16 @@ class Progress:
                 self.stream.write(self.status())
             self.stream.flush()
 
+    def error(self, message: str) -> None:
+        """An error outside any image (a list line whose tags could not be listed)."""
+        with self._lock:
+            if self.live:
+                self.stream.write("\r\x1b[K")
+            self.stream.write(f"Error: {message}\n")
+            if self.live:
+                self.stream.write(self.status())
+            self.stream.flush()
+
     def status(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-6)
         rate = self.bytes / elapsed
@@ -78,9 +88,14 @@ class Progress:
         if self.quiet and run.status == "ok":
             return
         t = run.totals
+        lists = f", {t.lists_failed} list lines failed" if t.lists_failed else ""
+        deferred = ""
+        if t.deferred_until is not None:
+            until = f"{t.deferred_until:%Y-%m-%d %H:%M:%S}Z"
+            deferred = f", {t.images_deferred} in back-off until {until} at the earliest"
         self.stream.write(
             f"run {run.run_id} {run.status} in {run.seconds:.1f}s: {t.images} images "
-            f"({t.images_unchanged} unchanged, {t.images_failed} failed), layers "
+            f"({t.images_unchanged} unchanged, {t.images_failed} failed){deferred}{lists}, layers "
             f"{t.layers_indexed} indexed, {t.layers_known} known, {t.layers_skipped} skipped, "
             f"{t.layers_failed} failed, {human_size(t.bytes)} downloaded\n"
         )

@@ -3,7 +3,8 @@
 One client per run, shared by worker threads (a ``requests.Session`` per thread, locks around the
 caches). Every HTTP exchange goes through ``_request``, where the retry policy lives
 (``retry.py``): connection errors, timeouts and 5xx are tried again after a jittered back-off, a
-429 after its ``Retry-After`` when that is short, nothing else. A blob cut mid-stream resumes with
+429 after its ``Retry-After`` when that is short, nothing else; a host that gave no answer is
+not asked again until ``reachability.reset()`` (reachability.py). A blob cut mid-stream resumes with
 ``Range`` (``transport.BlobStream``). Docker Hub's ``RateLimit-*`` headers are remembered per
 registry (``rate_limit``) and a low quota is logged once.
 ``Authorization`` is sent only to the host (and port and scheme) it was meant for: redirects are
@@ -49,6 +50,7 @@ from layerindex.errors import (
 )
 from layerindex.manifest import ACCEPT_MANIFESTS
 from layerindex.manifest import FetchedManifest as FetchedManifest
+from layerindex.reachability import GIVE_UP_AFTER, HostGivenUp, Reachability
 from layerindex.reference import (
     DOCKER_HUB,
     DOCKER_HUB_ALIASES,
@@ -135,6 +137,7 @@ class RegistryClient:
         backoff_base: float = 0.5,
         max_backoff: float = 30.0,
         max_retry_after: float = 60.0,
+        give_up_after: float = GIVE_UP_AFTER,
         blob_resumes: int = BLOB_RESUMES,
         sleep: Callable[[float], None] = time.sleep,
         jitter: Callable[[], float] = random.random,
@@ -145,13 +148,17 @@ class RegistryClient:
         bodies cut short, waiting ``jitter() * min(max_backoff, backoff_base * 2**n)`` seconds
         before retry ``n``; a 429 waits its ``Retry-After`` up to ``max_retry_after`` seconds,
         else RateLimited. ``read_timeout`` applies to every read of a body, blobs included;
-        ``body_deadline`` to every body but a blob's, which must make ``blob_progress``."""
+        ``body_deadline`` to every body but a blob's, which must make ``blob_progress``. A host
+        that gives no answer is given up until ``reachability.reset()`` (reachability.py)."""
         self.keychain = keychain if keychain is not None else default_keychain()
         self.insecure = frozenset(h.strip().lower() for h in insecure if h.strip())
         self.timeout = (connect_timeout, read_timeout)
         self.user_agent = user_agent or f"layerindex/{layerindex.__version__}"
         self.tokens = TokenCache(clock)
-        self.transport = Transport(timeout=self.timeout, user_agent=self.user_agent)
+        self.reachability = Reachability(give_up_after=give_up_after, clock=clock)
+        self.transport = Transport(
+            timeout=self.timeout, user_agent=self.user_agent, reachability=self.reachability
+        )
         self.retry = RetryPolicy(
             retries=max(0, retries),
             backoff_base=backoff_base,
@@ -166,7 +173,7 @@ class RegistryClient:
         self._quotas: dict[str, Quota] = {}
         self._quota_warned: set[str] = set()
         self._lock = threading.Lock()
-        self._ping_lock = threading.Lock()
+        self._ping_locks: dict[str, threading.Lock] = {}
         self._hosts: dict[str, _Host] = {}
         self._credentials: dict[tuple[str, str], Credentials | None] = {}
         self._downloads: set[BlobStream] = set()  # blobs open now (abandon_downloads)
@@ -192,6 +199,7 @@ class RegistryClient:
         policy = self.retry
         for attempt in range(policy.attempts):
             final = attempt + 1 == policy.attempts
+            tried_at = self.reachability.clock()
             try:
                 response = self.transport.request(
                     method,
@@ -202,10 +210,22 @@ class RegistryClient:
                     stream=stream,
                     origin=origin,
                 )
+            except HostGivenUp:
+                raise  # nothing was asked
             except NetworkError as exc:
-                if final:
-                    tried = f" (tried {policy.attempts} times)" if policy.attempts > 1 else ""
-                    raise NetworkError(f"{exc}{tried}") from None
+                failed = exc.host or host_of(url)
+                too_long = self.reachability.failing_too_long(failed, tried_at)
+                # permanent: no such host name, a certificate that fails verification
+                if too_long or final or exc.permanent:
+                    notes = [f"tried {attempt + 1} times"] if attempt else []
+                    if too_long:
+                        notes.append(
+                            f"no answer for {say_duration(self.reachability.give_up_after)}"
+                        )
+                    tried = f" ({', '.join(notes)})" if notes else ""
+                    error = NetworkError(f"{exc}{tried}", host=exc.host, permanent=exc.permanent)
+                    self.reachability.give_up(failed, str(error))
+                    raise error from None
                 self._pause(method, url, str(exc), policy.backoff(attempt), attempt)
                 continue
             if quota_of is not None:
@@ -320,7 +340,9 @@ class RegistryClient:
             known = self._hosts.get(ref.api_host)
         if known is not None:
             return known
-        with self._ping_lock:  # threads starting together ping once, not once each
+        with self._lock:
+            ping_lock = self._ping_locks.setdefault(ref.api_host, threading.Lock())
+        with ping_lock:  # threads starting together ping a registry once, not once each
             with self._lock:
                 known = self._hosts.get(ref.api_host)
             return known if known is not None else self._ping(ref)

@@ -4,7 +4,11 @@ Retried: connection errors, timeouts and 500/502/503/504 (a registry behind a lo
 CDN has bad seconds), waiting a full-jitter exponential back-off (AWS architecture blog,
 "Exponential Backoff And Jitter": ``uniform(0, min(cap, base * 2**n))``, so a crowd of workers
 does not retry in step). 429 waits what ``Retry-After`` says when that is reasonable. No other
-4xx is retried: the answer would be the same.
+4xx is retried: the answer would be the same. Nor are the two connection failures another try
+will not mend (``is_permanent``): a host name that does not exist (the name server answered
+"no such name"; a name server that does not answer, offline, is retried), and a TLS certificate
+that fails verification (expired, self-signed, for another name). A connection refused is
+retried: a registry restarting refuses for a moment.
 
 Docker Hub reports its pull quota in ``RateLimit-Limit: 100;w=21600`` and ``RateLimit-Remaining:
 76;w=21600`` (docker/docs ``usage/pulls.md``), on GET and HEAD alike.
@@ -14,6 +18,8 @@ from __future__ import annotations
 
 import random
 import re
+import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +47,20 @@ class RetryPolicy:
         """Seconds to wait before retry number ``retry`` (0 for the first)."""
         ceiling = min(self.max_backoff, self.backoff_base * 2.0**retry)
         return self.jitter() * ceiling
+
+
+_NO_SUCH_NAME = frozenset(
+    getattr(socket, name) for name in ("EAI_NONAME", "EAI_NODATA") if hasattr(socket, name)
+)
+
+
+def is_permanent(failure: OSError | None) -> bool:
+    """Whether a connection's failure (the operating system's error under the HTTP stack's
+    wrappers) is one that trying again will not mend: no such host name, or a certificate
+    that fails verification."""
+    if isinstance(failure, ssl.SSLCertVerificationError):
+        return True
+    return isinstance(failure, socket.gaierror) and failure.errno in _NO_SUCH_NAME
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,9 @@ class RunTotals:
     layers_failed: int = 0
     bytes: int = 0
     errors: list[dict[str, str]] = field(default_factory=list)
+    images_deferred: int = 0  # not checked: waiting out their back-off
+    deferred_until: dt.datetime | None = None  # the first of them to be due again
+    lists_failed: int = 0  # list lines whose tags could not be listed (not images)
 
 
 class RunRecorder:
@@ -66,15 +69,25 @@ class RunRecorder:
             t.errors.extend({"image": outcome.reference, "error": e} for e in outcome.errors)
             self._save()
 
-    def error(self, image: str, message: str) -> None:
+    def list_failed(self, line: str, message: str) -> None:
+        """A list line stood for no image: its tags could not be listed."""
         with self._lock:
-            self.totals.images_failed += 1
-            self.totals.errors.append({"image": image, "error": message})
+            self.totals.lists_failed += 1
+            self.totals.errors.append({"image": line, "error": message})
+            self._save()
+
+    def deferred(self, until: dt.datetime) -> None:
+        """An image left alone by this run: its back-off lasts until ``until``."""
+        with self._lock:
+            t = self.totals
+            t.images_deferred += 1
+            t.deferred_until = until if t.deferred_until is None else min(t.deferred_until, until)
             self._save()
 
     def finish(self, status: str | None = None) -> str:
         with self._lock:
-            status = status or ("failed" if self.totals.images_failed else "ok")
+            failed = self.totals.images_failed or self.totals.lists_failed
+            status = status or ("failed" if failed else "ok")
             self._save(status=status, finished_at=utcnow())
         return status
 
@@ -104,7 +117,7 @@ def list_runs(engine: Engine, limit: int) -> list[dict[str, Any]]:
     out = []
     for row in rows:
         values = row._asdict()
-        for key in ("started_at", "finished_at"):
+        for key in ("started_at", "finished_at", "deferred_until"):
             values[key] = _iso(values[key])
         values["errors"] = json.loads(values["errors"]) if values["errors"] else []
         out.append(values)
@@ -145,8 +158,20 @@ def claim_target(
     return result.rowcount == 1
 
 
+def deferred_until(engine: Engine, reference: str) -> dt.datetime | None:
+    """When ``reference``'s back-off after failures ends, if it has not ended yet."""
+    with engine.connect() as connection:
+        until = aware_utc(
+            connection.execute(
+                select(targets.c.next_attempt).where(targets.c.reference == reference)
+            ).scalar_one_or_none()
+        )
+    return until if until is not None and until > utcnow() else None
+
+
 def target_done(engine: Engine, reference: str, outcomes: list[ImageOutcome], owner: str) -> None:
-    """Record the check: success resets the back-off, a failure grows it."""
+    """Record the check: success resets the back-off, a failure grows it (unless nothing was
+    tried: its registry had been given up in this run, and the next run tries it again)."""
     now = utcnow()
     errors = [e for o in outcomes for e in o.errors]
     digest = next((o.manifest_digest for o in outcomes if o.manifest_digest), None)
@@ -155,7 +180,9 @@ def target_done(engine: Engine, reference: str, outcomes: list[ImageOutcome], ow
             select(targets.c.failures).where(targets.c.reference == reference)
         ).scalar_one()
         values: dict[str, Any] = {"last_checked": now, "lease_owner": None, "lease_until": None}
-        if errors:
+        if errors and all(o.not_tried for o in outcomes):
+            values["last_error"] = errors[0]
+        elif errors:
             failures += 1
             values |= {
                 "failures": failures,

@@ -200,6 +200,10 @@ runs = Table(
     Column("layers_failed", Integer, nullable=False, default=0),
     Column("bytes", BigInteger, nullable=False, default=0),  # blob bytes downloaded
     Column("errors", Text),  # JSON: [{"image": …, "error": …}]
+    # images not checked: still in their back-off after failures (migration 0008)
+    Column("images_deferred", Integer, nullable=False, default=0, server_default="0"),
+    Column("deferred_until", DateTime(timezone=True)),  # the earliest of their back-offs' ends
+    Column("lists_failed", Integer, nullable=False, default=0, server_default="0"),  # no tags
 )
 
 # One row per reference a crawl keeps fresh: when it was checked, its failures and back-off,

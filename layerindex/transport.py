@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import socket
+import ssl
 import threading
 import time
 import zlib
@@ -29,6 +30,8 @@ import requests
 import urllib3
 
 from layerindex.errors import DigestMismatch, NetworkError, RegistryError, redact
+from layerindex.reachability import Reachability
+from layerindex.retry import is_permanent
 
 log = logging.getLogger("layerindex")
 
@@ -105,6 +108,8 @@ def describe(exc: BaseException) -> str:
     """A connection error in words, without URLs (they may carry signed query strings) and
     without Python's names for things: "connection refused", "name or service not known"."""
     root = _socket_error(exc)
+    if isinstance(root, ssl.SSLCertVerificationError):
+        return f"TLS certificate verification failed ({root.verify_message})"
     if root is not None and root.strerror:
         words = root.strerror[:1].lower() + root.strerror[1:]
         return f"host name not found ({words})" if isinstance(root, socket.gaierror) else words
@@ -416,9 +421,16 @@ class Transport:
     """requests with our rules; thread-safe (a Session per thread). The answer to each
     request must have arrived, headers and all, within the read timeout (``_watched``)."""
 
-    def __init__(self, *, timeout: tuple[float, float], user_agent: str) -> None:
+    def __init__(
+        self,
+        *,
+        timeout: tuple[float, float],
+        user_agent: str,
+        reachability: Reachability | None = None,
+    ) -> None:
         self.timeout = timeout
         self.user_agent = user_agent
+        self.reachability = reachability  # hosts given up are not asked, a redirect's either
         self._local = threading.local()
 
     def _session(self) -> requests.Session:
@@ -451,6 +463,8 @@ class Transport:
             if authorization is not None and origin_of(url) == allowed:
                 hop_headers["Authorization"] = authorization
             host = host_of(url)
+            if self.reachability is not None:
+                self.reachability.check(host)
             _header_watch.seconds = self.timeout[1]
             try:
                 response = self._session().request(
@@ -464,11 +478,15 @@ class Transport:
                     auth=_keep_headers,
                 )
             except requests.Timeout as exc:
-                raise NetworkError(f"timed out talking to {host}: {describe(exc)}") from None
+                message = f"timed out talking to {host}: {describe(exc)}"
+                raise NetworkError(message, host=host) from None
             except requests.RequestException as exc:
                 if isinstance(_socket_error(exc), _TooSlow):
-                    raise NetworkError(f"timed out talking to {host}: {describe(exc)}") from None
-                raise NetworkError(f"cannot connect to {host}: {describe(exc)}") from None
+                    message = f"timed out talking to {host}: {describe(exc)}"
+                    raise NetworkError(message, host=host) from None
+                message = f"cannot connect to {host}: {describe(exc)}"
+                permanent = is_permanent(_socket_error(exc))
+                raise NetworkError(message, host=host, permanent=permanent) from None
             log.debug(
                 "%s %s -> %d (%s bytes)",
                 method,
@@ -476,6 +494,8 @@ class Transport:
                 response.status_code,
                 response.headers.get("Content-Length", "?"),
             )
+            if self.reachability is not None:
+                self.reachability.answered(host)
             location = response.headers.get("Location")
             if response.status_code not in _REDIRECTS or not location:
                 return response

@@ -6,7 +6,7 @@ the migrations makes (same sqlite_master) and prints the new text when a migrati
 layerindex.database runs the migrations instead whenever REVISION is not the head revision.
 """
 
-REVISION = "0007_entries_no_foreign_keys"
+REVISION = "0008_runs_deferred"
 
 STATEMENTS = (
     "CREATE TABLE alembic_version (\n\tversion_num VARCHAR(32) NOT NULL, \n\tCONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)\n)",
@@ -26,7 +26,7 @@ STATEMENTS = (
     "CREATE VIRTUAL TABLE names_fts USING fts5(name, content='names', content_rowid='id', tokenize='trigram case_sensitive 1', detail=none, columnsize=0)",
     "CREATE TRIGGER names_fts_delete AFTER DELETE ON names BEGIN INSERT INTO names_fts(names_fts, rowid, name) VALUES ('delete', old.id, old.name); END",
     "CREATE TRIGGER names_fts_update AFTER UPDATE ON names BEGIN INSERT INTO names_fts(names_fts, rowid, name) VALUES ('delete', old.id, old.name); INSERT INTO names_fts(rowid, name) VALUES (new.id, new.name); END",
-    "CREATE TABLE runs (\n\tid INTEGER NOT NULL, \n\tstarted_at DATETIME NOT NULL, \n\tfinished_at DATETIME, \n\tstatus TEXT NOT NULL, \n\tworker TEXT NOT NULL, \n\timages INTEGER NOT NULL, \n\timages_unchanged INTEGER NOT NULL, \n\timages_failed INTEGER NOT NULL, \n\tlayers_indexed INTEGER NOT NULL, \n\tlayers_known INTEGER NOT NULL, \n\tlayers_skipped INTEGER NOT NULL, \n\tlayers_failed INTEGER NOT NULL, \n\tbytes BIGINT NOT NULL, \n\terrors TEXT, \n\tCONSTRAINT pk_runs PRIMARY KEY (id)\n)",
+    "CREATE TABLE runs (\n\tid INTEGER NOT NULL, \n\tstarted_at DATETIME NOT NULL, \n\tfinished_at DATETIME, \n\tstatus TEXT NOT NULL, \n\tworker TEXT NOT NULL, \n\timages INTEGER NOT NULL, \n\timages_unchanged INTEGER NOT NULL, \n\timages_failed INTEGER NOT NULL, \n\tlayers_indexed INTEGER NOT NULL, \n\tlayers_known INTEGER NOT NULL, \n\tlayers_skipped INTEGER NOT NULL, \n\tlayers_failed INTEGER NOT NULL, \n\tbytes BIGINT NOT NULL, \n\terrors TEXT, images_deferred INTEGER DEFAULT '0' NOT NULL, deferred_until DATETIME, lists_failed INTEGER DEFAULT '0' NOT NULL, \n\tCONSTRAINT pk_runs PRIMARY KEY (id)\n)",
     "CREATE TABLE targets (\n\treference TEXT NOT NULL, \n\tlast_checked DATETIME, \n\tlast_digest TEXT, \n\tfailures INTEGER NOT NULL, \n\tlast_error TEXT, \n\tnext_attempt DATETIME, \n\tlease_owner TEXT, \n\tlease_until DATETIME, \n\tCONSTRAINT pk_targets PRIMARY KEY (reference)\n)",
     "CREATE INDEX ix_layers_diff_ref ON layers (diff_ref)",
     'CREATE TABLE "entries" (\n\tdiff_ref INTEGER NOT NULL, \n\tdir_id INTEGER NOT NULL, \n\tname_id INTEGER NOT NULL, \n\ttype SMALLINT NOT NULL, \n\tsize BIGINT NOT NULL, \n\tmode INTEGER NOT NULL, \n\tuid INTEGER NOT NULL, \n\tgid INTEGER NOT NULL, \n\tmtime BIGINT NOT NULL, \n\tlink_target TEXT, \n\tsha256 TEXT, \n\tCONSTRAINT pk_entries PRIMARY KEY (diff_ref, dir_id, name_id)\n)\n WITHOUT ROWID\n\n',

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -62,12 +63,17 @@ def test_list_lines() -> None:
     assert not entry.expands
     filtered = parse_line(r"bitnami/kubectl:/^1\.3[0-9]\./ --tags 2")
     assert filtered is not None and filtered.newest == 2
-    assert filtered.tag_pattern is not None and filtered.tag_pattern.pattern == r"^1\.3[0-9]\."
+    assert filtered.tag_pattern is not None
+    assert [filtered.tag_pattern.search(t) for t in ("1.31.2", "1.29.0", "11.3.0")] == [
+        True,
+        False,
+        False,
+    ]
     assert filtered.reference.repository == "bitnami/kubectl"
 
 
 def test_bad_list_lines_say_where() -> None:
-    with pytest.raises(UsageError, match=r"list\.txt:3: bad tag regex /\(/"):
+    with pytest.raises(UsageError, match=r"list\.txt:3: tag regex /\(/ is not a valid regular"):
         parse_line("app:/(/", "list.txt:3")
     with pytest.raises(UsageError, match=r"list\.txt:4: invalid reference"):
         parse_line("App:1", "list.txt:4")
@@ -80,6 +86,57 @@ def test_newest_tags_sort_by_version() -> None:
         "1.10",
         "1.10.1",
     ]
+
+
+def test_version_sort_is_exact_and_bounded_for_huge_numbers() -> None:
+    # int() of more than 4300 digits raises ValueError; the key compares digit strings.
+    huge, huger = "9" * 5000, "1" + "0" * 5000
+    tags = [huger, "1.10", huge, "0010", "9", "1.9", "²", "1.10.1"]
+    assert sorted(tags, key=version_key) == ["1.9", "1.10", "1.10.1", "9", "0010", huge, huger, "²"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            b"alpine:3.20\ncaf\xe9:1\n",
+            "Error: image list {path}:2 is not UTF-8 text (byte 15); save it as UTF-8 text, "
+            "one image reference a line\n",
+        ),
+        (
+            b"\x1f\x8b\x08\x00\x00\x00\x00\x00",
+            "Error: image list {path}:1 is not UTF-8 text (byte 1); save it as UTF-8 text, "
+            "one image reference a line\n",
+        ),
+        (
+            b"alpine\n\nbusy\x00box\n",
+            "Error: image list {path}:3 holds a NUL byte: it is not a text file (byte 12); save "
+            "it as UTF-8 text, one image reference a line\n",
+        ),
+        (
+            b"# tools\nalpine:/a{99999999999}/\n",
+            "Error: {path}:2: tag regex /a{{99999999999}}/: the repetition {{99999999999}} counts "
+            "past 1000, the most RE2 matches; use a smaller count or +\n",
+        ),
+        (
+            b"alpine --tags " + b"9" * 5000 + b"\n",
+            "Error: {path}:1: --tags needs a count from 1 to 100000, not a 5000-digit number\n",
+        ),
+    ],
+    ids=["latin-1", "gzip", "nul", "regex-overflow", "huge-count"],
+)
+def test_an_unreadable_image_list_is_an_error_naming_file_and_line(
+    env: Path, content: bytes, message: str
+) -> None:
+    image_list = env / "images.txt"
+    image_list.write_bytes(content)
+    result = CliRunner().invoke(cli, ["crawl", "--images", str(image_list)])
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        2,
+        "",
+        message.format(path=image_list),
+    )
+    assert not (env / "index.db").exists()  # refused before the database was opened
 
 
 def test_backoff_grows_after_the_second_failure() -> None:
@@ -156,6 +213,38 @@ def test_tag_filters_expand_through_the_tag_list(registry: RegistryServer, env: 
     assert indexed == [f"{registry.host}/team/versions:1.10", f"{registry.host}/team/versions:1.9"]
 
 
+def test_a_5000_digit_tag_in_a_tag_list_does_not_stop_the_crawl(
+    registry: RegistryServer, fault_proxy: FaultProxy, env: Path
+) -> None:
+    # The registry refuses tags over 128 characters; a hostile one lists whatever it likes.
+    for tag in ("1", "2"):
+        registry.push("team/versions", tag, TWO)
+    registry.push("team/one", "1", ONE)
+    huge = "9" * 5000
+    fault_proxy.respond(
+        "/v2/team/versions/tags/list",
+        body=json.dumps({"name": "team/versions", "tags": ["1", huge, "2"]}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    result = crawl(
+        env, f"{fault_proxy.host}/team/versions --tags 2", f"{fault_proxy.host}/team/one:1"
+    )
+    # The tag list drops the huge tag with a warning (not a tag name), and the version sort
+    # is bounded besides (test_version_sort_is_exact_and_bounded_for_huge_numbers): the run
+    # goes on to its end, with the list's other images.
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith(
+        f"Warning: {fault_proxy.host}/team/versions: skipped 1 tag(s) the registry listed that "
+        "are not valid tag names: "
+    )
+    indexed = sorted(line.split()[0] for line in result.stderr.splitlines() if "sha256:" in line)
+    assert indexed == [
+        f"{fault_proxy.host}/team/{name}" for name in ("one:1", "versions:1", "versions:2")
+    ]
+    (run,) = runs(env)
+    assert (run["status"], run["images"]) == ("ok", 3)
+
+
 def test_failures_are_recorded_and_retried_by_the_next_run(
     registry: RegistryServer, fault_proxy: FaultProxy, env: Path
 ) -> None:
@@ -177,6 +266,58 @@ def test_failures_are_recorded_and_retried_by_the_next_run(
     retried = crawl(env, ref)
     assert retried.exit_code == 0, retried.output
     assert "layers: 1 indexed, 1 known, 0 skipped, 0 failed" in retried.stderr
+
+
+def test_a_run_whose_images_wait_out_their_back_off_says_so(
+    registry: RegistryServer, env: Path
+) -> None:
+    missing = f"{registry.host}/team/missing:1"
+    for _ in range(2):  # the second failure in a row starts a back-off of a minute
+        assert crawl(env, missing).exit_code == 1
+    deferred = crawl(env, missing)
+    assert deferred.exit_code == 0, deferred.output
+    engine = create_engine(os.environ["LAYERINDEX_DB"])
+    with engine.connect() as connection:
+        stored = connection.execute(text("SELECT next_attempt FROM targets")).scalar_one()
+    engine.dispose()
+    until = dt.datetime.fromisoformat(stored)
+    assert re.fullmatch(
+        r"run 3 ok in \d+\.\ds: 0 images \(0 unchanged, 0 failed\), 1 in back-off until "
+        + re.escape(f"{until:%Y-%m-%d %H:%M:%S}Z")
+        + r" at the earliest, layers 0 indexed, 0 known, 0 skipped, 0 failed, 0 B downloaded\n",
+        deferred.stderr,
+    ), deferred.stderr
+    run = runs(env)[0]
+    assert (run["status"], run["images"], run["images_deferred"], run["deferred_until"]) == (
+        "ok",
+        0,
+        1,
+        f"{until:%Y-%m-%dT%H:%M:%S}+00:00",
+    )
+
+
+def test_a_list_line_whose_tags_cannot_be_listed_is_an_error_line_not_an_image(
+    registry: RegistryServer, env: Path
+) -> None:
+    registry.push("team/two", "1", TWO)
+    line = f"{registry.host}/team/missing --tags 2"
+    result = crawl(env, line, f"{registry.host}/team/two:1")
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    (error,) = [e for e in lines if e.startswith("Error: ")]
+    assert error.startswith(f"Error: {line}: cannot list tags: ")
+    assert error.endswith(f"repository {registry.host}/team/missing not found")
+    assert lines[-1].endswith(
+        ": 1 images (0 unchanged, 0 failed), 1 list lines failed, layers 1 indexed, 0 known, "
+        f"0 skipped, 0 failed, {len(TWO.layers[0].blob)} B downloaded"
+    )
+    (run,) = runs(env)
+    assert (run["status"], run["images"], run["images_failed"], run["lists_failed"]) == (
+        "failed",
+        1,
+        0,
+        1,
+    )
 
 
 def test_second_crawl_on_the_same_sqlite_database_is_refused(

@@ -64,6 +64,14 @@ class TokenSigner:
     def cert_pem(self) -> bytes:
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
+    @property
+    def key_pem(self) -> bytes:
+        return self.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
     def sign(self, claims: dict[str, Any], header: dict[str, Any] | None = None) -> str:
         """``header`` replaces the default ``{"typ", "alg": "RS256", "x5c"}``."""
         if header is None:
