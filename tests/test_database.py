@@ -22,8 +22,8 @@ from sqlalchemy import inspect
 from test_crawl import wait_for
 from test_store import e, image, index_image
 
-from layerindex import database
-from layerindex.store import Store
+from layerindex.index import database
+from layerindex.index.store import Store
 
 Run = Callable[..., Result]
 TESTS = Path(__file__).parent

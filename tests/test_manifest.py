@@ -9,7 +9,7 @@ import pytest
 from images import DOCKER_LIST, OCI_INDEX, make_image, make_index, make_layer, sha256
 
 from layerindex.errors import LayerFormatError, RegistryError, UnsupportedManifest, UsageError
-from layerindex.manifest import (
+from layerindex.registry.manifest import (
     DOCKER_FOREIGN_LAYER,
     DOCKER_MANIFEST,
     OCI_MANIFEST,
@@ -23,7 +23,7 @@ from layerindex.manifest import (
     parse_manifest,
     select_platforms,
 )
-from layerindex.platforms import Platform
+from layerindex.registry.platforms import Platform
 
 LAYER = make_layer({"/usr/bin/kubectl": b"kubectl"})
 

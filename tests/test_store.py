@@ -13,14 +13,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import FromClause, func, select
 
-from layerindex import locate, overlay, search
-from layerindex.entries import Entry, EntryType
 from layerindex.errors import LayerFormatError
-from layerindex.finder import Finder, Row
-from layerindex.locate import FindFilters
-from layerindex.schema import diffs, dirs, entries, layers, names
-from layerindex.search import parse
-from layerindex.store import ImageRecord, LayerRecord, Store
+from layerindex.index import find, patterns
+from layerindex.index.find import FindFilters
+from layerindex.index.images import Finder, Row
+from layerindex.index.patterns import parse
+from layerindex.index.schema import diffs, dirs, entries, layers, names
+from layerindex.index.store import ImageRecord, LayerRecord, Store
+from layerindex.layer import overlay
+from layerindex.layer.entries import Entry, EntryType
 
 
 def find_all(finder: Finder, path: str) -> list[Row]:
@@ -140,11 +141,11 @@ def test_find_agrees_with_overlay_rules_on_random_images(
     # substring without listing them first); and any limit gives the first rows. ("/a-b/c"
     # sorts before "/a/b", though its dir "/a-b" sorts after "/a".)
     if streamed:
-        monkeypatch.setattr(locate, "STREAM_KEYS_MIN", 0)
-        monkeypatch.setattr(locate, "FIRST_KEYS", 1)
-        monkeypatch.setattr(locate, "FIRST_DIRS", 1)
-        monkeypatch.setattr(locate, "DIRS_SCANNED", 4)
-        monkeypatch.setattr(search, "MANY_DIRS", 0)
+        monkeypatch.setattr(find, "STREAM_KEYS_MIN", 0)
+        monkeypatch.setattr(find, "FIRST_KEYS", 1)
+        monkeypatch.setattr(find, "FIRST_DIRS", 1)
+        monkeypatch.setattr(find, "DIRS_SCANNED", 4)
+        monkeypatch.setattr(patterns, "MANY_DIRS", 0)
     rng = random.Random(5)
     universe = ["/a", "/a/b", "/a/b/c", "/a/b/c/d", "/a/x", "/a-b", "/a-b/c", "/b", "/b/c"]
     kinds = [EntryType.FILE, EntryType.DIR, EntryType.SYMLINK, EntryType.WHITEOUT]
@@ -304,9 +305,9 @@ def test_indexing_into_sqlite_imports_no_postgresql_dialect(tmp_path: Path) -> N
     # ~30 ms of every `layerindex index` on SQLite (see the sha256 index in schema.py).
     script = (
         "import sys\n"
-        "from layerindex.crawler import Crawler\n"
-        "from layerindex.database import open_database\n"
-        "from layerindex.store import Store\n"
+        "from layerindex.crawl.crawler import Crawler\n"
+        "from layerindex.index.database import open_database\n"
+        "from layerindex.index.store import Store\n"
         "from test_store import e, image, index_image\n"
         f"store = Store(open_database('sqlite:///{tmp_path / 'index.db'}'))\n"
         "index_image(store, image('sha256:i1', ['sha256:l0']), [[e('/usr/bin/kubectl')]])\n"

@@ -13,8 +13,8 @@ from typing import Any
 
 from layerindex.errors import LayerFormatError, RegistryError
 from layerindex.errors import UnsupportedManifest as UnsupportedManifest
-from layerindex.platforms import Platform, parse_platform
 from layerindex.reference import digest_problem
+from layerindex.registry.platforms import Platform, parse_platform
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

@@ -96,7 +96,7 @@ class Context:
 
     @property
     def db_url(self) -> str:
-        from layerindex.database import database_url
+        from layerindex.index.database import database_url
 
         return database_url(self._db_url)
 
@@ -104,7 +104,7 @@ class Context:
         """The database's engine; ``read_only`` for the commands that only read: a database
         that does not exist is then an error (never made empty), a SQLite file opened
         read-only."""
-        from layerindex.database import open_database
+        from layerindex.index.database import open_database
 
         engine = open_database(self.db_url, create_empty=not read_only)
         # Pooled connections close with the command, not whenever the collector gets to them.
@@ -155,8 +155,8 @@ class _StderrHandler(logging.Handler):
 def _client(insecure: Iterable[str], **options: Any) -> Any:
     """A registry client with the user's credentials and insecure registries; ``options``
     go to RegistryClient."""
-    from layerindex.credentials import default_keychain
-    from layerindex.registry import RegistryClient
+    from layerindex.registry.client import RegistryClient
+    from layerindex.registry.credentials import default_keychain
 
     env_insecure = os.environ.get("LAYERINDEX_INSECURE_REGISTRIES", "")
     hosts = {h.strip() for h in (*insecure, *env_insecure.split(",")) if h.strip()}
@@ -207,16 +207,16 @@ def index(
     (not counted as a pull by Docker Hub) and shows as unchanged. Exits 1 if any image failed
     (the others are indexed).
     """
-    from layerindex.headstart import HeadStart
+    from layerindex.crawl.headstart import HeadStart
 
     references = _parse_refs(refs)  # a malformed reference fails before any network call
     failed = False
     with HeadStart(_client(insecure)) as head_start:
         # The first image's big layers start walking before SQLAlchemy is even imported.
         head_start.begin(context.db_url, references[0], platform, hash_files=hash_files)
-        from layerindex.crawler import Crawler
-        from layerindex.job import crawl_lock
-        from layerindex.progress import image_line
+        from layerindex.crawl.crawler import Crawler
+        from layerindex.crawl.job import crawl_lock
+        from layerindex.crawl.progress import image_line
 
         engine = context.engine()
         crawler = Crawler(
@@ -319,11 +319,12 @@ def find(
     --all-layers every layer's entry, STATE 'present', or 'overwritten' / 'deleted' (by a
     whiteout) by a later layer. Exits 0 when found, 1 when not, 2 on error.
     """
-    from layerindex import locate
-    from layerindex.database import open_reader
-    from layerindex.entries import EntryType
+    from layerindex.index.database import open_reader
+    from layerindex.index.find import FindFilters
+    from layerindex.index.find import find as find_rows
+    from layerindex.index.patterns import is_glob, parse
+    from layerindex.layer.entries import EntryType
     from layerindex.output import human_size, octal_mode, short_digest, write_rows
-    from layerindex.search import is_glob, parse
 
     given = {"name": name, "contains": contains, "regex": regex, "digest": digest}
     chosen = [(kind, value) for kind, value in given.items() if value is not None]
@@ -333,7 +334,7 @@ def find(
         raise click.UsageError("give one of PATH, --name, --contains, --regex or --digest")
     kind, value = chosen[0]
     pattern = parse(kind, value)  # type: ignore[arg-type]
-    filters = locate.FindFilters(
+    filters = FindFilters(
         image_refs=_parse_refs(image_refs),
         repos=repos,
         platform=platform,
@@ -347,7 +348,7 @@ def find(
     # Plain SQL through the stdlib on SQLite: find starts without importing SQLAlchemy.
     with open_reader(context.db_url) as reader:
         written = write_rows(
-            (_with_state_text(row) for row in locate.find(reader, pattern, filters)),
+            (_with_state_text(row) for row in find_rows(reader, pattern, filters)),
             output_format,
             FIND_COLUMNS,
             table_columns=(*shown, "state_text", "path") if all_layers else (*shown, "path"),
@@ -377,7 +378,7 @@ def _with_state_text(row: dict[str, Any]) -> dict[str, Any]:
 @handle_errors
 def images(context: Context, output_format: str) -> None:
     """The indexed images."""
-    from layerindex.finder import Finder
+    from layerindex.index.images import Finder
     from layerindex.output import short_digest, write_rows
 
     write_rows(
@@ -424,7 +425,7 @@ def layers(context: Context, ref: str, platform: str | None, output_format: str)
     them. --json prints one object: the layers, size, wasted_bytes and efficiency.
     """
     from layerindex.analysis import layer_report
-    from layerindex.finder import Finder
+    from layerindex.index.images import Finder
     from layerindex.output import human_size, short_digest, write_json, write_rows
 
     finder = Finder(context.engine(read_only=True))
@@ -498,8 +499,8 @@ def ls(
 ) -> None:
     """List an image's final filesystem (whiteouts applied), one of its layers (--layer), or a
     layer by digest (its own entries, whiteouts included)."""
-    from layerindex.entries import query_path
-    from layerindex.finder import Finder
+    from layerindex.index.images import Finder
+    from layerindex.layer.entries import query_path
     from layerindex.output import human_size, octal_mode, write_rows, write_tree
 
     if tree and output_format != "table":
@@ -577,7 +578,7 @@ def get(
     read to its end (the last copy of a path written twice wins) and its digest checked.
     Exits 2 on any error.
     """
-    from layerindex.fetch import get_to
+    from layerindex.get import get_to
 
     (reference,) = _parse_refs([ref])
     get_to(
@@ -613,7 +614,7 @@ def inspect(
     current tags, created, platform, labels, env, entrypoint and cmd, layers, history."""
     from layerindex.analysis import inspect as inspect_image
     from layerindex.analysis import inspect_text
-    from layerindex.finder import Finder
+    from layerindex.index.images import Finder
     from layerindex.output import write_json
 
     if as_json + raw + show_config > 1:
@@ -649,7 +650,7 @@ def diff_command(
     were indexed with --hash-files). Exits 0 whether or not they differ.
     """
     from layerindex.analysis import DIFF_FIELDS, diff
-    from layerindex.finder import Finder
+    from layerindex.index.images import Finder
     from layerindex.output import write_rows
 
     finder = Finder(context.engine(read_only=True))
@@ -674,7 +675,7 @@ def db() -> None:
 @handle_errors
 def upgrade(context: Context) -> None:
     """Upgrade the database schema to this layerindex's revision."""
-    from layerindex.database import upgrade as upgrade_database
+    from layerindex.index.database import upgrade as upgrade_database
 
     before, after = upgrade_database(context.db_url)
     if before == after:
@@ -764,9 +765,9 @@ def crawl(
     exist, a TLS certificate that fails) is given up for the run: its images fail at once.
     Exits 1 if the run had failures.
     """
-    from layerindex.imagelist import read_list
-    from layerindex.job import CrawlJob
-    from layerindex.progress import Progress
+    from layerindex.crawl.imagelist import read_list
+    from layerindex.crawl.job import CrawlJob
+    from layerindex.crawl.progress import Progress
 
     interval = parse_duration(every) if every else None
     path = images_file or _default_image_list()
@@ -799,8 +800,8 @@ def crawl(
 @handle_errors
 def runs_command(context: Context, limit: int, output_format: str) -> None:
     """Recorded crawl runs, newest first."""
+    from layerindex.index.runs import list_runs
     from layerindex.output import human_size, write_rows
-    from layerindex.schedule import list_runs
 
     rows = list_runs(context.engine(read_only=True), limit)
     for row in rows:
@@ -852,8 +853,8 @@ def runs_command(context: Context, limit: int, output_format: str) -> None:
 @handle_errors
 def tags_command(context: Context, repository: str, output_format: str) -> None:
     """The history of a repository's tags: each digest a tag pointed to, first and last seen."""
+    from layerindex.index.tags import tag_history
     from layerindex.output import short_digest, write_rows
-    from layerindex.schedule import tag_history
 
     (reference,) = _parse_refs([repository])
     tag = reference.tag if ":" in repository.rsplit("/", 1)[-1] else None

@@ -9,7 +9,7 @@ import posixpath
 from collections.abc import Iterable, Iterator
 from typing import Literal, NamedTuple, TypeVar
 
-from layerindex.entries import EntryType
+from layerindex.layer.entries import EntryType
 
 State = Literal["present", "overwritten", "deleted"]
 

@@ -10,17 +10,12 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, func, or_, select
 from sqlalchemy.engine import Connection
 
-from layerindex import locate, overlay
-from layerindex.database import Reader
-from layerindex.entries import (
-    TYPE_NAMES,
-    EntryType,
-    split_path,
-    stored_path,
-)
 from layerindex.errors import NotFound, UsageError
-from layerindex.locate import FindFilters, image_ids
-from layerindex.schema import (
+from layerindex.index import find
+from layerindex.index.database import Reader
+from layerindex.index.find import FindFilters, image_ids
+from layerindex.index.patterns import PathPattern
+from layerindex.index.schema import (
     diffs,
     dirs,
     entries,
@@ -30,7 +25,13 @@ from layerindex.schema import (
     names,
     repositories,
 )
-from layerindex.search import PathPattern
+from layerindex.layer import overlay
+from layerindex.layer.entries import (
+    TYPE_NAMES,
+    EntryType,
+    split_path,
+    stored_path,
+)
 
 if TYPE_CHECKING:
     from layerindex.reference import Reference
@@ -103,9 +104,9 @@ class Finder:
         self.engine = engine
 
     def find(self, pattern: PathPattern, filters: FindFilters | None = None) -> list[Row]:
-        """``locate.find`` on one of the engine's connections, as a list."""
+        """``find.find`` on one of the engine's connections, as a list."""
         with Reader.from_engine(self.engine) as reader:
-            return list(locate.find(reader, pattern, filters or FindFilters()))
+            return list(find.find(reader, pattern, filters or FindFilters()))
 
     def images(self) -> list[Row]:
         layer_count = (

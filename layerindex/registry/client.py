@@ -31,14 +31,6 @@ from urllib.parse import urlencode, urljoin
 import requests
 
 import layerindex
-from layerindex.auth import (
-    Challenge,
-    TokenCache,
-    choose_challenge,
-    parse_challenges,
-    parse_token_answer,
-)
-from layerindex.credentials import Credentials, Keychain, default_keychain
 from layerindex.errors import (
     AuthError,
     DigestMismatch,
@@ -48,9 +40,6 @@ from layerindex.errors import (
     RegistryError,
     redact,
 )
-from layerindex.manifest import ACCEPT_MANIFESTS
-from layerindex.manifest import FetchedManifest as FetchedManifest
-from layerindex.reachability import GIVE_UP_AFTER, HostGivenUp, Reachability
 from layerindex.reference import (
     DOCKER_HUB,
     DOCKER_HUB_ALIASES,
@@ -58,8 +47,19 @@ from layerindex.reference import (
     digest_problem,
     is_tag,
 )
-from layerindex.retry import RETRY_STATUSES, Quota, RetryPolicy, parse_quota, say_duration
-from layerindex.transport import (
+from layerindex.registry.auth import (
+    Challenge,
+    TokenCache,
+    choose_challenge,
+    parse_challenges,
+    parse_token_answer,
+)
+from layerindex.registry.credentials import Credentials, Keychain, default_keychain
+from layerindex.registry.manifest import ACCEPT_MANIFESTS
+from layerindex.registry.manifest import FetchedManifest as FetchedManifest
+from layerindex.registry.reachability import GIVE_UP_AFTER, HostGivenUp, Reachability
+from layerindex.registry.retry import RETRY_STATUSES, Quota, RetryPolicy, parse_quota, say_duration
+from layerindex.registry.transport import (
     BlobReader,
     BlobStream,
     Origin,
