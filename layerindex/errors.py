@@ -9,6 +9,7 @@
     │   ├── RateLimited             429 (carries retry_after seconds when the server said)
     │   └── UnsupportedManifest     schema 1, an unknown media type, no matching platform
     ├── LayerFormatError            bytes that are not a readable (compressed) tar
+    ├── ImageConfigError            an image config that is not JSON or does not fit its manifest
     ├── DigestMismatch              bytes whose sha256 is not the digest they were asked by
     ├── NoIndex                     nothing to read: no SQLite file, an empty database
     ├── SchemaOutOfDate             a database at an older Alembic revision
@@ -82,6 +83,11 @@ class UnsupportedManifest(RegistryError):
 
 class LayerFormatError(LayerIndexError):
     """A layer whose bytes are not a readable gzip, zstd or plain tar stream."""
+
+
+class ImageConfigError(LayerIndexError):
+    """An image's config blob that is not a JSON object, has no usable ``rootfs.diff_ids``, or
+    lists a different number of diff_ids than its manifest has layers."""
 
 
 class DigestMismatch(LayerIndexError):

@@ -1,4 +1,4 @@
-"""Alembic environment: the connection comes from layerindex.index.store (config.attributes)."""
+"""Alembic environment: the connection comes from layerindex.index.database (config.attributes)."""
 
 from __future__ import annotations
 

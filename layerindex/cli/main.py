@@ -263,7 +263,6 @@ FIND_COLUMNS = (
 
 
 FIND_TYPES = ("file", "dir", "symlink", "hardlink", "char", "block", "fifo")
-PATTERN_OPTIONS = ("name", "contains", "regex", "digest")
 
 
 @cli.command()

@@ -80,14 +80,6 @@ class ImageLayer:
         return f"failed: {self.last_error}" if self.last_error else "pending"
 
 
-@dataclass(frozen=True)
-class ImageKey:
-    id: int
-    reference: str
-    digest: str
-    platform: str
-
-
 def image_filter(connection: Connection, refs: Sequence[Reference]) -> Any:
     """A WHERE clause on ``images`` for the images a list of references names (None: all)."""
     if not refs:
@@ -327,10 +319,6 @@ def entries_of(
         }
         by_diff[r.diff_ref].append((path, entry_type, details))
     return [by_diff.get(d, []) if d is not None else [] for d in diff_refs]
-
-
-def _pairs(rows: Iterable[Any]) -> dict[Any, Any]:
-    return {key: value for key, value in rows}
 
 
 def _has_prefix(path: str, prefix: str) -> bool:

@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import random
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -90,13 +89,9 @@ BODY_DEADLINE = 60.0
 # A blob has no deadline (2 GB on a slow link) but must progress: fewer bytes than this in
 # this many seconds is a stall, resumed as a cut connection is.
 BLOB_PROGRESS = (64 * 1024, 60.0)
-MAX_REDIRECTS = 5
 BLOB_BUFFER = 1024 * 1024
 BLOB_RESUMES = 5  # a blob cut mid-stream is resumed this many times at most
 DOCKER_HUB_API_HOSTS = frozenset({"registry-1.docker.io", *DOCKER_HUB_ALIASES})
-_CHUNK = 64 * 1024
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_ADDRESS_IN_REPR = re.compile(r"<[^<>]* object at 0x[0-9a-fA-F]+>:?\s*")
 
 
 def _hash(algorithm: str, data: bytes) -> str:
