@@ -15,7 +15,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from layerindex.errors import LayerIndexError
+from layerindex.errors import DatabaseError, LayerIndexError
 from layerindex.output import echo, output_options
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -37,16 +37,6 @@ class Terminated(KeyboardInterrupt):
 
 def _terminate(_signum: int, _frame: object) -> NoReturn:
     raise Terminated
-
-
-def _database_failure(exc: BaseException) -> str | None:
-    """What the database said, for an error raised by the database while a command ran (a
-    disk full, a connection ended by the server); None for any other exception."""
-    sqlalchemy_errors = sys.modules.get("sqlalchemy.exc")  # loaded by whatever raised it
-    if sqlalchemy_errors is None or not isinstance(exc, sqlalchemy_errors.DBAPIError):
-        return None
-    said = str(exc.orig).strip()
-    return said.splitlines()[0] if said else repr(exc.orig)
 
 
 def handle_errors(function: F, *, writes_layers: bool = False) -> F:
@@ -71,13 +61,8 @@ def handle_errors(function: F, *, writes_layers: bool = False) -> F:
             # `layerindex ls … | head`: the reader left; that is not an error.
             sys.stderr.close()
             sys.exit(0)
-        except Exception as exc:  # after BrokenPipeError: only the database's errors
-            if (reason := _database_failure(exc)) is None:
-                raise
-            fail(
-                f"the database failed: {reason}{kept}: "
-                "run the command again once the database works"
-            )
+        except DatabaseError as exc:
+            fail(f"{exc}{kept}: run the command again once the database works")
         finally:
             if in_main:
                 signal.signal(signal.SIGTERM, previous)

@@ -22,10 +22,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import IntegrityError
 
 from layerindex.crawl.headstart import WALKS_MAX, HeadStart, layer_where
-from layerindex.errors import LayerIndexError, UnsupportedManifest
+from layerindex.errors import DuplicateRow, LayerIndexError, UnsupportedManifest
 from layerindex.index.store import ImageRecord, LayerRecord, LayerState, Store, StoredImage, utcnow
 from layerindex.layer import walkproc
 from layerindex.layer.walker import LayerWalker, has_fast_path
@@ -419,7 +418,7 @@ class Crawler:
                     walked.wait()  # walked to its end before it takes its turn at the writer
                 with self._write_lock:
                     count = store.index_layer(layer, walked)
-        except IntegrityError:
+        except DuplicateRow:
             # Another fetcher indexed the same contents (same diff_id) under another digest.
             with self._write_lock:
                 if store.link_known_diff(layer):

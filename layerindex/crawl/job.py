@@ -24,7 +24,7 @@ from sqlalchemy import Engine, text
 from layerindex.crawl import imagelist
 from layerindex.crawl.crawler import LEASE_SECONDS, Crawler, ImageOutcome, worker_name
 from layerindex.crawl.imagelist import ListEntry
-from layerindex.errors import LayerIndexError
+from layerindex.errors import CrawlLocked, LayerIndexError
 from layerindex.index.runs import (
     RunRecorder,
     RunTotals,
@@ -39,10 +39,6 @@ from layerindex.registry.client import RegistryClient
 log = logging.getLogger("layerindex")
 
 ADVISORY_LOCK_KEY = 0x6C61796572  # "layer"
-
-
-class CrawlLocked(LayerIndexError):
-    """Another crawl holds the database."""
 
 
 @contextlib.contextmanager
