@@ -36,10 +36,9 @@ import hashlib
 import zlib
 from collections.abc import Callable, Generator, Iterator
 from contextlib import suppress
-from typing import BinaryIO
 
 from layerindex.errors import DigestMismatch, LayerFormatError
-from layerindex.layer.compression import LayerStream
+from layerindex.layer.compression import LayerStream, Readable
 from layerindex.layer.entries import (
     OPAQUE_MARKER,
     WHITEOUT_PREFIX,
@@ -123,7 +122,7 @@ class LayerWalker:
 
     def __init__(
         self,
-        stream: BinaryIO,
+        stream: Readable,
         *,
         digest: str | None = None,
         diff_id: str | None = None,

@@ -36,16 +36,13 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import IO, Any, Protocol, cast
 
 from layerindex import errors
 from layerindex.errors import LayerIndexError
-from layerindex.layer.compression import READ_SIZE
+from layerindex.layer.compression import READ_SIZE, Readable
 from layerindex.layer.entries import TYPE_CODES, TYPE_NAMES, Entry, new_entry
 from layerindex.layer.walker import LayerWalker
-
-if TYPE_CHECKING:  # the walker process never loads the HTTP stack
-    from layerindex.registry.transport import BlobReader
 
 log = logging.getLogger("layerindex")
 
@@ -214,9 +211,16 @@ class _SpoolReader:
         return os.fstat(self._fd).st_size
 
 
+class Download(Readable, Protocol):
+    """A blob being downloaded (the registry client's ``BlobReader``; the walker process
+    never loads the HTTP stack): ``abandon()`` ends a read another thread is blocked in."""
+
+    def abandon(self) -> None: ...
+
+
 @contextlib.contextmanager
 def walk_download(
-    download: AbstractContextManager[BlobReader],
+    download: AbstractContextManager[Download],
     *,
     digest: str,
     diff_id: str | None,
