@@ -100,6 +100,11 @@ class Context:
 pass_context = click.make_pass_decorator(Context)
 
 
+def examples(*commands: str) -> str:
+    """A command's epilog: its examples, kept one a line (``\\b`` stops click rewrapping)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {command}" for command in commands)
+
+
 def _imports_done() -> None:
     """Hide what start-up made (modules, classes: ~60k objects, every one alive to the end)
     from the garbage collector: its full collections during a crawl, and the ones the
@@ -108,7 +113,14 @@ def _imports_done() -> None:
     gc.freeze()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=examples(
+        "layerindex index alpine:3.20",
+        "layerindex find /usr/bin/kubectl",
+        "layerindex --db postgresql+psycopg://user@dbhost/layerindex crawl --worker",
+    ),
+)
 @click.option(
     "--db",
     metavar="URL",
@@ -171,7 +183,12 @@ def _parse_refs(texts: Iterable[str]) -> list[Any]:
     return [parse_reference(t) for t in texts]
 
 
-@cli.command()
+@cli.command(
+    epilog=examples(
+        "layerindex index alpine:3.20 debian:12",
+        "layerindex index --platform all --hash-files ghcr.io/org/app:1.4",
+    )
+)
 @click.argument("refs", nargs=-1, required=True, metavar="REF...")
 @platform_option
 @insecure_option
@@ -250,7 +267,14 @@ FIND_COLUMNS = (
 FIND_TYPES = ("file", "dir", "symlink", "hardlink", "char", "block", "fifo")
 
 
-@cli.command()
+@cli.command(
+    epilog=examples(
+        "layerindex find /usr/bin/kubectl",
+        "layerindex find '/usr/*/bin/kube*' --repo bitnami/kubectl",
+        "layerindex find --name kubectl --all-layers --json",
+        "layerindex find --contains site-packages/requests --limit 20",
+    )
+)
 @click.argument("path", required=False)
 @click.option("--exact", is_flag=True, help="PATH is a literal path even if it holds * ? [.")
 @click.option("--name", metavar="BASENAME", help="Entries with this basename, in any directory.")
@@ -270,8 +294,12 @@ FIND_TYPES = ("file", "dir", "symlink", "hardlink", "char", "block", "fifo")
 @click.option(
     "--type", "types", multiple=True, type=click.Choice(FIND_TYPES), help="Only this type."
 )
-@click.option("--min-size", type=click.IntRange(0), metavar="BYTES")
-@click.option("--max-size", type=click.IntRange(0), metavar="BYTES")
+@click.option(
+    "--min-size", type=click.IntRange(0), metavar="BYTES", help="Only entries this big or bigger."
+)
+@click.option(
+    "--max-size", type=click.IntRange(0), metavar="BYTES", help="Only entries this big or smaller."
+)
 @click.option("--limit", type=click.IntRange(1), metavar="N", help="At most N rows.")
 @click.option(
     "--all-layers", is_flag=True, help="Every layer's entry, with what later layers did to it."
@@ -356,7 +384,7 @@ def _with_state_text(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "state_text": row["state"] + (f" by layer {by}" if by is not None else "")}
 
 
-@cli.command()
+@cli.command(epilog=examples("layerindex images", "layerindex images --csv > images.csv"))
 @output_options
 @pass_context
 @handle_errors
@@ -394,7 +422,7 @@ LAYER_COLUMNS = (
 )
 
 
-@cli.command()
+@cli.command(epilog=examples("layerindex layers alpine:3.20", "layerindex layers --json debian:12"))
 @click.argument("ref")
 @image_platform_option
 @output_options
@@ -461,7 +489,14 @@ def layers(context: Context, ref: str, platform: str | None, output_format: str)
     )
 
 
-@cli.command(name="ls")
+@cli.command(
+    name="ls",
+    epilog=examples(
+        "layerindex ls alpine:3.20 /etc",
+        "layerindex ls -l --layer 1 debian:12 /usr/bin",
+        "layerindex ls --tree alpine:3.20 /usr/share",
+    ),
+)
 @click.argument("target", metavar="LAYER_DIGEST|REF")
 @click.argument("prefix", required=False, default="/", metavar="[PATH_PREFIX]")
 @click.option("--layer", metavar="N|DIGEST", help="One layer of the image: position or digest.")
@@ -521,7 +556,13 @@ def _with_owner(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "owner": f"{row['uid']}/{row['gid']}"}
 
 
-@cli.command(name="get")
+@cli.command(
+    name="get",
+    epilog=examples(
+        "layerindex get alpine:3.20 /etc/os-release",
+        "layerindex get -o kubectl bitnami/kubectl:1.31 /opt/bitnami/kubectl/bin/kubectl",
+    ),
+)
 @click.argument("ref")
 @click.argument("path")
 @click.option(
@@ -578,7 +619,9 @@ def get(
     )
 
 
-@cli.command()
+@cli.command(
+    epilog=examples("layerindex inspect alpine:3.20", "layerindex inspect --config debian:12")
+)
 @click.argument("ref")
 @image_platform_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
@@ -618,7 +661,10 @@ def inspect(
         click.echo(inspect_text(data), nl=False)  # escaped line by line
 
 
-@cli.command(name="diff")
+@cli.command(
+    name="diff",
+    epilog=examples("layerindex diff alpine:3.19 alpine:3.20", "layerindex diff --csv app:1 app:2"),
+)
 @click.argument("old_ref", metavar="REF1")
 @click.argument("new_ref", metavar="REF2")
 @image_platform_option
@@ -649,12 +695,17 @@ def diff_command(
     )
 
 
-@cli.group()
+@cli.group(epilog=examples("layerindex db upgrade"))
 def db() -> None:
     """Database schema: show the revision, upgrade."""
 
 
-@db.command()
+@db.command(
+    epilog=examples(
+        "layerindex db upgrade",
+        "layerindex --db postgresql+psycopg://user@dbhost/layerindex db upgrade",
+    )
+)
 @pass_context
 @handle_errors
 def upgrade(context: Context) -> None:
@@ -683,7 +734,14 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
-@cli.command()
+@cli.command(
+    epilog=examples(
+        "layerindex crawl",
+        "layerindex crawl -q --images /etc/layerindex/images.txt",
+        "layerindex crawl --images my-images.txt --every 6h",
+        "layerindex --db postgresql+psycopg://user@dbhost/layerindex crawl --worker",
+    )
+)
 @click.option(
     "--images",
     "images_file",
@@ -777,8 +835,10 @@ def crawl(
     job.run_forever(lambda: read_list(path), interval, max_runs=max_runs, on_run=progress.summary)
 
 
-@cli.command(name="runs")
-@click.option("--limit", type=click.IntRange(1), default=20, show_default=True)
+@cli.command(name="runs", epilog=examples("layerindex runs", "layerindex runs --limit 5 --json"))
+@click.option(
+    "--limit", type=click.IntRange(1), default=20, show_default=True, help="The N newest runs."
+)
 @output_options
 @pass_context
 @handle_errors
@@ -830,7 +890,10 @@ def runs_command(context: Context, limit: int, output_format: str) -> None:
     )
 
 
-@cli.command(name="tags")
+@cli.command(
+    name="tags",
+    epilog=examples("layerindex tags alpine", "layerindex tags docker.io/library/alpine:3.20"),
+)
 @click.argument("repository", metavar="REPO[:TAG]")
 @output_options
 @pass_context
