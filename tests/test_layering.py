@@ -121,41 +121,50 @@ def test_the_sources_are_found() -> None:
 
 
 def test_only_the_index_imports_a_database_library() -> None:
-    outside = {}
-    for module in modules():
-        if _in(module, "layerindex.index") or _in(module, "layerindex.migrations"):
-            continue
-        used = {name for name in imported(module) if _under(name, DATABASE_LIBRARIES)}
-        if used:
-            outside[module] = used
+    outside = {
+        module: used
+        for module, used in forbidden_imports("layerindex", DATABASE_LIBRARIES).items()
+        if not (_in(module, "layerindex.index") or _in(module, "layerindex.migrations"))
+    }
     assert outside == SQL_OUTSIDE_INDEX
 
 
-def test_the_registry_imports_nothing_of_the_index_or_above() -> None:
-    above = {
-        "layerindex.index",
-        "layerindex.layer",
-        "layerindex.crawl",
-        "layerindex.cli",
-        "layerindex.get",
-        "layerindex.analysis",
-    }
+# What sits above the registry and the layer code: neither may import any of it.
+ABOVE_STAGES = {
+    "layerindex.index",
+    "layerindex.crawl",
+    "layerindex.cli",
+    "layerindex.get",
+    "layerindex.analysis",
+}
+
+
+def forbidden_imports(package: str, forbidden: set[str]) -> dict[str, set[str]]:
+    """Per module of ``package``, what it imports of ``forbidden`` (modules or packages)."""
+    found = {}
     for module in modules():
-        if _in(module, "layerindex.registry"):
-            assert not {n for n in imported(module) if _under(n, above)}, module
+        if _in(module, package):
+            used = {name for name in imported(module) if _under(name, forbidden)}
+            if used:
+                found[module] = used
+    return found
+
+
+def test_the_registry_imports_nothing_of_the_index_or_above() -> None:
+    assert forbidden_imports("layerindex.registry", ABOVE_STAGES | {"layerindex.layer"}) == {}
 
 
 def test_the_layer_imports_nothing_of_the_http_stack() -> None:
-    forbidden = HTTP_STACK | {
-        "layerindex.index",
-        "layerindex.crawl",
-        "layerindex.cli",
-        "layerindex.get",
-        "layerindex.analysis",
+    assert forbidden_imports("layerindex.layer", ABOVE_STAGES | HTTP_STACK) == {}
+
+
+def test_nothing_but_main_imports_the_cli() -> None:
+    outside = {
+        module: {n for n in imported(module) if _in(n, "layerindex.cli")}
+        for module in modules()
+        if not _in(module, "layerindex.cli") and module != "layerindex.__main__"
     }
-    for module in modules():
-        if _in(module, "layerindex.layer"):
-            assert not {n for n in imported(module) if _under(n, forbidden)}, module
+    assert {module: used for module, used in outside.items() if used} == {}
 
 
 def test_the_cli_imports_only_click_and_the_entry_points() -> None:
@@ -169,12 +178,6 @@ def test_the_cli_imports_only_click_and_the_entry_points() -> None:
                 assert taken is None or not taken.startswith("_"), f"{module}: {name}.{taken}"
             else:
                 assert top == "click" or top in sys.stdlib_module_names, f"{module}: {name}"
-
-
-def test_nothing_but_main_imports_the_cli() -> None:
-    for module in modules():
-        if not _in(module, "layerindex.cli") and module != "layerindex.__main__":
-            assert not {n for n in imported(module) if _in(n, "layerindex.cli")}, module
 
 
 def test_a_packages_init_imports_nothing() -> None:
