@@ -661,7 +661,7 @@ class _Interned:
         self.name_ids: dict[str, int | None] = {}
         self.dir_texts: dict[int, str] = {}
         self.name_texts: dict[int, str] = {}
-        self.ancestors: dict[str, list[str]] = {"/": ["/"]}  # dir → it and its ancestors
+        self.parents: dict[str, str] = {}  # path → its directory
 
     def stacks(
         self, matches: Sequence[_Match], layers: Layers, with_path: bool
@@ -744,13 +744,15 @@ class _Interned:
                 )
 
     def _ancestors(self, path: str) -> list[str]:
-        """``overlay.ancestors(path)``, built from the cached chains of the dirs above it."""
-        if path == "/":
-            return []
-        parent = split_path(path)[0]
-        chain = self.ancestors.get(parent)
-        if chain is None:
-            chain = self.ancestors[parent] = [parent, *self._ancestors(parent)]
+        """``overlay.ancestors(path)``, from the cached parents of the dirs above it (a loop:
+        a path may have thousands of components)."""
+        chain = []
+        while path != "/":
+            parent = self.parents.get(path)
+            if parent is None:
+                parent = self.parents[path] = split_path(path)[0]
+            chain.append(parent)
+            path = parent
         return chain
 
     def texts(self, table: str, wanted: set[int]) -> dict[int, str]:
