@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import FromClause, func, select
 
+from layerindex import finder as finder_module
 from layerindex import locate, overlay, search
+from layerindex.analysis import diff, efficiency, path_efficiency
 from layerindex.entries import Entry, EntryType
 from layerindex.errors import LayerFormatError
-from layerindex.finder import Finder, Row
+from layerindex.finder import Finder, IndexedImage, Row, image_paths
 from layerindex.locate import FindFilters
-from layerindex.schema import diffs, dirs, entries, layers, names
+from layerindex.schema import diffs, dirs, entries, images, layers, names
 from layerindex.search import parse
 from layerindex.store import ImageRecord, LayerRecord, Store
 
@@ -298,6 +300,78 @@ def test_ls_image_shows_the_final_filesystem(store: Store) -> None:
     assert [
         (r["path"], r["type"], r["link_target"]) for r in finder.ls_layer("sha256:l1", "/etc/c")
     ] == [("/etc/c", "symlink", "a")]
+
+
+def test_whole_images_are_read_in_path_order_one_path_at_a_time(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ls, diff and layers read an image's entries sorted by path in the database (PostgreSQL
+    # too: code point order, not the locale's) and apply the layers path by path: the same
+    # final filesystem and efficiency as the layers applied in memory, and the first row of
+    # ls comes after reading a few paths, not the image.
+    rng = random.Random(7)
+    universe = ["/", "/A", "/a", "/a/b", "/a/b/c", "/a-b", "/a-b/c", "/a.", "/a./b", "/a0"]
+    universe += ["/ab", "/é", "/é/x", "/z", "/z/ü", *(f"/z/f{n}" for n in range(40))]
+    kinds = [EntryType.FILE, EntryType.DIR, EntryType.DIR, EntryType.SYMLINK, EntryType.WHITEOUT]
+    pool: dict[str, list[Entry]] = {}
+    for n in range(8):
+        layer = []
+        for path in universe:
+            if rng.random() < 0.5:
+                kind = EntryType.DIR if path == "/" else rng.choice(kinds)
+                layer.append(e(path, kind, 0 if kind is EntryType.DIR else rng.randint(1, 99)))
+                if kind is EntryType.DIR and rng.random() < 0.2:
+                    layer.append(e(path, EntryType.OPAQUE, 0))
+        pool[f"sha256:p{n}"] = layer
+    stacks = [rng.choices(list(pool), k=rng.randint(2, 6)) for _ in range(6)]
+    for n, digests in enumerate(stacks):
+        index_image(store, image(f"sha256:i{n}", digests, f"app:{n}"), [pool[d] for d in digests])
+    finder = Finder(store.engine)
+    read: list[str] = []
+
+    def counted(*args: object) -> Iterator[tuple[str, object]]:
+        for path, held in image_paths(*args):  # type: ignore[arg-type]
+            read.append(path)
+            yield path, held
+
+    monkeypatch.setattr(finder_module, "image_paths", counted)
+    views = []
+    for n, digests in enumerate(stacks):
+        img = _indexed(store, f"sha256:i{n}")
+        layers = [[(x.path, x.type, x) for x in pool[d]] for d in digests]
+        view = overlay.final_view(layers)
+        views.append(view)
+        read.clear()
+        rows = finder.ls_image(img)
+        first = next(rows)
+        assert len(read) <= 2
+        got = [(first["path"], first["layer_index"], first["type"])]
+        got += [(r["path"], r["layer_index"], r["type"]) for r in rows]
+        assert got == [(p, position, kind.value) for p, (position, kind, _) in sorted(view.items())]
+        sizes = [[(x.path, x.type, x.size) for x in pool[d]] for d in digests]
+        with store.engine.connect() as connection:
+            streamed = path_efficiency(
+                (
+                    (path, [(position, kind, details["size"]) for position, kind, details in held])
+                    for path, held in image_paths(connection, img)
+                ),
+                len(digests),
+            )
+        assert streamed == efficiency(sizes)
+    old, new = _indexed(store, "sha256:i0"), _indexed(store, "sha256:i1")
+    changes = {r["path"]: r["change"] for r in diff(finder, old, new)}
+    assert sorted(changes) == list(changes)
+    assert {p for p, c in changes.items() if c == "added"} == views[1].keys() - views[0].keys()
+    assert {p for p, c in changes.items() if c == "removed"} == views[0].keys() - views[1].keys()
+
+
+def _indexed(store: Store, digest: str) -> IndexedImage:
+    with store.engine.connect() as connection:
+        row = connection.execute(select(images).where(images.c.digest == digest)).one()
+    return IndexedImage(
+        row.id, row.reference, "registry.test", "team/app", row.digest, None, row.media_type,
+        row.platform, row.manifest, row.config,
+    )  # fmt: skip
 
 
 def test_indexing_into_sqlite_imports_no_postgresql_dialect(tmp_path: Path) -> None:
