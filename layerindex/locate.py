@@ -150,9 +150,18 @@ def _found_in(
         for start in range(0, len(wanted), step):
             chunk = wanted[start : start + step]
             above = ids.stacks(chunk, layers, with_path=pattern.kind == "digest")
+            positions: dict[tuple[int, str], list[int]] = defaultdict(list)
             for m in chunk:
-                later = at_path[(m.image.id, m.path)] + above[m.image.id].get(m.path, [])
-                fate = overlay.fate(m.position, m.path, later)
+                positions[(m.image.id, m.path)].append(m.position)
+            # Per path, not per match: a path in every layer of an image is one sweep.
+            fates = {
+                (image_id, path): overlay.fates(
+                    path, held, at_path[(image_id, path)] + above[image_id].get(path, [])
+                )
+                for (image_id, path), held in positions.items()
+            }
+            for m in chunk:
+                fate = fates[(m.image.id, m.path)][m.position]
                 if fate.state == "present" or filters.all_layers:
                     yield _row(m, fate)
 

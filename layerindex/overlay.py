@@ -58,19 +58,25 @@ def fate(position: int, path: str, later: Iterable[tuple[int, str, EntryType]]) 
     deciding layer a deletion wins over an overwrite, whatever the order of ``later``: its
     whiteouts and opaque markers are applied before its other entries.
     """
-    first: Fate = PRESENT
+    return fates(path, [position], later)[position]
+
+
+def fates(
+    path: str, positions: Iterable[int], later: Iterable[tuple[int, str, EntryType]]
+) -> dict[int, Fate]:
+    """``fate(position, path, later)`` for each of these positions, in one pass over
+    ``later``: a path written by thousands of layers costs no more than their count (log)."""
+    deciding: dict[int, State] = {}  # layer → what it does to the path; a deletion wins
     for upper_position, upper_path, upper_type in later:
-        if upper_position <= position:
-            continue
-        if first.by_position is not None and (
-            upper_position > first.by_position
-            or (upper_position == first.by_position and first.state == "deleted")
-        ):
-            continue
         state = effect(upper_path, upper_type, path)
-        if state is not None and (upper_position != first.by_position or state == "deleted"):
-            first = Fate(state, upper_position)
-    return first
+        if state is not None and deciding.get(upper_position) != "deleted":
+            deciding[upper_position] = state
+    uppers = sorted(deciding)
+    found = {}
+    for position in positions:
+        i = bisect.bisect_right(uppers, position)
+        found[position] = Fate(deciding[uppers[i]], uppers[i]) if i < len(uppers) else PRESENT
+    return found
 
 
 T = TypeVar("T")

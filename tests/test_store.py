@@ -6,9 +6,10 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import FromClause, func, select
@@ -363,6 +364,38 @@ def test_whole_images_are_read_in_path_order_one_path_at_a_time(
     assert sorted(changes) == list(changes)
     assert {p for p, c in changes.items() if c == "added"} == views[1].keys() - views[0].keys()
     assert {p for p, c in changes.items() if c == "removed"} == views[0].keys() - views[1].keys()
+
+
+def test_a_path_in_every_layer_is_one_sweep_for_all_layers(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # find --all-layers on a path each of 200 layers writes: every version's fate comes from
+    # one pass over the path's later entries, not one pass per version (40,000 looked at).
+    count = 200
+    digests = [f"sha256:l{n}" for n in range(count)]
+    layers = [[e("/etc", EntryType.DIR, 0), e("/etc/motd", size=n)] for n in range(count)]
+    index_image(store, image("sha256:i1", digests), layers)
+    looked_at = 0
+
+    def counting(decide: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(*args: Any) -> Any:
+            nonlocal looked_at
+            *rest, later = args
+            looked_at += len(later)
+            return decide(*rest, later)
+
+        return counted
+
+    for name in ("fate", "fates"):
+        monkeypatch.setattr(
+            overlay, name, counting(getattr(overlay, name, overlay.fate)), raising=False
+        )
+    rows = Finder(store.engine).find(parse("exact", "/etc/motd"), FindFilters(all_layers=True))
+    assert [(r["layer_index"], r["state"], r["changed_by_layer"]) for r in rows] == [
+        *((n, "overwritten", n + 1) for n in range(count - 1)),
+        (count - 1, "present", None),
+    ]
+    assert looked_at <= 3 * count
 
 
 def _indexed(store: Store, digest: str) -> IndexedImage:
