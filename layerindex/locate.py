@@ -192,7 +192,11 @@ def _runs(
     more than STREAM_KEYS_MIN of their entries: the keys of those come first, from the name
     index alone; fewer are read at once, in one statement.
     """
-    by_dirs = [b for b in branches if b.dirs_holding or (b.dirs is not None and b.names is None)]
+    by_dirs = [
+        b
+        for b in branches
+        if b.dirs_holding or (b.dirs is not None and b.names is None) or (limited and b == Branch())
+    ]
     by_names = [b for b in branches if b.dirs is None and b.names is not None]
     names = {i: t for b in by_names for i, t in (b.names or {}).items()}
     many = limited and _many(reader, layers, names)
@@ -203,7 +207,8 @@ def _runs(
         yield _matches(reader, layers, branches, pattern, ids)
         return
     dirs = sorted({i: t for b in by_dirs for i, t in (b.dirs or {}).items()}.items(), key=_dir_key)
-    holding = [b.dirs_holding for b in by_dirs if b.dirs_holding]
+    # Every dir holding a substring, or every dir at all ("": a pattern naming no dir or name).
+    holding = [b.dirs_holding or "" for b in by_dirs if b.dirs is None]
     groups: dict[tuple[str, str], Layers] = defaultdict(lambda: defaultdict(list))
     for diff_ref, held in layers.items():
         for holder in held:
@@ -255,10 +260,11 @@ class _DirStream:
 
 
 class _HoldingDirStream:
-    """Every directory whose path holds a substring (``Branch.dirs_holding``: too many to list),
-    read from the index of dir paths in its order: every path in dir D sorts after D itself, so
-    the first dir not read yet bounds the matches still to come. (SQLite only: its index order
-    is that of Python's strings.)"""
+    """Every directory whose path holds a substring (``Branch.dirs_holding``: too many to list;
+    "": every directory), read from the index of dir paths in its order: every path in dir D
+    sorts after D itself, so the first dir not read yet bounds the matches still to come.
+    (SQLite's index order is that of Python's strings; PostgreSQL's is its collation's, so
+    there the dirs are sorted as "C", code points.)"""
 
     def __init__(self, substring: str) -> None:
         self.substring = substring
@@ -268,16 +274,26 @@ class _HoldingDirStream:
     def read(
         self, reader: Reader, group: Layers, pattern: PathPattern, ids: _Interned
     ) -> list[_Match]:
-        # As _DirStream: from DIRS_SCANNED dirs on, all the rest at once. One more row than
-        # the chunk says where the next read starts.
-        rest = self.size >= DIRS_SCANNED
+        # As _DirStream: from DIRS_SCANNED dirs on, all the rest at once; but every dir is read
+        # DIRS_SCANNED at a time (the rest would be the whole image, held at once). One more
+        # row than the chunk says where the next read starts.
+        rest = self.size >= DIRS_SCANNED and self.substring != ""
+        size = min(self.size, DIRS_SCANNED)
+        path = "path" if reader.dialect == "sqlite" else 'path COLLATE "C"'
+        holds = "instr(path, ?)" if reader.dialect == "sqlite" else "strpos(path, ?)"
         rows = reader.rows(
-            "SELECT id, path FROM dirs WHERE path >= ? AND instr(path, ?) > 0 ORDER BY path"
+            f"SELECT id, path FROM dirs WHERE {path} >= ?"
+            + (f" AND {holds} > 0" if self.substring else "")
+            + f" ORDER BY {path}"
             + ("" if rest else " LIMIT ?"),
-            [self.bound, self.substring, *([] if rest else [self.size + 1])],
+            [
+                self.bound,
+                *([self.substring] if self.substring else []),
+                *([] if rest else [size + 1]),
+            ],
         )
-        chunk = dict(rows if rest else rows[: self.size])
-        self.bound = None if rest or len(rows) <= self.size else rows[self.size][1]
+        chunk = dict(rows if rest else rows[:size])
+        self.bound = None if rest or len(rows) <= size else rows[size][1]
         self.size *= 2
         return _matches(reader, group, [Branch(dirs=chunk)], pattern, ids)
 

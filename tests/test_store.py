@@ -17,6 +17,7 @@ from sqlalchemy import FromClause, func, select
 from layerindex import finder as finder_module
 from layerindex import locate, overlay, search
 from layerindex.analysis import diff, efficiency, path_efficiency
+from layerindex.database import Reader
 from layerindex.entries import Entry, EntryType
 from layerindex.errors import LayerFormatError
 from layerindex.finder import Finder, IndexedImage, Row, image_paths
@@ -396,6 +397,36 @@ def test_a_path_in_every_layer_is_one_sweep_for_all_layers(
         (count - 1, "present", None),
     ]
     assert looked_at <= 3 * count
+
+
+def test_a_limit_stops_a_pattern_naming_no_dir_or_name_early(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A regex without a literal can match any path: under a limit its image is read a few
+    # dirs at a time in path order (PostgreSQL's dirs sorted as code points), not whole.
+    layer = [
+        e(f"/srv/{name}{n}/{f}") for n in range(100) for name in ("a", "A", "é", "a-") for f in "xy"
+    ]
+    index_image(store, image("sha256:i1", ["sha256:l0", "sha256:l1"]), [layer, [e("/srv/a7/x")]])
+    finder = Finder(store.engine)
+    everything = finder.find(parse("regex", "[xz]$"), FindFilters())
+    assert len(everything) == 400  # /srv/a7/x once: layer 1 overwrites it
+    fetched = 0
+    rows = Reader.rows
+
+    def counted(self: Reader, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        nonlocal fetched
+        found = rows(self, sql, params)
+        fetched += len(found)
+        return found
+
+    monkeypatch.setattr(Reader, "rows", counted)
+    for limit in (1, 5, 200):
+        fetched = 0
+        limited = finder.find(parse("regex", "[xz]$"), FindFilters(limit=limit))
+        assert limited == everything[:limit]
+        if limit == 5:
+            assert fetched < 300  # the image holds 1,600 entries
 
 
 def _indexed(store: Store, digest: str) -> IndexedImage:
