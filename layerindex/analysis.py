@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from layerindex import overlay
 from layerindex.entries import EntryType
-from layerindex.finder import Finder, IndexedImage, Row, image_paths
+from layerindex.finder import EntryRow, Finder, IndexedImage, Row, details, image_paths, size_of
 from layerindex.manifest import (
     FetchedManifest,
     ImageConfig,
@@ -187,13 +187,14 @@ def layer_report(finder: Finder, image: IndexedImage) -> LayerReport:
     added = [0] * len(stack)  # bytes of regular files, by position
 
     def sizes(
-        paths: Iterable[tuple[str, overlay.Held[Row]]],
+        paths: Iterable[tuple[str, overlay.Held[EntryRow]]],
     ) -> Iterator[tuple[str, overlay.Held[int]]]:
         for path, held in paths:
-            for position, kind, details in held:
+            sized = [(position, kind, size_of(row)) for position, kind, row in held]
+            for position, kind, size in sized:
                 if kind is EntryType.FILE:
-                    added[position] += details["size"]
-            yield path, [(position, kind, details["size"]) for position, kind, details in held]
+                    added[position] += size
+            yield path, sized
 
     with finder.engine.connect() as connection:
         result = path_efficiency(sizes(image_paths(connection, image)), len(stack))
@@ -267,7 +268,7 @@ def diff(finder: Finder, old_image: IndexedImage, new_image: IndexedImage) -> It
             yield row
 
 
-Shown = tuple[str, int, EntryType, Row]  # a path of a final filesystem (overlay.final_entries)
+Shown = tuple[str, int, EntryType, EntryRow]  # a path of a final filesystem (overlay.final_entries)
 
 
 def _side_by_side(
@@ -282,8 +283,8 @@ def _side_by_side(
         yield path, sides.get(0), sides.get(1)
 
 
-def _fields(kind: EntryType, details: Row) -> Row:
-    return {"type": kind.value, **{name: details[name] for name in DIFF_FIELDS[1:]}}
+def _fields(kind: EntryType, row: EntryRow) -> Row:
+    return {"type": kind.value, **details(row)}
 
 
 def _describe(entry: Row | None) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import operator
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -244,12 +245,12 @@ class Finder:
             return
         with self.engine.connect() as connection:
             view = overlay.final_entries(image_paths(connection, image, prefix))
-            for path, position, entry_type, payload in view:
+            for path, position, entry_type, entry in view:
                 yield {
                     **_image_columns(image, position),
                     "path": path,
                     "type": entry_type.value,
-                    **payload,
+                    **details(entry),
                 }
 
 
@@ -305,16 +306,17 @@ def entries_of(
     for r in connection.execute(query):
         path = stored_path(r.dir, r.name)
         if _has_prefix(path, prefix):
-            by_diff[r.diff_ref].append((path, TYPE_NAMES[r.type], _details(r)))
+            by_diff[r.diff_ref].append((path, TYPE_NAMES[r.type], details(r)))
     return [by_diff.get(d, []) if d is not None else [] for d in diff_refs]
 
 
 def image_paths(
     connection: Connection, image: IndexedImage, prefix: str = "/"
-) -> Iterator[tuple[str, overlay.Held[Row]]]:
+) -> Iterator[tuple[str, overlay.Held[EntryRow]]]:
     """Each path of the image's indexed layers with its entries there, as (position, type,
-    details), base first; the paths in order (``overlay.by_path``), streamed from the database
-    (sorted there: a big image's entries are never all in memory at once)."""
+    row), base first; the paths in order (``overlay.by_path``), streamed from the database
+    (sorted there: a big image's entries are never all in memory at once). ``details(row)``
+    makes a row's columns, for the few rows shown."""
     path: ColumnElement[str] = case(
         (names.c.name == OPAQUE_MARKER, dirs.c.path),
         else_=func.rtrim(dirs.c.path, "/") + "/" + names.c.name,
@@ -343,9 +345,9 @@ def image_paths(
         prefix,
     )
     rows = connection.execution_options(stream_results=True).execute(query)
-    for found, group in itertools.groupby(rows, key=lambda r: str(r.path)):
+    for found, group in itertools.groupby(rows, key=operator.itemgetter(0)):
         if _has_prefix(found, prefix):
-            yield found, [(r.position, TYPE_NAMES[r.type], _details(r)) for r in group]
+            yield found, [(r[1], TYPE_NAMES[r[2]], r) for r in group]
 
 
 def _under(query: Any, prefix: str) -> Any:
@@ -363,15 +365,18 @@ def _under(query: Any, prefix: str) -> Any:
     )
 
 
-def _details(r: Any) -> Row:
-    return {
-        "size": r.size,
-        "mode": r.mode,
-        "uid": r.uid,
-        "gid": r.gid,
-        "link_target": r.link_target,
-        "sha256": r.sha256,
-    }
+DETAILS = ("size", "mode", "uid", "gid", "link_target", "sha256")
+EntryRow = Sequence[Any]  # a row of entry columns ending in DETAILS
+
+
+def details(row: EntryRow) -> Row:
+    """The DETAILS columns of an entry's row."""
+    return dict(zip(DETAILS, row[-len(DETAILS) :], strict=True))
+
+
+def size_of(row: EntryRow) -> int:
+    """The size column of an entry's row (the first of DETAILS)."""
+    return int(row[-len(DETAILS)])
 
 
 def _pairs(rows: Iterable[Any]) -> dict[Any, Any]:

@@ -20,7 +20,7 @@ from layerindex.analysis import diff, efficiency, path_efficiency
 from layerindex.database import Reader
 from layerindex.entries import Entry, EntryType
 from layerindex.errors import LayerFormatError
-from layerindex.finder import Finder, IndexedImage, Row, image_paths
+from layerindex.finder import Finder, IndexedImage, Row, image_paths, size_of
 from layerindex.locate import FindFilters
 from layerindex.schema import diffs, dirs, entries, images, layers, names
 from layerindex.search import parse
@@ -354,7 +354,7 @@ def test_whole_images_are_read_in_path_order_one_path_at_a_time(
         with store.engine.connect() as connection:
             streamed = path_efficiency(
                 (
-                    (path, [(position, kind, details["size"]) for position, kind, details in held])
+                    (path, [(position, kind, size_of(row)) for position, kind, row in held])
                     for path, held in image_paths(connection, img)
                 ),
                 len(digests),
