@@ -275,6 +275,10 @@ def _pick_layer(image: IndexedImage, stack: Sequence[ImageLayer], wanted: str) -
     return matches[0]
 
 
+DETAILS = ("size", "mode", "uid", "gid", "link_target", "sha256")
+EntryRow = Sequence[Any]  # a row of entry columns ending in DETAILS
+
+
 def layer_entries(diff_refs: Iterable[int | None]) -> Any:
     """A SELECT of the entries of these layer contents, with their dir and name text;
     callers add their own filters."""
@@ -284,12 +288,7 @@ def layer_entries(diff_refs: Iterable[int | None]) -> Any:
             dirs.c.path.label("dir"),
             names.c.name,
             entries.c.type,
-            entries.c.size,
-            entries.c.mode,
-            entries.c.uid,
-            entries.c.gid,
-            entries.c.link_target,
-            entries.c.sha256,
+            *(entries.c[name] for name in DETAILS),
         )
         .join(dirs, dirs.c.id == entries.c.dir_id)
         .join(names, names.c.id == entries.c.name_id)
@@ -328,12 +327,7 @@ def image_paths(
             path.label("path"),
             image_layers.c.position,
             entries.c.type,
-            entries.c.size,
-            entries.c.mode,
-            entries.c.uid,
-            entries.c.gid,
-            entries.c.link_target,
-            entries.c.sha256,
+            *(entries.c[name] for name in DETAILS),
         )
         .select_from(image_layers)
         .join(layers, layers.c.id == image_layers.c.layer_id)
@@ -363,10 +357,6 @@ def _under(query: Any, prefix: str) -> Any:
             dirs.c.path.startswith(prefix + "/", autoescape=True),
         )
     )
-
-
-DETAILS = ("size", "mode", "uid", "gid", "link_target", "sha256")
-EntryRow = Sequence[Any]  # a row of entry columns ending in DETAILS
 
 
 def details(row: EntryRow) -> Row:
