@@ -8,10 +8,12 @@ CLI call (``--nl``: rows written as they come); its peak RSS is what /usr/bin/ti
 its first-row time when stdout gets a first line. Run by hand:
 
     python benchmarks/memory_bench.py --db /tmp/layerindex-memory-bench.db
-    python benchmarks/memory_bench.py --db … --baseline /tmp/layerindex-main
+    python benchmarks/memory_bench.py --db … --baseline /tmp/layerindex-main --cases diff,ls
 
 ``--baseline`` runs every command a second time with another layerindex source tree first on
 PYTHONPATH (``git archive main | tar -x -C /tmp/layerindex-main``), and prints the ratios.
+(Before the streaming readers, ``layers`` on the 1M-entry image ran for more than 11 minutes:
+compare those on a smaller image, ``--per-layer 10000``, in a database of its own.)
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,7 +94,7 @@ class _Rewrite:
     compression: str = "gzip"
     uncompressed_size: int = 0
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Entry]:
         yield Entry("/etc", EntryType.DIR, 0, 0o755, 0, 0, 1700000000, None)
         yield Entry("/etc/motd", EntryType.FILE, self.n, 0o644, 0, 0, 1700000000, None)
         yield Entry(f"/var/{self.n}", EntryType.FILE, 1, 0o644, 0, 0, 1700000000, None)
