@@ -604,8 +604,11 @@ def _pairs_in_layers(pairs: int, layers: int) -> str:
 # The entries at ``wanted`` pairs in ``layer``s: joined in this order, one seek per pair and
 # layer, a pair's layers in the order ix_entries_name_layer keeps them. (With "diff_ref IN
 # (...)" SQLite builds a Bloom filter over every entry of the layers first: 0.8 s, not 2 ms.)
+# CROSS JOIN both: left to choose, SQLite may read the name's entries in every layer of the
+# index and scan the layer list for each, quadratic in layers (a path in 20,000 layers:
+# 3 s a statement of 5,000 layers instead of 7 ms).
 _PAIR_SEEKS = (
-    "wanted w CROSS JOIN layer l JOIN entries e "
+    "wanted w CROSS JOIN layer l CROSS JOIN entries e "
     "ON e.name_id = w.name_id AND e.diff_ref = l.diff_ref AND e.dir_id = w.dir_id"
 )
 
@@ -621,9 +624,10 @@ def _found_by_name(
     these names in these layers (and these dirs), and its parameters. ix_entries_name_layer:
     one seek per (name, layer). Not materialised, a LIMIT on it stops the seeks.
 
-    SQLite: VALUES lists joined in this order. (Asked for "name_id IN (...) AND diff_ref IN
-    (...)", or for the columns at once, it reads whole layers through the primary key: 48 ms
-    instead of 19 ms for 424 names in 5 layers, 10 s when joined.) PostgreSQL: arrays, which it
+    SQLite: VALUES lists joined in this order (CROSS JOIN: see _PAIR_SEEKS). (Asked for
+    "name_id IN (...) AND diff_ref IN (...)", or for the columns at once, it reads whole layers
+    through the primary key: 48 ms instead of 19 ms for 424 names in 5 layers, 10 s when
+    joined.) PostgreSQL: arrays, which it
     probes in the index; a join of VALUES lists it plans as a scan of every entry (127 ms
     instead of 6 ms for 948 names in 5 layers of 2M entries)."""
     keep = "" if materialized else "NOT "
@@ -641,7 +645,8 @@ def _found_by_name(
         f"WITH wanted(name_id) AS (VALUES {', '.join(['(?)'] * len(names))}), "
         f"layer(diff_ref) AS (VALUES {', '.join(['(?)'] * len(refs))}), "
         f"found AS {keep}MATERIALIZED "
-        "(SELECT e.diff_ref, e.dir_id, e.name_id FROM wanted w CROSS JOIN layer l JOIN entries e "
+        "(SELECT e.diff_ref, e.dir_id, e.name_id FROM wanted w CROSS JOIN layer l CROSS JOIN "
+        "entries e "
         f"ON e.name_id = w.name_id AND e.diff_ref = l.diff_ref{in_dirs})",
         [*names, *refs, *dir_params],
     )
@@ -763,7 +768,8 @@ class _Interned:
                 in_dirs, dir_params = among(self.reader.dialect, "e.dir_id", dir_chunk)
                 yield from self.reader.rows(
                     f"WITH layer(diff_ref) AS (VALUES {layer_values}) "
-                    "SELECT e.diff_ref, e.dir_id, e.name_id, e.type FROM layer l JOIN entries e "
+                    "SELECT e.diff_ref, e.dir_id, e.name_id, e.type FROM layer l CROSS JOIN "
+                    "entries e "
                     f"ON e.name_id = ? AND e.diff_ref = l.diff_ref AND {in_dirs}",
                     [*ref_chunk, opaque, *dir_params],
                 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -17,8 +18,8 @@ from sqlalchemy import FromClause, func, select
 from layerindex import finder as finder_module
 from layerindex import locate, overlay, search
 from layerindex.analysis import diff, efficiency, path_efficiency
-from layerindex.database import Reader
-from layerindex.entries import Entry, EntryType
+from layerindex.database import Reader, open_database
+from layerindex.entries import TYPE_CODES, Entry, EntryType
 from layerindex.errors import LayerFormatError
 from layerindex.finder import Finder, IndexedImage, Row, image_paths, size_of
 from layerindex.locate import FindFilters
@@ -397,6 +398,60 @@ def test_a_path_in_every_layer_is_one_sweep_for_all_layers(
         (count - 1, "present", None),
     ]
     assert looked_at <= 3 * count
+
+
+def test_a_path_in_thousands_of_layers_is_one_seek_per_layer(tmp_path: Path) -> None:
+    # With ANALYZE's statistics and 5,000 layers to look in, SQLite chose to read the path's
+    # entries in every layer of the index and scan the layer list for each (3 s a statement
+    # at 20,000 layers): the joins are written CROSS, one seek per pair and layer.
+    engine = open_database(f"sqlite:///{tmp_path / 'index.db'}")
+    count = 6000
+    with engine.begin() as connection:
+        connection.exec_driver_sql("INSERT INTO dirs (id, path) VALUES (1, '/etc')")
+        # The path in every layer, beside a name of each layer's own: most names are rare.
+        connection.exec_driver_sql(
+            "INSERT INTO names (id, name) VALUES (?, ?)",
+            [(1, "motd"), *((n + 1, f"own{n}") for n in range(1, count + 1))],
+        )
+        connection.exec_driver_sql(
+            "INSERT INTO diffs (id, diff_id, size, entry_count, indexed_at) "
+            "VALUES (?, ?, 0, 1, '2026-01-01')",
+            [(n, f"sha256:{n:064x}") for n in range(1, count + 1)],
+        )
+        connection.exec_driver_sql(
+            "INSERT INTO entries (diff_ref, dir_id, name_id, type, size, mode, uid, gid, mtime) "
+            "VALUES (?, 1, ?, ?, 1, 420, 0, 0, 0)",
+            [
+                (n, name, TYPE_CODES[EntryType.FILE])
+                for n in range(1, count + 1)
+                for name in (1, n + 1)
+            ],
+        )
+    Store(engine).analyze()
+    refs = list(range(1, 5001))
+    terms, seeks, params = locate._at_pairs("sqlite", [(1, 1)], refs)
+    statements = [
+        (f"WITH {terms}held AS MATERIALIZED (SELECT e.diff_ref FROM {seeks}) "
+         "SELECT count(*) FROM held", params),
+    ]  # fmt: skip
+    found, found_params = locate._found_by_name("sqlite", [1], refs)
+    statements.append((f"{found} SELECT count(*) FROM found", found_params))
+    with engine.connect() as connection:
+        raw = connection.connection.dbapi_connection
+        assert isinstance(raw, sqlite3.Connection)
+        for sql, values in statements:
+            steps = 0
+
+            def step() -> int:
+                nonlocal steps
+                steps += 1
+                return 0
+
+            raw.set_progress_handler(step, 1000)
+            assert raw.execute(sql, values).fetchone() == (5000,)
+            raw.set_progress_handler(None, 0)
+            assert steps < 1000  # a million VM steps; 30 million when the list is scanned
+    engine.dispose()
 
 
 def test_a_limit_stops_a_pattern_naming_no_dir_or_name_early(
