@@ -3,6 +3,8 @@ layer's sizes and wasted bytes (dive's efficiency), and how two images' filesyst
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -10,7 +12,15 @@ from typing import Any
 
 from sqlalchemy import select
 
-from layerindex.index.images import Finder, IndexedImage, Row
+from layerindex.index.images import (
+    EntryRow,
+    Finder,
+    IndexedImage,
+    Row,
+    details,
+    image_paths,
+    size_of,
+)
 from layerindex.index.schema import repositories, tags
 from layerindex.layer import overlay
 from layerindex.layer.entries import EntryType
@@ -111,7 +121,13 @@ Layer = Iterable[tuple[str, EntryType, int]]  # (path, type, size) of each entry
 
 
 def efficiency(layer_entries: Sequence[Layer]) -> Efficiency:
-    """dive's image efficiency (dive/filetree/efficiency.go) over the layers, base first.
+    """``path_efficiency`` of layers held in memory (base first)."""
+    return path_efficiency(overlay.by_path(layer_entries), len(layer_entries))
+
+
+def path_efficiency(paths: Iterable[tuple[str, overlay.Held[int]]], layer_count: int) -> Efficiency:
+    """dive's image efficiency (dive/filetree/efficiency.go) over an image's paths, each with
+    its entries as (position, type, size), in path order (``overlay.by_path``).
 
     For each path, every layer's entry there counts its bytes; a deletion (whiteout, opaque
     directory, a file where a directory was) counts the bytes of each path it deletes, as dive's
@@ -119,38 +135,34 @@ def efficiency(layer_entries: Sequence[Layer]) -> Efficiency:
     layers whose content there is replaced or deleted later: each its own bytes first, and what
     dive counts beyond that (a smaller version came first) to the last of them.
     """
-    view: dict[str, tuple[int, int]] = {}  # path → (position, bytes), as overlay.final_view
-    paths: dict[str, _PathBytes] = {}
-    for position, rows in enumerate(layer_entries):
-        layer = [(path, kind, size if kind is EntryType.FILE else 0) for path, kind, size in rows]
-        cut_with_self = {p for p, kind, _ in layer if kind is EntryType.WHITEOUT}
-        cut_below = {
-            p
-            for p, kind, _ in layer
-            if kind is EntryType.OPAQUE or kind not in (EntryType.DIR, EntryType.WHITEOUT)
-        }
-        if cut_with_self or cut_below:
-            cuts = cut_with_self | cut_below
-            for path in [p for p in view if p in cut_with_self or _under_any(p, cuts)]:
-                lower_position, size = view.pop(path)
-                record = paths.setdefault(path, _PathBytes())
-                record.hidden.append((lower_position, size))
-                record.add(size)  # a deletion counts what it deletes
-        for path, kind, size in layer:
+    wasted_by_layer = [0] * layer_count
+    smallest_sum = total_sum = 0
+    deletions = overlay.Deletions()
+    for path, held in paths:
+        reaching = deletions.reaching(path, held)
+        record = _PathBytes()
+        shown: tuple[int, int] | None = None  # (position, bytes) of the version in the view
+        for position, kind, size in held:
+            if shown is not None:
+                deleted_at = overlay.next_deletion(reaching, shown[0])
+                if deleted_at is not None and deleted_at <= position:
+                    record.hidden.append(shown)
+                    record.add(shown[1])  # a deletion counts what it deletes
+                    shown = None
             if kind in (EntryType.WHITEOUT, EntryType.OPAQUE):
                 continue
-            if path in view:
-                record = paths.setdefault(path, _PathBytes())
-                record.hidden.append(view[path])
+            size = size if kind is EntryType.FILE else 0
+            if shown is not None:
+                record.hidden.append(shown)
                 record.add(size)
             elif kind is not EntryType.DIR:
                 # A new directory holds no bytes; counting its 0 would make a file that later
                 # takes its place look wasted (dive counts only leaves).
-                paths.setdefault(path, _PathBytes()).add(size)
-            view[path] = (position, size)
-    wasted_by_layer = [0] * len(layer_entries)
-    smallest_sum = total_sum = 0
-    for record in paths.values():
+                record.add(size)
+            shown = (position, size)
+        if shown is not None and overlay.next_deletion(reaching, shown[0]) is not None:
+            record.hidden.append(shown)
+            record.add(shown[1])
         smallest = record.smallest or 0
         smallest_sum += smallest
         total_sum += record.total
@@ -167,10 +179,6 @@ def efficiency(layer_entries: Sequence[Layer]) -> Efficiency:
     )
 
 
-def _under_any(path: str, dirs: set[str]) -> bool:
-    return any(parent in dirs for parent in overlay.ancestors(path))
-
-
 @dataclass(frozen=True)
 class LayerReport:
     image: IndexedImage
@@ -185,12 +193,23 @@ def layer_report(finder: Finder, image: IndexedImage) -> LayerReport:
     """Each layer with its sizes, history command, bytes added and wasted; the image's efficiency
     over its indexed layers."""
     stack = finder.image_layers(image)
-    per_layer = finder.layer_entries([lr.diff_ref for lr in stack])
-    typed = [[(path, kind, details["size"]) for path, kind, details in rows] for rows in per_layer]
-    result = efficiency(typed)
+    added = [0] * len(stack)  # bytes of regular files, by position
+
+    def sizes(
+        paths: Iterable[tuple[str, overlay.Held[EntryRow]]],
+    ) -> Iterator[tuple[str, overlay.Held[int]]]:
+        for path, held in paths:
+            sized = [(position, kind, size_of(row)) for position, kind, row in held]
+            for position, kind, size in sized:
+                if kind is EntryType.FILE:
+                    added[position] += size
+            yield path, sized
+
+    with finder.engine.connect() as connection:
+        result = path_efficiency(sizes(image_paths(connection, image)), len(stack))
     commands = _layer_commands(image_config(image), len(stack))
     rows = []
-    for lr, entries, command in zip(stack, typed, commands, strict=True):
+    for lr, command in zip(stack, commands, strict=True):
         indexed = lr.diff_ref is not None
         rows.append(
             {
@@ -202,7 +221,7 @@ def layer_report(finder: Finder, image: IndexedImage) -> LayerReport:
                 "size": lr.size,
                 "uncompressed_size": lr.uncompressed_size,
                 "entries": lr.entry_count,
-                "added_bytes": _file_bytes(entries) if indexed else None,
+                "added_bytes": added[lr.position] if indexed else None,
                 "wasted_bytes": result.wasted_by_layer[lr.position] if indexed else None,
                 "created_by": command,
                 "status": lr.status,
@@ -218,10 +237,6 @@ def layer_report(finder: Finder, image: IndexedImage) -> LayerReport:
     )
 
 
-def _file_bytes(entries: Iterable[tuple[str, EntryType, int]]) -> int:
-    return sum(size for _, kind, size in entries if kind is EntryType.FILE)
-
-
 def _layer_commands(config: ImageConfig, count: int) -> list[str | None]:
     """The history ``created_by`` of each layer: history entries without ``empty_layer`` pair
     with the layers in order (ENV, CMD and the like made no layer)."""
@@ -234,39 +249,51 @@ def _layer_commands(config: ImageConfig, count: int) -> list[str | None]:
 DIFF_FIELDS = ("type", "size", "mode", "uid", "gid", "link_target", "sha256")
 
 
-def final_view(finder: Finder, image: IndexedImage) -> dict[str, tuple[EntryType, Row]]:
-    stack = finder.image_layers(image)
-    view = overlay.final_view(finder.layer_entries([lr.diff_ref for lr in stack]))
-    return {path: (kind, details) for path, (_, kind, details) in view.items()}
-
-
 def diff(finder: Finder, old_image: IndexedImage, new_image: IndexedImage) -> Iterator[Row]:
     """Paths added, removed and changed from one image's final filesystem to another's, by path.
 
     Changed: type, size, mode, owner, link target, or content where both sides were hashed
-    (indexed with --hash-files); a file's mtime alone is no change."""
-    old, new = final_view(finder, old_image), final_view(finder, new_image)
-    for path in sorted(old.keys() | new.keys()):
-        before = _fields(*old[path]) if path in old else None
-        after = _fields(*new[path]) if path in new else None
-        if before is None:
-            change, details = "added", _describe(after)
-        elif after is None:
-            change, details = "removed", _describe(before)
-        else:
-            details = _changes(before, after)
-            if not details:
-                continue
-            change = "changed"
-        row: Row = {"change": change, "path": path, "details": details}
-        for name in DIFF_FIELDS:
-            row[f"old_{name}"] = before[name] if before else None
-            row[f"new_{name}"] = after[name] if after else None
-        yield row
+    (indexed with --hash-files); a file's mtime alone is no change. Both final filesystems are
+    read in path order side by side, never held whole."""
+    with finder.engine.connect() as connection:
+        old = overlay.final_entries(image_paths(connection, old_image))
+        new = overlay.final_entries(image_paths(connection, new_image))
+        for path, old_entry, new_entry in _side_by_side(old, new):
+            before = _fields(*old_entry[2:]) if old_entry else None
+            after = _fields(*new_entry[2:]) if new_entry else None
+            if before is None:
+                change, details = "added", _describe(after)
+            elif after is None:
+                change, details = "removed", _describe(before)
+            else:
+                details = _changes(before, after)
+                if not details:
+                    continue
+                change = "changed"
+            row: Row = {"change": change, "path": path, "details": details}
+            for name in DIFF_FIELDS:
+                row[f"old_{name}"] = before[name] if before else None
+                row[f"new_{name}"] = after[name] if after else None
+            yield row
 
 
-def _fields(kind: EntryType, details: Row) -> Row:
-    return {"type": kind.value, **{name: details[name] for name in DIFF_FIELDS[1:]}}
+Shown = tuple[str, int, EntryType, EntryRow]  # a path of a final filesystem (overlay.final_entries)
+
+
+def _side_by_side(
+    old: Iterator[Shown], new: Iterator[Shown]
+) -> Iterator[tuple[str, Shown | None, Shown | None]]:
+    """Two final filesystems in path order, merged: each path with its entry on each side."""
+    merged = heapq.merge(
+        ((shown[0], 0, shown) for shown in old), ((shown[0], 1, shown) for shown in new)
+    )
+    for path, group in itertools.groupby(merged, key=lambda item: item[0]):
+        sides = {side: shown for _path, side, shown in group}
+        yield path, sides.get(0), sides.get(1)
+
+
+def _fields(kind: EntryType, row: EntryRow) -> Row:
+    return {"type": kind.value, **details(row)}
 
 
 def _describe(entry: Row | None) -> str:

@@ -410,3 +410,43 @@ def test_diff(registry: RegistryServer, run: Run) -> None:
     }
     same = run("diff", one, one)
     assert (same.exit_code, same.stdout) == (0, "")
+
+
+def test_a_path_of_1001_components_reads_like_any_other(registry: RegistryServer, run: Run) -> None:
+    # 2,002 bytes: within PATH_MAX, so indexed; every reader walks its ancestors without
+    # recursing on the depth (find ended in RecursionError for every image of the index).
+    deep = "a/" * 1001 + "leaf"
+    old = make_image([make_layer([file("top", b"1")])])
+    new = make_image(
+        [
+            make_layer([file("top", b"1")]),
+            make_layer(
+                [*(directory("a/" * n) for n in range(1, 1002)), file(deep, b"deep"), whiteout("x")]
+            ),
+        ]
+    )
+    registry.push("team/deep", "1", old)
+    registry.push("team/deep", "2", new)
+    one, two = f"{registry.host}/team/deep:1", f"{registry.host}/team/deep:2"
+    assert run("index", one, two).exit_code == 0
+    leaf, deepest_dir = "/" + deep, "/" + deep.removesuffix("/leaf")
+    for args, path in (
+        (["--name", "leaf"], leaf),
+        (["--contains", "lea"], leaf),
+        (["--name", "a", "--all-layers"], deepest_dir),
+        (["/a/**/leaf"], leaf),
+        ([leaf], leaf),
+    ):
+        result = run("find", *args, "--json")
+        assert (result.exit_code, result.stderr) == (0, ""), args
+        assert path in [r["path"] for r in json.loads(result.stdout)], args
+    listed = run("ls", two, "--json")
+    assert listed.exit_code == 0
+    assert [r["path"] for r in json.loads(listed.stdout)][-2:] == [leaf, "/top"]
+    layers = run("layers", two, "--json")
+    assert layers.exit_code == 0
+    assert [r["added_bytes"] for r in json.loads(layers.stdout)["layers"]] == [1, 4]
+    changes = run("diff", one, two, "--json")
+    assert changes.exit_code == 0
+    added = [r["path"] for r in json.loads(changes.stdout) if r["change"] == "added"]
+    assert added[-1] == leaf and len(added) == 1002

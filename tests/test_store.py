@@ -4,24 +4,29 @@ from __future__ import annotations
 
 import os
 import random
+import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import FromClause, func, select
 
+from layerindex.analysis import diff, efficiency, path_efficiency
 from layerindex.errors import LayerFormatError
 from layerindex.index import find, patterns
+from layerindex.index import images as images_module
+from layerindex.index.database import Reader, open_database
 from layerindex.index.find import FindFilters
-from layerindex.index.images import Finder, Row
+from layerindex.index.images import Finder, IndexedImage, Row, image_paths, size_of
 from layerindex.index.patterns import parse
-from layerindex.index.schema import diffs, dirs, entries, layers, names
+from layerindex.index.schema import diffs, dirs, entries, images, layers, names
 from layerindex.index.store import ImageRecord, LayerRecord, Store
 from layerindex.layer import overlay
-from layerindex.layer.entries import Entry, EntryType
+from layerindex.layer.entries import TYPE_CODES, Entry, EntryType
 
 
 def find_all(finder: Finder, path: str) -> list[Row]:
@@ -299,6 +304,194 @@ def test_ls_image_shows_the_final_filesystem(store: Store) -> None:
     assert [
         (r["path"], r["type"], r["link_target"]) for r in finder.ls_layer("sha256:l1", "/etc/c")
     ] == [("/etc/c", "symlink", "a")]
+
+
+def test_whole_images_are_read_in_path_order_one_path_at_a_time(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ls, diff and layers read an image's entries sorted by path in the database (PostgreSQL
+    # too: code point order, not the locale's) and apply the layers path by path: the same
+    # final filesystem and efficiency as the layers applied in memory, and the first row of
+    # ls comes after reading a few paths, not the image.
+    rng = random.Random(7)
+    universe = ["/", "/A", "/a", "/a/b", "/a/b/c", "/a-b", "/a-b/c", "/a.", "/a./b", "/a0"]
+    universe += ["/ab", "/é", "/é/x", "/z", "/z/ü", *(f"/z/f{n}" for n in range(40))]
+    kinds = [EntryType.FILE, EntryType.DIR, EntryType.DIR, EntryType.SYMLINK, EntryType.WHITEOUT]
+    pool: dict[str, list[Entry]] = {}
+    for n in range(8):
+        layer = []
+        for path in universe:
+            if rng.random() < 0.5:
+                kind = EntryType.DIR if path == "/" else rng.choice(kinds)
+                layer.append(e(path, kind, 0 if kind is EntryType.DIR else rng.randint(1, 99)))
+                if kind is EntryType.DIR and rng.random() < 0.2:
+                    layer.append(e(path, EntryType.OPAQUE, 0))
+        pool[f"sha256:p{n}"] = layer
+    stacks = [rng.choices(list(pool), k=rng.randint(2, 6)) for _ in range(6)]
+    for n, digests in enumerate(stacks):
+        index_image(store, image(f"sha256:i{n}", digests, f"app:{n}"), [pool[d] for d in digests])
+    finder = Finder(store.engine)
+    read: list[str] = []
+
+    def counted(*args: object) -> Iterator[tuple[str, object]]:
+        for path, held in image_paths(*args):  # type: ignore[arg-type]
+            read.append(path)
+            yield path, held
+
+    monkeypatch.setattr(images_module, "image_paths", counted)
+    views = []
+    for n, digests in enumerate(stacks):
+        img = _indexed(store, f"sha256:i{n}")
+        layers = [[(x.path, x.type, x) for x in pool[d]] for d in digests]
+        view = overlay.final_view(layers)
+        views.append(view)
+        read.clear()
+        rows = finder.ls_image(img)
+        first = next(rows)
+        assert len(read) <= 2
+        got = [(first["path"], first["layer_index"], first["type"])]
+        got += [(r["path"], r["layer_index"], r["type"]) for r in rows]
+        assert got == [(p, position, kind.value) for p, (position, kind, _) in sorted(view.items())]
+        sizes = [[(x.path, x.type, x.size) for x in pool[d]] for d in digests]
+        with store.engine.connect() as connection:
+            streamed = path_efficiency(
+                (
+                    (path, [(position, kind, size_of(row)) for position, kind, row in held])
+                    for path, held in image_paths(connection, img)
+                ),
+                len(digests),
+            )
+        assert streamed == efficiency(sizes)
+    old, new = _indexed(store, "sha256:i0"), _indexed(store, "sha256:i1")
+    changes = {r["path"]: r["change"] for r in diff(finder, old, new)}
+    assert sorted(changes) == list(changes)
+    assert {p for p, c in changes.items() if c == "added"} == views[1].keys() - views[0].keys()
+    assert {p for p, c in changes.items() if c == "removed"} == views[0].keys() - views[1].keys()
+
+
+def test_a_path_in_every_layer_is_one_sweep_for_all_layers(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # find --all-layers on a path each of 200 layers writes: every version's fate comes from
+    # one pass over the path's later entries, not one pass per version (40,000 looked at).
+    count = 200
+    digests = [f"sha256:l{n}" for n in range(count)]
+    layers = [[e("/etc", EntryType.DIR, 0), e("/etc/motd", size=n)] for n in range(count)]
+    index_image(store, image("sha256:i1", digests), layers)
+    looked_at = 0
+
+    def counting(decide: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(*args: Any) -> Any:
+            nonlocal looked_at
+            *rest, later = args
+            looked_at += len(later)
+            return decide(*rest, later)
+
+        return counted
+
+    for name in ("fate", "fates"):
+        monkeypatch.setattr(
+            overlay, name, counting(getattr(overlay, name, overlay.fate)), raising=False
+        )
+    rows = Finder(store.engine).find(parse("exact", "/etc/motd"), FindFilters(all_layers=True))
+    assert [(r["layer_index"], r["state"], r["changed_by_layer"]) for r in rows] == [
+        *((n, "overwritten", n + 1) for n in range(count - 1)),
+        (count - 1, "present", None),
+    ]
+    assert looked_at <= 3 * count
+
+
+def test_a_path_in_thousands_of_layers_is_one_seek_per_layer(tmp_path: Path) -> None:
+    # With ANALYZE's statistics and 5,000 layers to look in, SQLite chose to read the path's
+    # entries in every layer of the index and scan the layer list for each (3 s a statement
+    # at 20,000 layers): the joins are written CROSS, one seek per pair and layer.
+    engine = open_database(f"sqlite:///{tmp_path / 'index.db'}")
+    count = 6000
+    with engine.begin() as connection:
+        connection.exec_driver_sql("INSERT INTO dirs (id, path) VALUES (1, '/etc')")
+        # The path in every layer, beside a name of each layer's own: most names are rare.
+        connection.exec_driver_sql(
+            "INSERT INTO names (id, name) VALUES (?, ?)",
+            [(1, "motd"), *((n + 1, f"own{n}") for n in range(1, count + 1))],
+        )
+        connection.exec_driver_sql(
+            "INSERT INTO diffs (id, diff_id, size, entry_count, indexed_at) "
+            "VALUES (?, ?, 0, 1, '2026-01-01')",
+            [(n, f"sha256:{n:064x}") for n in range(1, count + 1)],
+        )
+        connection.exec_driver_sql(
+            "INSERT INTO entries (diff_ref, dir_id, name_id, type, size, mode, uid, gid, mtime) "
+            "VALUES (?, 1, ?, ?, 1, 420, 0, 0, 0)",
+            [
+                (n, name, TYPE_CODES[EntryType.FILE])
+                for n in range(1, count + 1)
+                for name in (1, n + 1)
+            ],
+        )
+    Store(engine).analyze()
+    refs = list(range(1, 5001))
+    terms, seeks, params = find._at_pairs("sqlite", [(1, 1)], refs)
+    statements = [
+        (f"WITH {terms}held AS MATERIALIZED (SELECT e.diff_ref FROM {seeks}) "
+         "SELECT count(*) FROM held", params),
+    ]  # fmt: skip
+    found, found_params = find._found_by_name("sqlite", [1], refs)
+    statements.append((f"{found} SELECT count(*) FROM found", found_params))
+    with engine.connect() as connection:
+        raw = connection.connection.dbapi_connection
+        assert isinstance(raw, sqlite3.Connection)
+        for sql, values in statements:
+            steps = 0
+
+            def step() -> int:
+                nonlocal steps
+                steps += 1
+                return 0
+
+            raw.set_progress_handler(step, 1000)
+            assert raw.execute(sql, values).fetchone() == (5000,)
+            raw.set_progress_handler(None, 0)
+            assert steps < 1000  # a million VM steps; 30 million when the list is scanned
+    engine.dispose()
+
+
+def test_a_limit_stops_a_pattern_naming_no_dir_or_name_early(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A regex without a literal can match any path: under a limit its image is read a few
+    # dirs at a time in path order (PostgreSQL's dirs sorted as code points), not whole.
+    layer = [
+        e(f"/srv/{name}{n}/{f}") for n in range(100) for name in ("a", "A", "é", "a-") for f in "xy"
+    ]
+    index_image(store, image("sha256:i1", ["sha256:l0", "sha256:l1"]), [layer, [e("/srv/a7/x")]])
+    finder = Finder(store.engine)
+    everything = finder.find(parse("regex", "[xz]$"), FindFilters())
+    assert len(everything) == 400  # /srv/a7/x once: layer 1 overwrites it
+    fetched = 0
+    rows = Reader.rows
+
+    def counted(self: Reader, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        nonlocal fetched
+        found = rows(self, sql, params)
+        fetched += len(found)
+        return found
+
+    monkeypatch.setattr(Reader, "rows", counted)
+    for limit in (1, 5, 200):
+        fetched = 0
+        limited = finder.find(parse("regex", "[xz]$"), FindFilters(limit=limit))
+        assert limited == everything[:limit]
+        if limit == 5:
+            assert fetched < 300  # the image holds 1,600 entries
+
+
+def _indexed(store: Store, digest: str) -> IndexedImage:
+    with store.engine.connect() as connection:
+        row = connection.execute(select(images).where(images.c.digest == digest)).one()
+    return IndexedImage(
+        row.id, row.reference, "registry.test", "team/app", row.digest, None, row.media_type,
+        row.platform, row.manifest, row.config,
+    )  # fmt: skip
 
 
 def test_indexing_into_sqlite_imports_no_postgresql_dialect(tmp_path: Path) -> None:

@@ -150,9 +150,18 @@ def _found_in(
         for start in range(0, len(wanted), step):
             chunk = wanted[start : start + step]
             above = ids.stacks(chunk, layers, with_path=pattern.kind == "digest")
+            positions: dict[tuple[int, str], list[int]] = defaultdict(list)
             for m in chunk:
-                later = at_path[(m.image.id, m.path)] + above[m.image.id].get(m.path, [])
-                fate = overlay.fate(m.position, m.path, later)
+                positions[(m.image.id, m.path)].append(m.position)
+            # Per path, not per match: a path in every layer of an image is one sweep.
+            fates = {
+                (image_id, path): overlay.fates(
+                    path, held, at_path[(image_id, path)] + above[image_id].get(path, [])
+                )
+                for (image_id, path), held in positions.items()
+            }
+            for m in chunk:
+                fate = fates[(m.image.id, m.path)][m.position]
                 if fate.state == "present" or filters.all_layers:
                     yield _row(m, fate)
 
@@ -183,7 +192,11 @@ def _runs(
     more than STREAM_KEYS_MIN of their entries: the keys of those come first, from the name
     index alone; fewer are read at once, in one statement.
     """
-    by_dirs = [b for b in branches if b.dirs_holding or (b.dirs is not None and b.names is None)]
+    by_dirs = [
+        b
+        for b in branches
+        if b.dirs_holding or (b.dirs is not None and b.names is None) or (limited and b == Branch())
+    ]
     by_names = [b for b in branches if b.dirs is None and b.names is not None]
     names = {i: t for b in by_names for i, t in (b.names or {}).items()}
     many = limited and _many(reader, layers, names)
@@ -194,7 +207,8 @@ def _runs(
         yield _matches(reader, layers, branches, pattern, ids)
         return
     dirs = sorted({i: t for b in by_dirs for i, t in (b.dirs or {}).items()}.items(), key=_dir_key)
-    holding = [b.dirs_holding for b in by_dirs if b.dirs_holding]
+    # Every dir holding a substring, or every dir at all ("": a pattern naming no dir or name).
+    holding = [b.dirs_holding or "" for b in by_dirs if b.dirs is None]
     groups: dict[tuple[str, str], Layers] = defaultdict(lambda: defaultdict(list))
     for diff_ref, held in layers.items():
         for holder in held:
@@ -246,10 +260,11 @@ class _DirStream:
 
 
 class _HoldingDirStream:
-    """Every directory whose path holds a substring (``Branch.dirs_holding``: too many to list),
-    read from the index of dir paths in its order: every path in dir D sorts after D itself, so
-    the first dir not read yet bounds the matches still to come. (SQLite only: its index order
-    is that of Python's strings.)"""
+    """Every directory whose path holds a substring (``Branch.dirs_holding``: too many to list;
+    "": every directory), read from the index of dir paths in its order: every path in dir D
+    sorts after D itself, so the first dir not read yet bounds the matches still to come.
+    (SQLite's index order is that of Python's strings; PostgreSQL's is its collation's, so
+    there the dirs are sorted as "C", code points.)"""
 
     def __init__(self, substring: str) -> None:
         self.substring = substring
@@ -259,16 +274,26 @@ class _HoldingDirStream:
     def read(
         self, reader: Reader, group: Layers, pattern: PathPattern, ids: _Interned
     ) -> list[_Match]:
-        # As _DirStream: from DIRS_SCANNED dirs on, all the rest at once. One more row than
-        # the chunk says where the next read starts.
-        rest = self.size >= DIRS_SCANNED
+        # As _DirStream: from DIRS_SCANNED dirs on, all the rest at once; but every dir is read
+        # DIRS_SCANNED at a time (the rest would be the whole image, held at once). One more
+        # row than the chunk says where the next read starts.
+        rest = self.size >= DIRS_SCANNED and self.substring != ""
+        size = min(self.size, DIRS_SCANNED)
+        path = "path" if reader.dialect == "sqlite" else 'path COLLATE "C"'
+        holds = "instr(path, ?)" if reader.dialect == "sqlite" else "strpos(path, ?)"
         rows = reader.rows(
-            "SELECT id, path FROM dirs WHERE path >= ? AND instr(path, ?) > 0 ORDER BY path"
+            f"SELECT id, path FROM dirs WHERE {path} >= ?"
+            + (f" AND {holds} > 0" if self.substring else "")
+            + f" ORDER BY {path}"
             + ("" if rest else " LIMIT ?"),
-            [self.bound, self.substring, *([] if rest else [self.size + 1])],
+            [
+                self.bound,
+                *([self.substring] if self.substring else []),
+                *([] if rest else [size + 1]),
+            ],
         )
-        chunk = dict(rows if rest else rows[: self.size])
-        self.bound = None if rest or len(rows) <= self.size else rows[self.size][1]
+        chunk = dict(rows if rest else rows[:size])
+        self.bound = None if rest or len(rows) <= size else rows[size][1]
         self.size *= 2
         return _matches(reader, group, [Branch(dirs=chunk)], pattern, ids)
 
@@ -579,8 +604,11 @@ def _pairs_in_layers(pairs: int, layers: int) -> str:
 # The entries at ``wanted`` pairs in ``layer``s: joined in this order, one seek per pair and
 # layer, a pair's layers in the order ix_entries_name_layer keeps them. (With "diff_ref IN
 # (...)" SQLite builds a Bloom filter over every entry of the layers first: 0.8 s, not 2 ms.)
+# CROSS JOIN both: left to choose, SQLite may read the name's entries in every layer of the
+# index and scan the layer list for each, quadratic in layers (a path in 20,000 layers:
+# 3 s a statement of 5,000 layers instead of 7 ms).
 _PAIR_SEEKS = (
-    "wanted w CROSS JOIN layer l JOIN entries e "
+    "wanted w CROSS JOIN layer l CROSS JOIN entries e "
     "ON e.name_id = w.name_id AND e.diff_ref = l.diff_ref AND e.dir_id = w.dir_id"
 )
 
@@ -596,9 +624,10 @@ def _found_by_name(
     these names in these layers (and these dirs), and its parameters. ix_entries_name_layer:
     one seek per (name, layer). Not materialised, a LIMIT on it stops the seeks.
 
-    SQLite: VALUES lists joined in this order. (Asked for "name_id IN (...) AND diff_ref IN
-    (...)", or for the columns at once, it reads whole layers through the primary key: 48 ms
-    instead of 19 ms for 424 names in 5 layers, 10 s when joined.) PostgreSQL: arrays, which it
+    SQLite: VALUES lists joined in this order (CROSS JOIN: see _PAIR_SEEKS). (Asked for
+    "name_id IN (...) AND diff_ref IN (...)", or for the columns at once, it reads whole layers
+    through the primary key: 48 ms instead of 19 ms for 424 names in 5 layers, 10 s when
+    joined.) PostgreSQL: arrays, which it
     probes in the index; a join of VALUES lists it plans as a scan of every entry (127 ms
     instead of 6 ms for 948 names in 5 layers of 2M entries)."""
     keep = "" if materialized else "NOT "
@@ -616,7 +645,8 @@ def _found_by_name(
         f"WITH wanted(name_id) AS (VALUES {', '.join(['(?)'] * len(names))}), "
         f"layer(diff_ref) AS (VALUES {', '.join(['(?)'] * len(refs))}), "
         f"found AS {keep}MATERIALIZED "
-        "(SELECT e.diff_ref, e.dir_id, e.name_id FROM wanted w CROSS JOIN layer l JOIN entries e "
+        "(SELECT e.diff_ref, e.dir_id, e.name_id FROM wanted w CROSS JOIN layer l CROSS JOIN "
+        "entries e "
         f"ON e.name_id = w.name_id AND e.diff_ref = l.diff_ref{in_dirs})",
         [*names, *refs, *dir_params],
     )
@@ -661,7 +691,7 @@ class _Interned:
         self.name_ids: dict[str, int | None] = {}
         self.dir_texts: dict[int, str] = {}
         self.name_texts: dict[int, str] = {}
-        self.ancestors: dict[str, list[str]] = {"/": ["/"]}  # dir → it and its ancestors
+        self.parents: dict[str, str] = {}  # path → its directory
 
     def stacks(
         self, matches: Sequence[_Match], layers: Layers, with_path: bool
@@ -738,19 +768,22 @@ class _Interned:
                 in_dirs, dir_params = among(self.reader.dialect, "e.dir_id", dir_chunk)
                 yield from self.reader.rows(
                     f"WITH layer(diff_ref) AS (VALUES {layer_values}) "
-                    "SELECT e.diff_ref, e.dir_id, e.name_id, e.type FROM layer l JOIN entries e "
+                    "SELECT e.diff_ref, e.dir_id, e.name_id, e.type FROM layer l CROSS JOIN "
+                    "entries e "
                     f"ON e.name_id = ? AND e.diff_ref = l.diff_ref AND {in_dirs}",
                     [*ref_chunk, opaque, *dir_params],
                 )
 
     def _ancestors(self, path: str) -> list[str]:
-        """``overlay.ancestors(path)``, built from the cached chains of the dirs above it."""
-        if path == "/":
-            return []
-        parent = split_path(path)[0]
-        chain = self.ancestors.get(parent)
-        if chain is None:
-            chain = self.ancestors[parent] = [parent, *self._ancestors(parent)]
+        """``overlay.ancestors(path)``, from the cached parents of the dirs above it (a loop:
+        a path may have thousands of components)."""
+        chain = []
+        while path != "/":
+            parent = self.parents.get(path)
+            if parent is None:
+                parent = self.parents[path] = split_path(path)[0]
+            chain.append(parent)
+            path = parent
         return chain
 
     def texts(self, table: str, wanted: set[int]) -> dict[int, str]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, func, or_, select
+from sqlalchemy import ColumnElement, Engine, case, func, or_, select
 from sqlalchemy.engine import Connection
 
 from layerindex.errors import NotFound, UsageError
@@ -27,6 +29,7 @@ from layerindex.index.schema import (
 )
 from layerindex.layer import overlay
 from layerindex.layer.entries import (
+    OPAQUE_MARKER,
     TYPE_NAMES,
     EntryType,
     split_path,
@@ -233,17 +236,15 @@ class Finder:
                     **payload,
                 }
             return
-        view = overlay.final_view(self.layer_entries([lr.diff_ref for lr in stack]))
-        for path in sorted(view):
-            if not _has_prefix(path, prefix):
-                continue
-            position, entry_type, payload = view[path]
-            yield {
-                **_image_columns(image, position),
-                "path": path,
-                "type": entry_type.value,
-                **payload,
-            }
+        with self.engine.connect() as connection:
+            view = overlay.final_entries(image_paths(connection, image, prefix))
+            for path, position, entry_type, entry in view:
+                yield {
+                    **_image_columns(image, position),
+                    "path": path,
+                    "type": entry_type.value,
+                    **details(entry),
+                }
 
 
 def _image_columns(image: IndexedImage, position: int) -> Row:
@@ -267,6 +268,10 @@ def _pick_layer(image: IndexedImage, stack: Sequence[ImageLayer], wanted: str) -
     return matches[0]
 
 
+DETAILS = ("size", "mode", "uid", "gid", "link_target", "sha256")
+EntryRow = Sequence[Any]  # a row of entry columns ending in DETAILS
+
+
 def layer_entries(diff_refs: Iterable[int | None]) -> Any:
     """A SELECT of the entries of these layer contents, with their dir and name text;
     callers add their own filters."""
@@ -276,12 +281,7 @@ def layer_entries(diff_refs: Iterable[int | None]) -> Any:
             dirs.c.path.label("dir"),
             names.c.name,
             entries.c.type,
-            entries.c.size,
-            entries.c.mode,
-            entries.c.uid,
-            entries.c.gid,
-            entries.c.link_target,
-            entries.c.sha256,
+            *(entries.c[name] for name in DETAILS),
         )
         .join(dirs, dirs.c.id == entries.c.dir_id)
         .join(names, names.c.id == entries.c.name_id)
@@ -293,32 +293,73 @@ def entries_of(
     connection: Connection, diff_refs: Sequence[int | None], prefix: str
 ) -> list[list[tuple[str, EntryType, Row]]]:
     """Each layer's rows as (path, type, details); a layer not indexed gives no rows."""
-    query = layer_entries(diff_refs)
-    if prefix != "/":
-        parent, _ = split_path(prefix)
-        query = query.where(
-            or_(
-                dirs.c.path == prefix,
-                dirs.c.path == parent,
-                dirs.c.path.startswith(prefix + "/", autoescape=True),
-            )
-        )
+    query = _under(layer_entries(diff_refs), prefix)
     by_diff: dict[int, list[tuple[str, EntryType, Row]]] = defaultdict(list)
     for r in connection.execute(query):
-        entry_type = TYPE_NAMES[r.type]
         path = stored_path(r.dir, r.name)
-        if prefix != "/" and not _has_prefix(path, prefix):
-            continue
-        details = {
-            "size": r.size,
-            "mode": r.mode,
-            "uid": r.uid,
-            "gid": r.gid,
-            "link_target": r.link_target,
-            "sha256": r.sha256,
-        }
-        by_diff[r.diff_ref].append((path, entry_type, details))
+        if _has_prefix(path, prefix):
+            by_diff[r.diff_ref].append((path, TYPE_NAMES[r.type], details(r)))
     return [by_diff.get(d, []) if d is not None else [] for d in diff_refs]
+
+
+def image_paths(
+    connection: Connection, image: IndexedImage, prefix: str = "/"
+) -> Iterator[tuple[str, overlay.Held[EntryRow]]]:
+    """Each path of the image's indexed layers with its entries there, as (position, type,
+    row), base first; the paths in order (``overlay.by_path``), streamed from the database
+    (sorted there: a big image's entries are never all in memory at once). ``details(row)``
+    makes a row's columns, for the few rows shown."""
+    path: ColumnElement[str] = case(
+        (names.c.name == OPAQUE_MARKER, dirs.c.path),
+        else_=func.rtrim(dirs.c.path, "/") + "/" + names.c.name,
+    )
+    if connection.dialect.name == "postgresql":
+        path = path.collate("C")  # the order of Python's strings (code points), not the locale's
+    query = _under(
+        select(
+            path.label("path"),
+            image_layers.c.position,
+            entries.c.type,
+            *(entries.c[name] for name in DETAILS),
+        )
+        .select_from(image_layers)
+        .join(layers, layers.c.id == image_layers.c.layer_id)
+        .join(entries, entries.c.diff_ref == layers.c.diff_ref)
+        .join(dirs, dirs.c.id == entries.c.dir_id)
+        .join(names, names.c.id == entries.c.name_id)
+        .where(image_layers.c.image_id == image.id)
+        .order_by(path, image_layers.c.position),
+        prefix,
+    )
+    rows = connection.execution_options(stream_results=True).execute(query)
+    for found, group in itertools.groupby(rows, key=operator.itemgetter(0)):
+        if _has_prefix(found, prefix):
+            yield found, [(r[1], TYPE_NAMES[r[2]], r) for r in group]
+
+
+def _under(query: Any, prefix: str) -> Any:
+    """``query`` narrowed to the dirs that may hold paths under ``prefix`` (the prefix itself
+    sits in its parent)."""
+    if prefix == "/":
+        return query
+    parent, _ = split_path(prefix)
+    return query.where(
+        or_(
+            dirs.c.path == prefix,
+            dirs.c.path == parent,
+            dirs.c.path.startswith(prefix + "/", autoescape=True),
+        )
+    )
+
+
+def details(row: EntryRow) -> Row:
+    """The DETAILS columns of an entry's row."""
+    return dict(zip(DETAILS, row[-len(DETAILS) :], strict=True))
+
+
+def size_of(row: EntryRow) -> int:
+    """The size column of an entry's row (the first of DETAILS)."""
+    return int(row[-len(DETAILS)])
 
 
 def _has_prefix(path: str, prefix: str) -> bool:

@@ -5,8 +5,9 @@ Each rule names why it holds; finder (``find``'s states) and ``ls REF`` (the fin
 
 from __future__ import annotations
 
+import bisect
 import posixpath
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal, NamedTuple, TypeVar
 
 from layerindex.layer.entries import EntryType
@@ -57,53 +58,116 @@ def fate(position: int, path: str, later: Iterable[tuple[int, str, EntryType]]) 
     deciding layer a deletion wins over an overwrite, whatever the order of ``later``: its
     whiteouts and opaque markers are applied before its other entries.
     """
-    first: Fate = PRESENT
+    return fates(path, [position], later)[position]
+
+
+def fates(
+    path: str, positions: Iterable[int], later: Iterable[tuple[int, str, EntryType]]
+) -> dict[int, Fate]:
+    """``fate(position, path, later)`` for each of these positions, in one pass over
+    ``later``: a path written by thousands of layers costs no more than their count (log)."""
+    deciding: dict[int, State] = {}  # layer → what it does to the path; a deletion wins
     for upper_position, upper_path, upper_type in later:
-        if upper_position <= position:
-            continue
-        if first.by_position is not None and (
-            upper_position > first.by_position
-            or (upper_position == first.by_position and first.state == "deleted")
-        ):
-            continue
         state = effect(upper_path, upper_type, path)
-        if state is not None and (upper_position != first.by_position or state == "deleted"):
-            first = Fate(state, upper_position)
-    return first
+        if state is not None and deciding.get(upper_position) != "deleted":
+            deciding[upper_position] = state
+    uppers = sorted(deciding)
+    found = {}
+    for position in positions:
+        i = bisect.bisect_right(uppers, position)
+        found[position] = Fate(deciding[uppers[i]], uppers[i]) if i < len(uppers) else PRESENT
+    return found
 
 
 T = TypeVar("T")
+Held = Sequence[tuple[int, EntryType, T]]  # a path's entries: (position, type, payload), base first
+
+
+def by_path(
+    layer_entries: Iterable[Iterable[tuple[str, EntryType, T]]],
+) -> list[tuple[str, Held[T]]]:
+    """Layers' rows (base first) as each path with its entries, in path order: what the
+    functions below read, for rows already in memory (the index gives them in this order)."""
+    held: dict[str, list[tuple[int, EntryType, T]]] = {}
+    for position, rows in enumerate(layer_entries):
+        for path, entry_type, payload in rows:
+            held.setdefault(path, []).append((position, entry_type, payload))
+    return sorted(held.items(), key=lambda item: item[0])
+
+
+class Deletions:
+    """Where the paths read so far (in path order) delete what lies under them, kept while
+    paths under them may still come.
+
+    Every path under P sorts between P and P + "0" ("0" follows "/"), so once a path at or
+    after P + "0" is read, P's deletions are dropped. Those kept are of prefixes of the path
+    being read: at most as many as it has characters, whatever the image holds."""
+
+    def __init__(self) -> None:
+        self.kept: list[tuple[str, list[int]]] = []  # (path, positions), in path order
+
+    def reaching(self, path: str, held: Held[T]) -> list[list[int]]:
+        """The positions, each list rising, of the layers whose entries delete ``path``'s
+        lower versions: its own whiteouts, and its ancestors' entries but directories (a
+        whiteout or opaque marker deletes what is under it, a file or link replaces it)."""
+        while self.kept and _subtree_end(self.kept[-1][0]) <= path:
+            self.kept.pop()
+        found = [positions for upper, positions in self.kept if _is_ancestor(upper, path)]
+        own = [position for position, entry_type, _ in held if entry_type is EntryType.WHITEOUT]
+        if own:
+            found.append(own)
+        below = [position for position, entry_type, _ in held if entry_type is not EntryType.DIR]
+        if below:
+            self.kept.append((path, below))
+        return found
+
+
+def next_deletion(deletions: list[list[int]], position: int) -> int | None:
+    """The first layer above ``position`` that deletes the path, if any."""
+    first = None
+    for positions in deletions:
+        i = bisect.bisect_right(positions, position)
+        if i < len(positions) and (first is None or positions[i] < first):
+            first = positions[i]
+    return first
+
+
+def final_entries(paths: Iterable[tuple[str, Held[T]]]) -> Iterator[tuple[str, int, EntryType, T]]:
+    """Apply the layers (each path with its entries, in path order, as ``by_path`` gives):
+    what a container started from the image sees, as (path, position, type, payload) in path
+    order.
+
+    A path shows its topmost entry but whiteouts and opaque markers, unless a layer above it
+    deletes it. A layer's deletions apply to the layers below it only (image-spec: "applied
+    first, before creating the new version"): an entry and a deletion in one layer leave the
+    entry.
+    """
+    deletions = Deletions()
+    for path, held in paths:
+        reaching = deletions.reaching(path, held)
+        top = None
+        for position, entry_type, payload in held:
+            if entry_type not in (EntryType.WHITEOUT, EntryType.OPAQUE):
+                top = (position, entry_type, payload)
+        if top is not None and next_deletion(reaching, top[0]) is None:
+            yield path, *top
 
 
 def final_view(
     layer_entries: Iterable[Iterable[tuple[str, EntryType, T]]],
 ) -> dict[str, tuple[int, EntryType, T]]:
-    """Apply layers in order (base first): what a container started from the image sees.
-
-    Each layer gives (path, type, payload) rows, an opaque marker at the directory it makes
-    opaque; the result maps path → (position, type, payload).
-    """
-    view: dict[str, tuple[int, EntryType, T]] = {}
-    for position, rows in enumerate(layer_entries):
-        layer = list(rows)
-        # Whiteouts and opaque markers apply to the lower layers first, whatever their order in
-        # the tar (image-spec: "applied first, before creating the new version").
-        cut_with_self: set[str] = set()  # this path and everything under it
-        cut_below: set[str] = set()  # only what is under this path
-        for path, entry_type, _payload in layer:
-            if entry_type is EntryType.WHITEOUT:
-                cut_with_self.add(path)
-            elif entry_type is EntryType.OPAQUE or entry_type is not EntryType.DIR:
-                cut_below.add(path)
-        if cut_with_self or cut_below:
-            cuts = cut_with_self | cut_below
-            for path in [p for p in view if p in cut_with_self or _under_any(p, cuts)]:
-                del view[path]
-        for path, entry_type, payload in layer:
-            if entry_type not in (EntryType.WHITEOUT, EntryType.OPAQUE):
-                view[path] = (position, entry_type, payload)
-    return view
+    """``final_entries`` of layers held in memory (base first), as path → (position, type,
+    payload); an opaque marker stands at the directory it makes opaque."""
+    return {
+        path: (position, entry_type, payload)
+        for path, position, entry_type, payload in final_entries(by_path(layer_entries))
+    }
 
 
-def _under_any(path: str, dirs: set[str]) -> bool:
-    return any(parent in dirs for parent in ancestors(path))
+def _subtree_end(path: str) -> str:
+    """The first string after every path under ``path``."""
+    return ("" if path == "/" else path) + "0"
+
+
+def _is_ancestor(upper: str, path: str) -> bool:
+    return upper == "/" or path.startswith(upper + "/")
