@@ -54,7 +54,7 @@ from installed import cli_env  # noqa: E402
 from registry_server import RegistryServer, start_plain  # noqa: E402
 from walker_bench import build_small_files_tar  # noqa: E402
 
-from layerindex.database import libpq_url  # noqa: E402
+from layerindex.index.database import libpq_url  # noqa: E402
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -306,7 +306,11 @@ class Runner:
         # Made as `index` makes a new database (on SQLite from the head statements: `db upgrade`
         # runs the migrations, and 0007's copy of entries leaves free pages in the file).
         subprocess.run(
-            [sys.executable, "-c", f"import layerindex.database as d; d.open_database({empty!r})"],
+            [
+                sys.executable,
+                "-c",
+                f"import layerindex.index.database as d; d.open_database({empty!r})",
+            ],
             env=self.env,
             check=True,
             capture_output=True,

@@ -28,11 +28,11 @@ from pathlib import Path
 from installed import cli_env
 from sqlalchemy import text
 
-from layerindex import locate
-from layerindex.database import libpq_url, open_database, open_reader
-from layerindex.entries import Entry, EntryType
-from layerindex.search import parse
-from layerindex.store import ImageRecord, LayerRecord, Store
+from layerindex.index import find
+from layerindex.index.database import libpq_url, open_database, open_reader
+from layerindex.index.patterns import parse
+from layerindex.index.store import ImageRecord, LayerRecord, Store
+from layerindex.layer.entries import Entry, EntryType
 
 LAYERS_PER_IMAGE = 5
 VARIANTS = 12  # how many versions of a path tree the corpus holds (python3.x, app builds, …)
@@ -226,9 +226,7 @@ def main() -> None:
         for kind, value in queries:
             pattern = parse(kind, value)  # type: ignore[arg-type]
             t = time.perf_counter()
-            found = list(
-                locate.find(reader, pattern, locate.FindFilters(all_layers=True, limit=1000))
-            )
+            found = list(find.find(reader, pattern, find.FindFilters(all_layers=True, limit=1000)))
             times.append((time.perf_counter() - t) * 1000)
             rows.append(len(found))
         cli = []

@@ -5,7 +5,7 @@
 Builds, in a temporary directory, a many-small-files layer from this Python's stdlib and
 site-packages (files over 256 KiB left out) compressed with gzip (zlib level 6) and zstd (level 3),
 times LayerWalker (counting entries, no database; with its C fast path and without it, where
-layerindex._tarscan is built) against GNU tar listing the same blob, alternating, and reports
+layerindex.layer._tarscan is built) against GNU tar listing the same blob, alternating, and reports
 the peak RSS of walking a big (~500 MB) layer in a child process.
 """
 
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import zstandard
 
-from layerindex import walker as walker_module
-from layerindex.walker import LayerWalker
+from layerindex.layer import walker as walker_module
+from layerindex.layer.walker import LayerWalker
 
-FAST_SCAN = walker_module._scan  # None where layerindex._tarscan was not built
+FAST_SCAN = walker_module._scan  # None where layerindex.layer._tarscan was not built
 
 SMALL_FILE_MAX = 256 << 10
 
@@ -101,7 +101,7 @@ def peak_rss_mib(blob: Path) -> tuple[float, float]:
     """
     code = (
         "import sys\n"
-        "from layerindex.walker import LayerWalker\n"
+        "from layerindex.layer.walker import LayerWalker\n"
         "if sys.argv[1] != '-':\n"
         "    with open(sys.argv[1], 'rb') as s:\n"
         "        sum(1 for _ in LayerWalker(s, hash_files=True))\n"
@@ -151,7 +151,7 @@ def main() -> None:
         ]
         walkers = [("LayerWalker", True), ("LayerWalker, pure Python", False)]
         if FAST_SCAN is None:
-            print("layerindex._tarscan is not built: the pure-Python walker only")
+            print("layerindex.layer._tarscan is not built: the pure-Python walker only")
             walkers = walkers[1:]
         times: dict[str, list[float]] = {}
         for _ in range(args.repeats):

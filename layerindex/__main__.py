@@ -1,5 +1,5 @@
 """``python -m layerindex``: the same as the ``layerindex`` command."""
 
-from layerindex.cli import main
+from layerindex.cli.main import main
 
 main()

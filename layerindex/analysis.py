@@ -12,18 +12,26 @@ from typing import Any
 
 from sqlalchemy import select
 
-from layerindex import overlay
-from layerindex.entries import EntryType
-from layerindex.finder import EntryRow, Finder, IndexedImage, Row, details, image_paths, size_of
-from layerindex.manifest import (
+from layerindex.index.images import (
+    EntryRow,
+    Finder,
+    IndexedImage,
+    Row,
+    details,
+    image_paths,
+    size_of,
+)
+from layerindex.index.schema import repositories, tags
+from layerindex.layer import overlay
+from layerindex.layer.entries import EntryType
+from layerindex.output import terminal_text
+from layerindex.registry.manifest import (
     FetchedManifest,
     ImageConfig,
     ImageManifest,
     parse_config,
     parse_manifest,
 )
-from layerindex.output import terminal_text
-from layerindex.schema import repositories, tags
 
 # --- inspect -------------------------------------------------------------------------------------
 

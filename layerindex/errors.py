@@ -9,10 +9,19 @@
     │   ├── RateLimited             429 (carries retry_after seconds when the server said)
     │   └── UnsupportedManifest     schema 1, an unknown media type, no matching platform
     ├── LayerFormatError            bytes that are not a readable (compressed) tar
+    ├── ImageConfigError            an image config that is not JSON or does not fit its manifest
     ├── DigestMismatch              bytes whose sha256 is not the digest they were asked by
     ├── NoIndex                     nothing to read: no SQLite file, an empty database
     ├── SchemaOutOfDate             a database at an older Alembic revision
+    ├── CrawlLocked                 another crawl holds the database
     └── UsageError                  bad query input: a malformed glob, regex, digest or option
+
+    DatabaseError                   the database failed mid-command (disk full, connection ended)
+    └── DuplicateRow                a unique constraint refused a row another writer made first
+
+DatabaseError is not a LayerIndexError on purpose: what catches LayerIndexError goes on (a
+crawl records one layer's failure and takes the next), while a failing database ends the
+command. The CLI catches it as well, and says that nothing of an unfinished layer was kept.
 
 Messages are for people: say what was wrong, where (image, layer, path) and what to do next.
 Text from outside (a registry's error message, a URL it redirected to, a helper's output) goes
@@ -84,6 +93,11 @@ class LayerFormatError(LayerIndexError):
     """A layer whose bytes are not a readable gzip, zstd or plain tar stream."""
 
 
+class ImageConfigError(LayerIndexError):
+    """An image's config blob that is not a JSON object, has no usable ``rootfs.diff_ids``, or
+    lists a different number of diff_ids than its manifest has layers."""
+
+
 class DigestMismatch(LayerIndexError):
     """Bytes whose sha256 differs from the digest they were requested by."""
 
@@ -94,6 +108,24 @@ class NoIndex(LayerIndexError):
 
 class SchemaOutOfDate(LayerIndexError):
     """The database is at an older schema revision than this layerindex."""
+
+
+class CrawlLocked(LayerIndexError):
+    """Another crawl holds the database."""
+
+
+class DatabaseError(Exception):
+    """The database failed while a command ran: a disk full, a connection the server ended.
+    ``said``: the first line of what the database said. Raised by the index package (the
+    engines ``index.database.open_database`` makes) in place of the driver's errors."""
+
+    def __init__(self, said: str) -> None:
+        super().__init__(f"the database failed: {said}")
+        self.said = said
+
+
+class DuplicateRow(DatabaseError):
+    """A unique constraint refused a row: another writer made it first."""
 
 
 class UsageError(LayerIndexError):

@@ -1,10 +1,10 @@
-"""Alembic environment: the connection comes from layerindex.store (config.attributes)."""
+"""Alembic environment: the connection comes from layerindex.index.database (config.attributes)."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from layerindex.schema import include_name, metadata
+from layerindex.index.schema import include_name, metadata
 
 connection = context.config.attributes["connection"]
 context.configure(

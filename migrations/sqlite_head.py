@@ -3,7 +3,7 @@
 empty database: a new SQLite index is created from them and stamped at REVISION, without
 Alembic's machinery (0.5 s a new database). tests/test_migrations.py holds them to what running
 the migrations makes (same sqlite_master) and prints the new text when a migration changes it;
-layerindex.database runs the migrations instead whenever REVISION is not the head revision.
+layerindex.index.database runs the migrations instead whenever REVISION is not the head revision.
 """
 
 REVISION = "0008_runs_deferred"

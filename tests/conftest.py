@@ -30,9 +30,9 @@ from registry_server import (
 )
 from token_server import TokenServer
 
-from layerindex.cli import cli
-from layerindex.database import open_database
-from layerindex.store import Store
+from layerindex.cli.main import cli
+from layerindex.index.database import open_database
+from layerindex.index.store import Store
 
 # --- registries ------------------------------------------------------------------------------
 

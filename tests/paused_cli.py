@@ -53,7 +53,7 @@ def main() -> None:
         head.STATEMENTS = PausedHalfWay(list(head.STATEMENTS), Path(mark))
     else:
         raise SystemExit(f"unknown point {point}")
-    from layerindex.cli import cli
+    from layerindex.cli.main import cli
 
     cli(args, prog_name="layerindex")
 

@@ -22,7 +22,7 @@ from registry_server import RegistryServer
 from test_index import Run, table
 
 from layerindex.analysis import efficiency
-from layerindex.entries import EntryType
+from layerindex.layer.entries import EntryType
 
 F, D, W, OPQ, L = (
     EntryType.FILE,

@@ -20,12 +20,12 @@ from images import make_image, make_layer
 from registry_server import RegistryServer
 from sqlalchemy import create_engine, text
 
-from layerindex.cli import cli
-from layerindex.crawler import backoff
-from layerindex.database import open_database
+from layerindex.cli.main import cli
+from layerindex.crawl.crawler import backoff
+from layerindex.crawl.imagelist import parse_line, version_key
+from layerindex.crawl.job import crawl_lock
 from layerindex.errors import UsageError
-from layerindex.imagelist import parse_line, version_key
-from layerindex.job import crawl_lock
+from layerindex.index.database import open_database
 
 ONE = make_image([make_layer({"/bin/one": b"1"}), make_layer({"/etc/one.conf": b"one"}, "zstd")])
 TWO = make_image([make_layer({"/bin/two": b"22"})])

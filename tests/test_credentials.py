@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from layerindex.credentials import Credentials, Keychain, StaticKeychain
+from layerindex.registry.credentials import Credentials, Keychain, StaticKeychain
 
 
 def b64(text: str) -> str:

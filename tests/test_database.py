@@ -22,8 +22,9 @@ from sqlalchemy import inspect
 from test_crawl import wait_for
 from test_store import e, image, index_image
 
-from layerindex import database
-from layerindex.store import Store
+from layerindex.errors import DatabaseError, DuplicateRow, LayerIndexError
+from layerindex.index import database
+from layerindex.index.store import Store
 
 Run = Callable[..., Result]
 TESTS = Path(__file__).parent
@@ -244,6 +245,31 @@ def test_an_uncreatable_database_directory_is_a_message(
         f"Error: cannot make the directory {tmp_path / where} for the database: {said}; "
         "give another --db\n",
     )
+
+
+def test_the_drivers_errors_are_the_error_trees_database_errors(tmp_path: Path) -> None:
+    # What the index package raises for a failing database is its own DatabaseError, not the
+    # driver's or SQLAlchemy's (the CLI recognises it without looking into sys.modules); a
+    # broken unique constraint is a DuplicateRow; neither is a LayerIndexError, which a crawl
+    # would record as one layer's failure and go on.
+    url = f"sqlite:///{tmp_path / 'index.db'}"
+    engine = database.open_database(url)
+    insert = "INSERT INTO repositories (registry, name) VALUES ('docker.io', 'library/x')"
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(insert)
+        with pytest.raises(DuplicateRow) as duplicate, engine.begin() as connection:
+            connection.exec_driver_sql(insert)
+        assert duplicate.value.said.startswith("UNIQUE constraint failed: repositories.")
+        with sqlite3.connect(tmp_path / "index.db") as raw:
+            raw.execute("DROP TABLE runs")
+        with pytest.raises(DatabaseError) as failed, engine.connect() as connection:
+            connection.exec_driver_sql("SELECT * FROM runs")
+        assert type(failed.value) is DatabaseError
+        assert str(failed.value) == "the database failed: no such table: runs"
+        assert not isinstance(failed.value, LayerIndexError)
+    finally:
+        engine.dispose()
 
 
 def test_a_database_failure_of_a_read_command_says_nothing_of_layers(

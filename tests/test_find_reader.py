@@ -14,8 +14,8 @@ from sqlalchemy import create_engine, inspect, make_url
 from test_index import Run
 from test_store import e, image, index_image
 
-from layerindex import database
-from layerindex.store import Store
+from layerindex.index import database
+from layerindex.index.store import Store
 
 
 def make_index(path: Path) -> str:
@@ -48,7 +48,7 @@ def test_find_imports_neither_sqlalchemy_nor_alembic(
     assert '"path": "/usr/bin/kubectl"' in result.stdout
     # -X importtime writes a line per imported module: "import time: self | cumulative | name".
     imported = {line.rpartition("|")[2].strip() for line in result.stderr.splitlines()}
-    assert "layerindex.locate" in imported
+    assert "layerindex.index.find" in imported
     assert not {m for m in imported if m.split(".")[0] in ("sqlalchemy", "alembic")}
 
 

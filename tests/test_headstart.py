@@ -1,5 +1,5 @@
 """`layerindex index` starts walking the first image's big layers before it opens the database
-(layerindex/headstart.py). These tests lower walkproc.CHILD_WALK_MIN_BYTES so that every layer
+(layerindex/crawl/headstart.py). These tests lower walkproc.CHILD_WALK_MIN_BYTES so that every layer
 is one, and check that the crawler takes those walks, that a run makes exactly the requests it
 made without a head start (errors included), and that nothing runs on after it."""
 
@@ -19,9 +19,9 @@ from faults import FaultProxy
 from images import make_image, make_index, make_layer
 from registry_server import RegistryServer
 
-from layerindex.headstart import HeadStart, StartedWalk
+from layerindex.crawl.headstart import HeadStart, StartedWalk
 from layerindex.reference import parse_reference
-from layerindex.registry import RegistryClient
+from layerindex.registry.client import RegistryClient
 
 Run = Callable[..., Result]
 
@@ -34,7 +34,7 @@ OTHER = make_image([BASE, make_layer({"/srv/other": b"other"})])
 
 @pytest.fixture(autouse=True)
 def every_layer_is_big(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("layerindex.walkproc.CHILD_WALK_MIN_BYTES", 0)
+    monkeypatch.setattr("layerindex.layer.walkproc.CHILD_WALK_MIN_BYTES", 0)
 
 
 @pytest.fixture
@@ -220,7 +220,7 @@ def test_walks_not_taken_are_stopped(
     # A walk that cannot end by itself; stopping it must not wait for its read, however long
     # the wait for the feeding thread is allowed to be.
     fault_proxy.stall(f"/blobs/{TOP.digest}", after=10, seconds=60)
-    monkeypatch.setattr("layerindex.walkproc.STOP_FEED_WAIT", 60)
+    monkeypatch.setattr("layerindex.layer.walkproc.STOP_FEED_WAIT", 60)
     began = time.monotonic()
     ref = parse_reference(f"{fault_proxy.host}/team/app:1.0")
     head_start = HeadStart(RegistryClient())
@@ -251,10 +251,10 @@ def test_the_walks_start_before_sqlalchemy_is_imported(
     assert run("--db", f"sqlite:///{db}", "index", f"{registry.host}/team/app:1.0").exit_code == 0
     script = f"""
 import sys
-from layerindex import walkproc
-from layerindex.headstart import HeadStart
+from layerindex.layer import walkproc
+from layerindex.crawl.headstart import HeadStart
 from layerindex.reference import parse_reference
-from layerindex.registry import RegistryClient
+from layerindex.registry.client import RegistryClient
 walkproc.CHILD_WALK_MIN_BYTES = 0
 with HeadStart(RegistryClient()) as head_start:
     ref = parse_reference({f"{registry.host}/team/other:1"!r})

@@ -22,11 +22,11 @@ from faults import FaultProxy, Upstream, _ProxyHandler
 from images import make_image, make_layer
 from registry_server import BasicRegistry
 
-from layerindex import registry as registry_module
-from layerindex.credentials import Credentials, Keychain, StaticKeychain
 from layerindex.errors import AuthError, DigestMismatch, RegistryError
 from layerindex.reference import parse_reference
-from layerindex.registry import RegistryClient
+from layerindex.registry import client as registry_module
+from layerindex.registry.client import RegistryClient
+from layerindex.registry.credentials import Credentials, Keychain, StaticKeychain
 
 # incompressible, so the blob is long enough to cut and to dribble
 BIG = make_layer(

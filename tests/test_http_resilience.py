@@ -22,11 +22,11 @@ from images import make_image, make_layer
 from registry_server import BlobServer, HubRegistry, RegistryServer
 from token_server import TokenServer
 
-from layerindex.credentials import Keychain
 from layerindex.errors import NotFound, RateLimited, RegistryError
 from layerindex.reference import parse_reference
-from layerindex.registry import RegistryClient
-from layerindex.retry import Quota, RetryPolicy, parse_quota, say_duration
+from layerindex.registry.client import RegistryClient
+from layerindex.registry.credentials import Keychain
+from layerindex.registry.retry import Quota, RetryPolicy, parse_quota, say_duration
 
 # incompressible, so the blob is long enough to cut in the middle
 BIG = make_layer(

@@ -29,7 +29,7 @@ from registry_server import BasicRegistry, HubRegistry, RegistryServer
 from sqlalchemy import FromClause, create_engine, func, select
 from token_server import PASSWORD, USERNAME
 
-from layerindex.schema import entries
+from layerindex.index.schema import entries
 
 Run = Callable[..., Result]
 
@@ -629,7 +629,7 @@ def test_a_database_failing_mid_layer_is_an_error_message_and_keeps_nothing(
 ) -> None:
     # A real failure of each database while a layer is written: SQLite's disk full (a page
     # limit), PostgreSQL's connection ended by the server (an administrator, a restart).
-    from layerindex.store import Store
+    from layerindex.index.store import Store
 
     registry.push("team/app", "1.0", APP)
     ref = f"{registry.host}/team/app:1.0"

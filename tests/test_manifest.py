@@ -8,8 +8,13 @@ from typing import Any
 import pytest
 from images import DOCKER_LIST, OCI_INDEX, make_image, make_index, make_layer, sha256
 
-from layerindex.errors import LayerFormatError, RegistryError, UnsupportedManifest, UsageError
-from layerindex.manifest import (
+from layerindex.errors import (
+    ImageConfigError,
+    RegistryError,
+    UnsupportedManifest,
+    UsageError,
+)
+from layerindex.registry.manifest import (
     DOCKER_FOREIGN_LAYER,
     DOCKER_MANIFEST,
     OCI_MANIFEST,
@@ -23,7 +28,7 @@ from layerindex.manifest import (
     parse_manifest,
     select_platforms,
 )
-from layerindex.platforms import Platform
+from layerindex.registry.platforms import Platform
 
 LAYER = make_layer({"/usr/bin/kubectl": b"kubectl"})
 
@@ -261,6 +266,6 @@ def test_bad_configs() -> None:
          f"{where} lists 1 diff_ids but the manifest has 2 layers"),
     ]  # fmt: skip
     for body, message in cases:
-        with pytest.raises(LayerFormatError) as caught:
+        with pytest.raises(ImageConfigError) as caught:
             parse_config(body, manifest, where="app:1")
         assert str(caught.value) == message

@@ -15,12 +15,12 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from test_store import e, find_all, image, index_image
 
-from layerindex import database, locate
-from layerindex.entries import EntryType
 from layerindex.errors import LayerIndexError, SchemaOutOfDate
-from layerindex.finder import Finder
-from layerindex.schema import include_name, metadata
-from layerindex.store import Store
+from layerindex.index import database, find
+from layerindex.index.images import Finder
+from layerindex.index.schema import include_name, metadata
+from layerindex.index.store import Store
+from layerindex.layer.entries import EntryType
 
 sqlite_head = import_module("layerindex.migrations.sqlite_head")
 
@@ -235,8 +235,8 @@ def test_an_index_with_entries_is_upgraded_from_0005_and_finds_the_same(db_url: 
     # The statistics the dropped index had are made again: what later layers hold at a match's
     # ancestors (type included) comes from the index, not from the rows.
     plan = sqlite3.connect(sqlite_file).execute(
-        f"EXPLAIN QUERY PLAN WITH {locate._pairs_in_layers(2, 2)} "
-        f"SELECT e.diff_ref, e.type FROM {locate._PAIR_SEEKS}",
+        f"EXPLAIN QUERY PLAN WITH {find._pairs_in_layers(2, 2)} "
+        f"SELECT e.diff_ref, e.type FROM {find._PAIR_SEEKS}",
         [1, 2, 3, 4, 1, 2],
     )
     assert "USING COVERING INDEX ix_entries_name_layer" in " ".join(row[3] for row in plan)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from layerindex.entries import EntryType as T
-from layerindex.overlay import Fate, ancestors, fate, final_view
+from layerindex.layer.entries import EntryType as T
+from layerindex.layer.overlay import Fate, ancestors, fate, final_view
 
 
 def test_ancestors_nearest_first() -> None:

@@ -8,7 +8,7 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
-from layerindex import database
+from layerindex.index import database
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,7 +36,7 @@ def test_built_wheel_carries_migrations_and_creates_a_database(tmp_path: Path) -
     assert "layerindex/migrations/versions/0001_initial_schema.py" in names
     assert "layerindex/migrations/script.py.mako" in names
     assert "layerindex/data/images.txt" in names  # the default list of `layerindex crawl`
-    assert any(n.startswith("layerindex/_tarscan.") and n.endswith(".so") for n in names)
+    assert any(n.startswith("layerindex/layer/_tarscan.") and n.endswith(".so") for n in names)
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -74,5 +74,5 @@ def test_built_wheel_carries_migrations_and_creates_a_database(tmp_path: Path) -
 
     where = installed("import layerindex.migrations as m; print(m.__file__)")
     assert where.startswith(str(venv))
-    fast_path = installed("import layerindex.walker as w; print(w._scan)")
+    fast_path = installed("import layerindex.layer.walker as w; print(w._scan)")
     assert fast_path == "<built-in function scan>\n"

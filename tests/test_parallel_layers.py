@@ -15,14 +15,14 @@ from images import make_image, make_layer
 from registry_server import RegistryServer
 from sqlalchemy import Engine, func, select
 
-from layerindex.crawler import Crawler, ImageOutcome
-from layerindex.database import open_database
+from layerindex.crawl.crawler import Crawler, ImageOutcome
+from layerindex.index.database import open_database
+from layerindex.index.schema import diffs, dirs, entries, layers, names
+from layerindex.index.store import LayerState, Store, WalkedLayer
+from layerindex.layer.walker import LayerWalker
+from layerindex.layer.walkproc import CHILD_WALK_MIN_BYTES, ChildWalk, walk_in_child
 from layerindex.reference import parse_reference
-from layerindex.registry import RegistryClient
-from layerindex.schema import diffs, dirs, entries, layers, names
-from layerindex.store import LayerState, Store, WalkedLayer
-from layerindex.walker import LayerWalker
-from layerindex.walkproc import CHILD_WALK_MIN_BYTES, ChildWalk, walk_in_child
+from layerindex.registry.client import RegistryClient
 
 CONTENTS = [{f"/layer{n}/file{i}": bytes([n]) * i for i in range(50)} for n in range(3)]
 IMAGE = make_image([make_layer(files) for files in CONTENTS])
@@ -35,7 +35,7 @@ EXPECTED = {
 
 @pytest.fixture(autouse=True)
 def walk_every_layer_in_a_child(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("layerindex.walkproc.CHILD_WALK_MIN_BYTES", 0)
+    monkeypatch.setattr("layerindex.layer.walkproc.CHILD_WALK_MIN_BYTES", 0)
 
 
 def index(engine: Engine, ref: str) -> list[ImageOutcome]:
@@ -103,7 +103,7 @@ def test_an_images_layers_are_walked_at_once_on_every_database(
         with walk_in_child(walker) as walked:
             yield walked
 
-    monkeypatch.setattr("layerindex.walkproc.walk_in_child", walk_at_once)
+    monkeypatch.setattr("layerindex.layer.walkproc.walk_in_child", walk_at_once)
     engine = open_database(db_url)
     outcomes = index(engine, f"{registry.host}/team/parallel:3")
     assert [(o.indexed, o.failed, o.errors) for o in outcomes] == [(3, 0, [])]
@@ -135,9 +135,9 @@ def test_bad_layers_walked_at_once_commit_nothing_and_are_retried(
 def test_small_layers_are_walked_in_process(
     registry: RegistryServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("layerindex.walkproc.CHILD_WALK_MIN_BYTES", CHILD_WALK_MIN_BYTES)
+    monkeypatch.setattr("layerindex.layer.walkproc.CHILD_WALK_MIN_BYTES", CHILD_WALK_MIN_BYTES)
     assert all(layer.size < CHILD_WALK_MIN_BYTES for layer in IMAGE.layers)
-    monkeypatch.setattr("layerindex.walkproc.walk_in_child", None)  # a child would fail
+    monkeypatch.setattr("layerindex.layer.walkproc.walk_in_child", None)  # a child would fail
     registry.push("team/parallel", "4", IMAGE)
     engine = open_database(f"sqlite:///{tmp_path / 'index.db'}")
     outcomes = index(engine, f"{registry.host}/team/parallel:4")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import io
 
-from layerindex.crawler import ImageOutcome
-from layerindex.job import RunSummary
-from layerindex.progress import Progress
-from layerindex.schedule import RunTotals
+from layerindex.crawl.crawler import ImageOutcome
+from layerindex.crawl.job import RunSummary
+from layerindex.crawl.progress import Progress
+from layerindex.index.runs import RunTotals
 
 
 class Terminal(io.StringIO):

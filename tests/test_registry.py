@@ -14,7 +14,6 @@ from images import SCHEMA1_SIGNED, make_image, make_index, make_layer, sha256
 from registry_server import BasicRegistry, BlobServer, HubRegistry, RegistryServer
 from token_server import PASSWORD, SERVICE, USERNAME, TokenServer
 
-from layerindex.credentials import Credentials, Keychain, StaticKeychain
 from layerindex.errors import (
     AuthError,
     DigestMismatch,
@@ -23,10 +22,11 @@ from layerindex.errors import (
     RegistryError,
     UnsupportedManifest,
 )
-from layerindex.manifest import ImageIndex, ImageManifest, parse_config, parse_manifest
 from layerindex.reference import parse_reference
-from layerindex.registry import RegistryClient
-from layerindex.transport import is_loopback, loggable_url
+from layerindex.registry.client import RegistryClient
+from layerindex.registry.credentials import Credentials, Keychain, StaticKeychain
+from layerindex.registry.manifest import ImageIndex, ImageManifest, parse_config, parse_manifest
+from layerindex.registry.transport import is_loopback, loggable_url
 
 # incompressible, so the blob is big enough to cut in the middle
 KUBECTL = make_layer(
@@ -149,7 +149,7 @@ def test_missing_tag_blob_and_repository(registry: RegistryServer) -> None:
 
 
 def test_index_then_platform_manifest(registry: RegistryServer) -> None:
-    from layerindex.manifest import select_platforms
+    from layerindex.registry.manifest import select_platforms
 
     registry.push("test/multi", "1", INDEX)
     reg = client()

@@ -18,14 +18,14 @@ from sqlalchemy import func, select, text
 from test_index import APP, KUBECTL, Run, db_path, table
 from test_store import e, image, index_image
 
-from layerindex.entries import EntryType
 from layerindex.errors import UsageError
-from layerindex.finder import Finder
-from layerindex.locate import FindFilters
+from layerindex.index.find import FindFilters
+from layerindex.index.images import Finder
+from layerindex.index.patterns import glob_regex, parse, regex_literal
+from layerindex.index.schema import entries, names
+from layerindex.index.store import Store
+from layerindex.layer.entries import EntryType
 from layerindex.regex import compile_regex
-from layerindex.schema import entries, names
-from layerindex.search import glob_regex, parse, regex_literal
-from layerindex.store import Store
 
 HELM = b"helm binary"
 TOOLS = make_image(
@@ -353,7 +353,7 @@ def test_search_indexes_follow_the_interned_names(store: Store) -> None:
 
 
 def test_sqlite_substring_search_uses_the_trigram_index(tmp_path: Path) -> None:
-    from layerindex.database import open_database
+    from layerindex.index.database import open_database
 
     engine = open_database(f"sqlite:///{tmp_path / 'index.db'}")
     store = Store(engine)

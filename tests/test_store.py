@@ -15,17 +15,18 @@ from typing import Any
 import pytest
 from sqlalchemy import FromClause, func, select
 
-from layerindex import finder as finder_module
-from layerindex import locate, overlay, search
 from layerindex.analysis import diff, efficiency, path_efficiency
-from layerindex.database import Reader, open_database
-from layerindex.entries import TYPE_CODES, Entry, EntryType
 from layerindex.errors import LayerFormatError
-from layerindex.finder import Finder, IndexedImage, Row, image_paths, size_of
-from layerindex.locate import FindFilters
-from layerindex.schema import diffs, dirs, entries, images, layers, names
-from layerindex.search import parse
-from layerindex.store import ImageRecord, LayerRecord, Store
+from layerindex.index import find, patterns
+from layerindex.index import images as images_module
+from layerindex.index.database import Reader, open_database
+from layerindex.index.find import FindFilters
+from layerindex.index.images import Finder, IndexedImage, Row, image_paths, size_of
+from layerindex.index.patterns import parse
+from layerindex.index.schema import diffs, dirs, entries, images, layers, names
+from layerindex.index.store import ImageRecord, LayerRecord, Store
+from layerindex.layer import overlay
+from layerindex.layer.entries import TYPE_CODES, Entry, EntryType
 
 
 def find_all(finder: Finder, path: str) -> list[Row]:
@@ -145,11 +146,11 @@ def test_find_agrees_with_overlay_rules_on_random_images(
     # substring without listing them first); and any limit gives the first rows. ("/a-b/c"
     # sorts before "/a/b", though its dir "/a-b" sorts after "/a".)
     if streamed:
-        monkeypatch.setattr(locate, "STREAM_KEYS_MIN", 0)
-        monkeypatch.setattr(locate, "FIRST_KEYS", 1)
-        monkeypatch.setattr(locate, "FIRST_DIRS", 1)
-        monkeypatch.setattr(locate, "DIRS_SCANNED", 4)
-        monkeypatch.setattr(search, "MANY_DIRS", 0)
+        monkeypatch.setattr(find, "STREAM_KEYS_MIN", 0)
+        monkeypatch.setattr(find, "FIRST_KEYS", 1)
+        monkeypatch.setattr(find, "FIRST_DIRS", 1)
+        monkeypatch.setattr(find, "DIRS_SCANNED", 4)
+        monkeypatch.setattr(patterns, "MANY_DIRS", 0)
     rng = random.Random(5)
     universe = ["/a", "/a/b", "/a/b/c", "/a/b/c/d", "/a/x", "/a-b", "/a-b/c", "/b", "/b/c"]
     kinds = [EntryType.FILE, EntryType.DIR, EntryType.SYMLINK, EntryType.WHITEOUT]
@@ -337,7 +338,7 @@ def test_whole_images_are_read_in_path_order_one_path_at_a_time(
             read.append(path)
             yield path, held
 
-    monkeypatch.setattr(finder_module, "image_paths", counted)
+    monkeypatch.setattr(images_module, "image_paths", counted)
     views = []
     for n, digests in enumerate(stacks):
         img = _indexed(store, f"sha256:i{n}")
@@ -429,12 +430,12 @@ def test_a_path_in_thousands_of_layers_is_one_seek_per_layer(tmp_path: Path) -> 
         )
     Store(engine).analyze()
     refs = list(range(1, 5001))
-    terms, seeks, params = locate._at_pairs("sqlite", [(1, 1)], refs)
+    terms, seeks, params = find._at_pairs("sqlite", [(1, 1)], refs)
     statements = [
         (f"WITH {terms}held AS MATERIALIZED (SELECT e.diff_ref FROM {seeks}) "
          "SELECT count(*) FROM held", params),
     ]  # fmt: skip
-    found, found_params = locate._found_by_name("sqlite", [1], refs)
+    found, found_params = find._found_by_name("sqlite", [1], refs)
     statements.append((f"{found} SELECT count(*) FROM found", found_params))
     with engine.connect() as connection:
         raw = connection.connection.dbapi_connection
@@ -497,9 +498,9 @@ def test_indexing_into_sqlite_imports_no_postgresql_dialect(tmp_path: Path) -> N
     # ~30 ms of every `layerindex index` on SQLite (see the sha256 index in schema.py).
     script = (
         "import sys\n"
-        "from layerindex.crawler import Crawler\n"
-        "from layerindex.database import open_database\n"
-        "from layerindex.store import Store\n"
+        "from layerindex.crawl.crawler import Crawler\n"
+        "from layerindex.index.database import open_database\n"
+        "from layerindex.index.store import Store\n"
         "from test_store import e, image, index_image\n"
         f"store = Store(open_database('sqlite:///{tmp_path / 'index.db'}'))\n"
         "index_image(store, image('sha256:i1', ['sha256:l0']), [[e('/usr/bin/kubectl')]])\n"

@@ -1,4 +1,4 @@
-"""The walker's C fast path (layerindex/_tarscan.c) against the Python loop it stands in for."""
+"""The walker's C fast path (layer/_tarscan.c) against the Python loop it stands in for."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ import pytest
 import tarcorpus
 from tarcorpus import checksum, fix_checksum, member
 
-from layerindex import walker as walker_module
-from layerindex.crawler import Crawler
-from layerindex.database import open_database
-from layerindex.entries import Entry, EntryType
+from layerindex.crawl.crawler import Crawler
 from layerindex.errors import LayerFormatError
-from layerindex.registry import RegistryClient
-from layerindex.walker import SCAN_TYPES, LayerWalker
+from layerindex.index.database import open_database
+from layerindex.layer import walker as walker_module
+from layerindex.layer.entries import Entry, EntryType
+from layerindex.layer.walker import SCAN_TYPES, LayerWalker
+from layerindex.registry.client import RegistryClient
 
 scan = walker_module._scan
 
@@ -31,12 +31,12 @@ def walk(blob: bytes, **kw: object) -> list[Entry]:
 
 def test_fast_path_is_built() -> None:
     assert walker_module.has_fast_path(), (
-        "layerindex._tarscan is not built: pip install -e . with a C compiler"
+        "layerindex.layer._tarscan is not built: pip install -e . with a C compiler"
     )
 
 
 def test_fast_path_refuses_the_pax_headers_python_refuses() -> None:
-    from layerindex import _tarscan
+    from layerindex.layer import _tarscan
 
     assert _tarscan.SPECIAL_MAX == walker_module.SPECIAL_MAX
     limits = (_tarscan.PATH_MAX, _tarscan.NAME_MAX)

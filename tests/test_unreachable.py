@@ -30,12 +30,12 @@ from registry_server import RegistryServer
 from sqlalchemy import create_engine, text
 from token_server import TokenSigner
 
-import layerindex.cli
-from layerindex.cli import cli
-from layerindex.credentials import Keychain
+import layerindex.cli.main
+from layerindex.cli.main import cli
 from layerindex.errors import NetworkError
 from layerindex.reference import parse_reference
-from layerindex.registry import RegistryClient
+from layerindex.registry.client import RegistryClient
+from layerindex.registry.credentials import Keychain
 
 GOOD = make_image([make_layer({"/bin/good": b"good"})])
 
@@ -98,12 +98,12 @@ def crawl(
     """``layerindex crawl`` of the given lines, its client on the clock of ``minutes``, reads
     timing out after 0.5 s; returns the result and ``runs``."""
     monkeypatch.setenv("LAYERINDEX_DB", f"sqlite:///{home / 'index.db'}")
-    real = layerindex.cli._client
+    real = layerindex.cli.main._client
 
     def client(insecure: tuple[str, ...], **options: Any) -> Any:
         return real(insecure, **options, read_timeout=0.5, clock=minutes.clock, sleep=minutes.sleep)
 
-    monkeypatch.setattr(layerindex.cli, "_client", client)
+    monkeypatch.setattr(layerindex.cli.main, "_client", client)
 
     def invoke(*lines: str, extra: tuple[str, ...] = ()) -> tuple[Result, list[dict[str, Any]]]:
         image_list = home / "images.txt"

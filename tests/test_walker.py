@@ -22,10 +22,17 @@ import pytest
 import tarcorpus
 from tarcorpus import COMPRESSIONS, compress, info, member, with_tarfile
 
-from layerindex import compression as compression_module
-from layerindex import walker as walker_module
-from layerindex.compression import CHUNK, QUEUE_CHUNKS, ZSTD_BLOCK_MAX, LayerStream, prefetched
-from layerindex.entries import (
+from layerindex.errors import DigestMismatch, LayerFormatError
+from layerindex.layer import compression as compression_module
+from layerindex.layer import walker as walker_module
+from layerindex.layer.compression import (
+    CHUNK,
+    QUEUE_CHUNKS,
+    ZSTD_BLOCK_MAX,
+    LayerStream,
+    prefetched,
+)
+from layerindex.layer.entries import (
     OPAQUE_MARKER,
     WHITEOUT_PREFIX,
     Entry,
@@ -34,8 +41,7 @@ from layerindex.entries import (
     path_bytes,
     path_text,
 )
-from layerindex.errors import DigestMismatch, LayerFormatError
-from layerindex.walker import LayerWalker, _canonical
+from layerindex.layer.walker import LayerWalker, _canonical
 
 TARFILE_TYPES = {
     tarfile.REGTYPE: EntryType.FILE,
@@ -59,7 +65,8 @@ def member_reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
     pure-Python walker, as installed where no C compiler was found)."""
     if request.param == "c":
         assert walker_module.has_fast_path(), (
-            "layerindex._tarscan is not built: run pip install -e . on a machine with a C compiler"
+            "layerindex.layer._tarscan is not built: run pip install -e . on a machine with a C "
+            "compiler"
         )
     else:
         monkeypatch.setattr(walker_module, "_scan", None)

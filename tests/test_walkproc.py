@@ -19,13 +19,13 @@ import tarcorpus
 from tarcorpus import compress
 from test_store import image
 
-from layerindex.compression import CHUNK
-from layerindex.database import open_database
-from layerindex.entries import Entry
 from layerindex.errors import DigestMismatch, LayerFormatError, LayerIndexError, NetworkError
-from layerindex.store import Store
-from layerindex.walker import LayerWalker
-from layerindex.walkproc import FRAME_ENTRIES, walk_in_child
+from layerindex.index.database import open_database
+from layerindex.index.store import Store
+from layerindex.layer.compression import CHUNK
+from layerindex.layer.entries import Entry
+from layerindex.layer.walker import LayerWalker
+from layerindex.layer.walkproc import FRAME_ENTRIES, walk_in_child
 
 WHERE = "image example/app:1 layer sha256:abc"
 

@@ -20,7 +20,7 @@ down_revision = "0001_initial_schema"
 branch_labels = None
 depends_on = None
 
-# (FTS table, interned table, column): layerindex.schema.SEARCH_TABLES names the same tables.
+# (FTS table, interned table, column): layerindex.index.schema.SEARCH_TABLES names the same tables.
 FTS = (("dirs_fts", "dirs", "path"), ("names_fts", "names", "name"))
 # The PostgreSQL trigram index expressions: a dir as "/usr/bin/", a name as "/kubectl".
 PG_EXPRESSION = {"dirs": "path || '/'", "names": "'/' || name"}
@@ -64,7 +64,7 @@ def upgrade() -> None:
         op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
         # On an expression, not the bare column: pg_trgm also answers "=", and the planner
         # would then pick it over the unique B-tree for the store's interning lookups (20x
-        # slower inserts). layerindex.search queries these same expressions.
+        # slower inserts). layerindex.index.patterns queries these same expressions.
         for _fts, table, column in FTS:
             op.execute(
                 f"CREATE INDEX ix_{table}_{column}_trgm ON {table} "

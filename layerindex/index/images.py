@@ -12,18 +12,12 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import ColumnElement, Engine, case, func, or_, select
 from sqlalchemy.engine import Connection
 
-from layerindex import locate, overlay
-from layerindex.database import Reader
-from layerindex.entries import (
-    OPAQUE_MARKER,
-    TYPE_NAMES,
-    EntryType,
-    split_path,
-    stored_path,
-)
 from layerindex.errors import NotFound, UsageError
-from layerindex.locate import FindFilters, image_ids
-from layerindex.schema import (
+from layerindex.index import find
+from layerindex.index.database import Reader
+from layerindex.index.find import FindFilters, image_ids
+from layerindex.index.patterns import PathPattern
+from layerindex.index.schema import (
     diffs,
     dirs,
     entries,
@@ -33,7 +27,14 @@ from layerindex.schema import (
     names,
     repositories,
 )
-from layerindex.search import PathPattern
+from layerindex.layer import overlay
+from layerindex.layer.entries import (
+    OPAQUE_MARKER,
+    TYPE_NAMES,
+    EntryType,
+    split_path,
+    stored_path,
+)
 
 if TYPE_CHECKING:
     from layerindex.reference import Reference
@@ -82,14 +83,6 @@ class ImageLayer:
         return f"failed: {self.last_error}" if self.last_error else "pending"
 
 
-@dataclass(frozen=True)
-class ImageKey:
-    id: int
-    reference: str
-    digest: str
-    platform: str
-
-
 def image_filter(connection: Connection, refs: Sequence[Reference]) -> Any:
     """A WHERE clause on ``images`` for the images a list of references names (None: all)."""
     if not refs:
@@ -106,9 +99,9 @@ class Finder:
         self.engine = engine
 
     def find(self, pattern: PathPattern, filters: FindFilters | None = None) -> list[Row]:
-        """``locate.find`` on one of the engine's connections, as a list."""
+        """``find.find`` on one of the engine's connections, as a list."""
         with Reader.from_engine(self.engine) as reader:
-            return list(locate.find(reader, pattern, filters or FindFilters()))
+            return list(find.find(reader, pattern, filters or FindFilters()))
 
     def images(self) -> list[Row]:
         layer_count = (
@@ -367,10 +360,6 @@ def details(row: EntryRow) -> Row:
 def size_of(row: EntryRow) -> int:
     """The size column of an entry's row (the first of DETAILS)."""
     return int(row[-len(DETAILS)])
-
-
-def _pairs(rows: Iterable[Any]) -> dict[Any, Any]:
-    return {key: value for key, value in rows}
 
 
 def _has_prefix(path: str, prefix: str) -> bool:

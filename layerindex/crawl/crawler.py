@@ -22,19 +22,19 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import IntegrityError
 
-from layerindex import manifest, walkproc
-from layerindex.errors import LayerIndexError, UnsupportedManifest
-from layerindex.headstart import WALKS_MAX, HeadStart, layer_where
-from layerindex.platforms import parse_platform
-from layerindex.reachability import HostGivenUp
+from layerindex.crawl.headstart import WALKS_MAX, HeadStart, layer_where
+from layerindex.errors import DuplicateRow, LayerIndexError, UnsupportedManifest
+from layerindex.index.store import ImageRecord, LayerRecord, LayerState, Store, StoredImage, utcnow
+from layerindex.layer import walkproc
+from layerindex.layer.walker import LayerWalker, has_fast_path
+from layerindex.layer.walkproc import ChildWalk, walk_download
 from layerindex.reference import Reference
-from layerindex.registry import CONFIG_MAX_BYTES
-from layerindex.store import ImageRecord, LayerRecord, LayerState, Store, StoredImage, utcnow
-from layerindex.transport import BlobReader
-from layerindex.walker import LayerWalker, has_fast_path
-from layerindex.walkproc import ChildWalk, walk_download
+from layerindex.registry import manifest
+from layerindex.registry.client import CONFIG_MAX_BYTES
+from layerindex.registry.platforms import parse_platform
+from layerindex.registry.reachability import HostGivenUp
+from layerindex.registry.transport import BlobReader
 
 log = logging.getLogger("layerindex")
 
@@ -151,7 +151,7 @@ class Crawler:
         )
         if not has_fast_path():
             log.info(
-                "the tar walker's C fast path (layerindex._tarscan) is not built: layers are "
+                "the tar walker's C fast path (layerindex.layer._tarscan) is not built: layers are "
                 "read in pure Python, 1.4-1.9x slower; reinstall layerindex where a C compiler "
                 "and the Python headers are found to build it"
             )
@@ -418,7 +418,7 @@ class Crawler:
                     walked.wait()  # walked to its end before it takes its turn at the writer
                 with self._write_lock:
                     count = store.index_layer(layer, walked)
-        except IntegrityError:
+        except DuplicateRow:
             # Another fetcher indexed the same contents (same diff_id) under another digest.
             with self._write_lock:
                 if store.link_known_diff(layer):

@@ -16,9 +16,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from layerindex import overlay
-from layerindex.database import Reader, among
-from layerindex.entries import (
+from layerindex.errors import NotFound
+from layerindex.index.database import Reader, among
+from layerindex.index.patterns import ID_CHUNK, Branch, Candidates, PathPattern, chunks
+from layerindex.layer import overlay
+from layerindex.layer.entries import (
     OPAQUE_MARKER,
     TYPE_CODES,
     TYPE_NAMES,
@@ -26,8 +28,6 @@ from layerindex.entries import (
     split_path,
     stored_path,
 )
-from layerindex.errors import NotFound
-from layerindex.search import ID_CHUNK, Branch, Candidates, PathPattern, chunks
 
 if TYPE_CHECKING:
     from layerindex.reference import Reference

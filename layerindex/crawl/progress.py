@@ -7,8 +7,8 @@ import threading
 import time
 from typing import TextIO
 
-from layerindex.crawler import ImageOutcome
-from layerindex.job import RunSummary
+from layerindex.crawl.crawler import ImageOutcome
+from layerindex.crawl.job import RunSummary
 from layerindex.output import human_size, terminal_text
 
 

@@ -21,28 +21,24 @@ from pathlib import Path
 
 from sqlalchemy import Engine, text
 
-from layerindex import imagelist
-from layerindex.crawler import LEASE_SECONDS, Crawler, ImageOutcome, worker_name
-from layerindex.errors import LayerIndexError
-from layerindex.imagelist import ListEntry
-from layerindex.reference import Reference
-from layerindex.registry import RegistryClient
-from layerindex.schedule import (
+from layerindex.crawl import imagelist
+from layerindex.crawl.crawler import LEASE_SECONDS, Crawler, ImageOutcome, worker_name
+from layerindex.crawl.imagelist import ListEntry
+from layerindex.errors import CrawlLocked, LayerIndexError
+from layerindex.index.runs import (
     RunRecorder,
     RunTotals,
     claim_target,
     deferred_until,
     target_done,
 )
-from layerindex.store import Store
+from layerindex.index.store import Store
+from layerindex.reference import Reference
+from layerindex.registry.client import RegistryClient
 
 log = logging.getLogger("layerindex")
 
 ADVISORY_LOCK_KEY = 0x6C61796572  # "layer"
-
-
-class CrawlLocked(LayerIndexError):
-    """Another crawl holds the database."""
 
 
 @contextlib.contextmanager

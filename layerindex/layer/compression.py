@@ -21,7 +21,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Generator, Iterable, Iterator
-from typing import BinaryIO, Protocol, TypeVar, cast
+from typing import Protocol, TypeVar, cast
 
 import zstandard
 
@@ -102,10 +102,16 @@ def describe(where: str) -> str:
     return where or "layer"
 
 
+class Readable(Protocol):
+    """What a layer's bytes are read from: a blob download, a file, bytes in memory."""
+
+    def read(self, size: int = ..., /) -> bytes: ...
+
+
 class LayerStream:
     """One pass over a compressed blob; see the module docstring."""
 
-    def __init__(self, stream: BinaryIO, where: str = "") -> None:
+    def __init__(self, stream: Readable, where: str = "") -> None:
         self.stream = stream
         self.where = describe(where)
         self.compression = ""

@@ -30,8 +30,8 @@ import requests
 import urllib3
 
 from layerindex.errors import DigestMismatch, NetworkError, RegistryError, redact
-from layerindex.reachability import Reachability
-from layerindex.retry import is_permanent
+from layerindex.registry.reachability import Reachability
+from layerindex.registry.retry import is_permanent
 
 log = logging.getLogger("layerindex")
 

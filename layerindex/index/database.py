@@ -17,12 +17,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
-from layerindex.errors import LayerIndexError, NoIndex, SchemaOutOfDate, UsageError
+from layerindex.errors import (
+    DatabaseError,
+    DuplicateRow,
+    LayerIndexError,
+    NoIndex,
+    SchemaOutOfDate,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from alembic.config import Config
     from sqlalchemy import Engine
-    from sqlalchemy.engine import Connection
+    from sqlalchemy.engine import Connection, ExceptionContext
+    from sqlalchemy.exc import DBAPIError
 
 # SQLAlchemy is imported by the functions that open an Engine, Alembic only when a schema must
 # change: `find` starts faster without either.
@@ -173,7 +181,7 @@ def open_database(url: str, *, create_empty: bool = True) -> Engine:
     """Open ``url`` at the latest schema: a new database is created (with ``create_empty``,
     else it is an error: there is nothing to read, and a SQLite file is opened read-only), an
     older one refused."""
-    from sqlalchemy import inspect
+    from sqlalchemy import event, inspect
     from sqlalchemy.exc import OperationalError
 
     path = _sqlite_file(url)
@@ -198,7 +206,28 @@ def open_database(url: str, *, create_empty: bool = True) -> Engine:
     except LayerIndexError:
         engine.dispose()
         raise
+    event.listen(engine, "handle_error", _driver_error)
     return engine
+
+
+def _driver_error(context: ExceptionContext) -> DatabaseError | None:
+    """The ``handle_error`` hook of the engines ``open_database`` opens: a driver's error
+    (SQLAlchemy's DBAPIError) is raised as DatabaseError, a broken unique constraint as
+    DuplicateRow; SQLAlchemy still rolls back and drops a connection the server ended."""
+    from sqlalchemy.exc import DBAPIError
+
+    if not isinstance(context.sqlalchemy_exception, DBAPIError):
+        return None
+    return database_error(context.sqlalchemy_exception)
+
+
+def database_error(exc: DBAPIError) -> DatabaseError:
+    """``exc`` as the error tree's DatabaseError, saying the first line the database said."""
+    from sqlalchemy.exc import IntegrityError
+
+    said = str(exc.orig).strip()
+    error = DuplicateRow if isinstance(exc, IntegrityError) else DatabaseError
+    return error(said.splitlines()[0] if said else repr(exc.orig))
 
 
 def _cannot_open(url: str, exc: Exception) -> LayerIndexError:
@@ -475,6 +504,7 @@ def _sqlite_file(url: str) -> Path | None:
 def upgrade(url: str, revision: str = "head") -> tuple[str | None, str | None]:
     """Migrate ``url`` to ``revision``; returns (before, after)."""
     from alembic import command
+    from sqlalchemy.exc import DBAPIError
 
     engine = create(url)
     try:
@@ -482,6 +512,8 @@ def upgrade(url: str, revision: str = "head") -> tuple[str | None, str | None]:
             before = current_revision(connection)
             command.upgrade(_alembic_config(connection), revision)
             after = current_revision(connection)
+    except DBAPIError as exc:
+        raise database_error(exc) from exc
     finally:
         engine.dispose()
     return before, after

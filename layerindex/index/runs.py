@@ -10,9 +10,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, insert, select, true, update
 
-from layerindex.crawler import ImageOutcome, backoff, worker_gone
-from layerindex.schema import repositories, runs, tags, targets
-from layerindex.store import aware_utc, dialect_insert, utcnow
+from layerindex.crawl.crawler import ImageOutcome, backoff, worker_gone
+from layerindex.index.schema import runs, targets
+from layerindex.index.store import aware_utc, dialect_insert, iso_utc, utcnow
 
 
 @dataclass
@@ -118,7 +118,7 @@ def list_runs(engine: Engine, limit: int) -> list[dict[str, Any]]:
     for row in rows:
         values = row._asdict()
         for key in ("started_at", "finished_at", "deferred_until"):
-            values[key] = _iso(values[key])
+            values[key] = iso_utc(values[key])
         values["errors"] = json.loads(values["errors"]) if values["errors"] else []
         out.append(values)
     return out
@@ -198,34 +198,3 @@ def target_done(engine: Engine, reference: str, outcomes: list[ImageOutcome], ow
             .where(targets.c.reference == reference, targets.c.lease_owner == owner)
             .values(**values)
         )
-
-
-def tag_history(
-    engine: Engine, registry: str, repository: str, tag: str | None
-) -> list[dict[str, Any]]:
-    """Every digest each tag of a repository pointed to, with when it was first and last seen."""
-    query = (
-        select(tags.c.tag, tags.c.digest, tags.c.first_seen, tags.c.last_seen)
-        .join(repositories, repositories.c.id == tags.c.repository_id)
-        .where(repositories.c.registry == registry, repositories.c.name == repository)
-        .order_by(tags.c.tag, tags.c.first_seen)
-    )
-    if tag is not None:
-        query = query.where(tags.c.tag == tag)
-    with engine.connect() as connection:
-        rows = connection.execute(query).all()
-    return [
-        {
-            "repository": f"{registry}/{repository}",
-            "tag": r.tag,
-            "digest": r.digest,
-            "first_seen": _iso(r.first_seen),
-            "last_seen": _iso(r.last_seen),
-        }
-        for r in rows
-    ]
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    when = aware_utc(value)
-    return when.isoformat(timespec="seconds") if when else None

@@ -140,7 +140,3 @@ class TokenCache:
     def put(self, key: TokenKey, token: Token) -> None:
         with self._lock:
             self._tokens[key] = token
-
-    def drop(self, key: TokenKey) -> None:
-        with self._lock:
-            self._tokens.pop(key, None)

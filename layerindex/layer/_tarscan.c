@@ -319,7 +319,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "layerindex._tarscan",
+    PyModuleDef_HEAD_INIT, "layerindex.layer._tarscan",
     "The tar walker's fast path for plain members; see walker.py.", -1, methods,
     NULL, NULL, NULL, NULL,
 };

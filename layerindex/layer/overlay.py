@@ -10,7 +10,7 @@ import posixpath
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal, NamedTuple, TypeVar
 
-from layerindex.entries import EntryType
+from layerindex.layer.entries import EntryType
 
 State = Literal["present", "overwritten", "deleted"]
 

@@ -248,8 +248,9 @@ class Keychain:
 
 
 class StaticKeychain(Keychain):
-    """Explicit credentials per registry host (``--username``/``--password-stdin``), then
-    ``fallback`` for every other registry."""
+    """Credentials given in code, per registry host, then ``fallback`` for every other
+    registry (the CLI has no credential options: it reads the environment's config files and
+    helpers, ``default_keychain``)."""
 
     def __init__(
         self, credentials: Mapping[str, Credentials], fallback: Keychain | None = None

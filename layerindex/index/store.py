@@ -11,15 +11,7 @@ from typing import Any, Protocol
 from sqlalchemy import Engine, Table, func, select, true, update
 from sqlalchemy.engine import Connection
 
-from layerindex.compression import prefetched
-from layerindex.entries import (
-    OPAQUE_MARKER,
-    TYPE_CODES,
-    Entry,
-    EntryType,
-    split_path,
-)
-from layerindex.schema import (
+from layerindex.index.schema import (
     diffs,
     dirs,
     image_layers,
@@ -28,6 +20,14 @@ from layerindex.schema import (
     names,
     repositories,
     tags,
+)
+from layerindex.layer.compression import prefetched
+from layerindex.layer.entries import (
+    OPAQUE_MARKER,
+    TYPE_CODES,
+    Entry,
+    EntryType,
+    split_path,
 )
 
 BATCH_ROWS = 5000
@@ -66,6 +66,12 @@ def aware_utc(value: dt.datetime | None) -> dt.datetime | None:
     return value
 
 
+def iso_utc(value: dt.datetime | None) -> str | None:
+    """A timestamp as ISO 8601 in UTC, to the second (None stays None)."""
+    when = aware_utc(value)
+    return when.isoformat(timespec="seconds") if when else None
+
+
 @dataclass(frozen=True)
 class LayerRecord:
     """A layer as an image manifest lists it."""
@@ -95,7 +101,7 @@ class ImageRecord:
 
 
 class WalkedLayer(Protocol):
-    """What index_layer needs of a walker (layerindex.walker.LayerWalker)."""
+    """What index_layer needs of a walker (layerindex.layer.walker.LayerWalker)."""
 
     compression: str
     uncompressed_size: int

@@ -15,7 +15,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from layerindex.errors import LayerIndexError
+from layerindex.errors import DatabaseError, LayerIndexError
 from layerindex.output import echo, output_options
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -37,16 +37,6 @@ class Terminated(KeyboardInterrupt):
 
 def _terminate(_signum: int, _frame: object) -> NoReturn:
     raise Terminated
-
-
-def _database_failure(exc: BaseException) -> str | None:
-    """What the database said, for an error raised by the database while a command ran (a
-    disk full, a connection ended by the server); None for any other exception."""
-    sqlalchemy_errors = sys.modules.get("sqlalchemy.exc")  # loaded by whatever raised it
-    if sqlalchemy_errors is None or not isinstance(exc, sqlalchemy_errors.DBAPIError):
-        return None
-    said = str(exc.orig).strip()
-    return said.splitlines()[0] if said else repr(exc.orig)
 
 
 def handle_errors(function: F, *, writes_layers: bool = False) -> F:
@@ -71,13 +61,8 @@ def handle_errors(function: F, *, writes_layers: bool = False) -> F:
             # `layerindex ls … | head`: the reader left; that is not an error.
             sys.stderr.close()
             sys.exit(0)
-        except Exception as exc:  # after BrokenPipeError: only the database's errors
-            if (reason := _database_failure(exc)) is None:
-                raise
-            fail(
-                f"the database failed: {reason}{kept}: "
-                "run the command again once the database works"
-            )
+        except DatabaseError as exc:
+            fail(f"{exc}{kept}: run the command again once the database works")
         finally:
             if in_main:
                 signal.signal(signal.SIGTERM, previous)
@@ -96,7 +81,7 @@ class Context:
 
     @property
     def db_url(self) -> str:
-        from layerindex.database import database_url
+        from layerindex.index.database import database_url
 
         return database_url(self._db_url)
 
@@ -104,7 +89,7 @@ class Context:
         """The database's engine; ``read_only`` for the commands that only read: a database
         that does not exist is then an error (never made empty), a SQLite file opened
         read-only."""
-        from layerindex.database import open_database
+        from layerindex.index.database import open_database
 
         engine = open_database(self.db_url, create_empty=not read_only)
         # Pooled connections close with the command, not whenever the collector gets to them.
@@ -115,6 +100,11 @@ class Context:
 pass_context = click.make_pass_decorator(Context)
 
 
+def examples(*commands: str) -> str:
+    """A command's epilog: its examples, kept one a line (``\\b`` stops click rewrapping)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {command}" for command in commands)
+
+
 def _imports_done() -> None:
     """Hide what start-up made (modules, classes: ~60k objects, every one alive to the end)
     from the garbage collector: its full collections during a crawl, and the ones the
@@ -123,7 +113,14 @@ def _imports_done() -> None:
     gc.freeze()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=examples(
+        "layerindex index alpine:3.20",
+        "layerindex find /usr/bin/kubectl",
+        "layerindex --db postgresql+psycopg://user@dbhost/layerindex crawl --worker",
+    ),
+)
 @click.option(
     "--db",
     metavar="URL",
@@ -155,8 +152,8 @@ class _StderrHandler(logging.Handler):
 def _client(insecure: Iterable[str], **options: Any) -> Any:
     """A registry client with the user's credentials and insecure registries; ``options``
     go to RegistryClient."""
-    from layerindex.credentials import default_keychain
-    from layerindex.registry import RegistryClient
+    from layerindex.registry.client import RegistryClient
+    from layerindex.registry.credentials import default_keychain
 
     env_insecure = os.environ.get("LAYERINDEX_INSECURE_REGISTRIES", "")
     hosts = {h.strip() for h in (*insecure, *env_insecure.split(",")) if h.strip()}
@@ -186,7 +183,12 @@ def _parse_refs(texts: Iterable[str]) -> list[Any]:
     return [parse_reference(t) for t in texts]
 
 
-@cli.command()
+@cli.command(
+    epilog=examples(
+        "layerindex index alpine:3.20 debian:12",
+        "layerindex index --platform all --hash-files ghcr.io/org/app:1.4",
+    )
+)
 @click.argument("refs", nargs=-1, required=True, metavar="REF...")
 @platform_option
 @insecure_option
@@ -207,16 +209,16 @@ def index(
     (not counted as a pull by Docker Hub) and shows as unchanged. Exits 1 if any image failed
     (the others are indexed).
     """
-    from layerindex.headstart import HeadStart
+    from layerindex.crawl.headstart import HeadStart
 
     references = _parse_refs(refs)  # a malformed reference fails before any network call
     failed = False
     with HeadStart(_client(insecure)) as head_start:
         # The first image's big layers start walking before SQLAlchemy is even imported.
         head_start.begin(context.db_url, references[0], platform, hash_files=hash_files)
-        from layerindex.crawler import Crawler
-        from layerindex.job import crawl_lock
-        from layerindex.progress import image_line
+        from layerindex.crawl.crawler import Crawler
+        from layerindex.crawl.job import crawl_lock
+        from layerindex.crawl.progress import image_line
 
         engine = context.engine()
         crawler = Crawler(
@@ -263,10 +265,16 @@ FIND_COLUMNS = (
 
 
 FIND_TYPES = ("file", "dir", "symlink", "hardlink", "char", "block", "fifo")
-PATTERN_OPTIONS = ("name", "contains", "regex", "digest")
 
 
-@cli.command()
+@cli.command(
+    epilog=examples(
+        "layerindex find /usr/bin/kubectl",
+        "layerindex find '/usr/*/bin/kube*' --repo bitnami/kubectl",
+        "layerindex find --name kubectl --all-layers --json",
+        "layerindex find --contains site-packages/requests --limit 20",
+    )
+)
 @click.argument("path", required=False)
 @click.option("--exact", is_flag=True, help="PATH is a literal path even if it holds * ? [.")
 @click.option("--name", metavar="BASENAME", help="Entries with this basename, in any directory.")
@@ -286,8 +294,12 @@ PATTERN_OPTIONS = ("name", "contains", "regex", "digest")
 @click.option(
     "--type", "types", multiple=True, type=click.Choice(FIND_TYPES), help="Only this type."
 )
-@click.option("--min-size", type=click.IntRange(0), metavar="BYTES")
-@click.option("--max-size", type=click.IntRange(0), metavar="BYTES")
+@click.option(
+    "--min-size", type=click.IntRange(0), metavar="BYTES", help="Only entries this big or bigger."
+)
+@click.option(
+    "--max-size", type=click.IntRange(0), metavar="BYTES", help="Only entries this big or smaller."
+)
 @click.option("--limit", type=click.IntRange(1), metavar="N", help="At most N rows.")
 @click.option(
     "--all-layers", is_flag=True, help="Every layer's entry, with what later layers did to it."
@@ -319,11 +331,12 @@ def find(
     --all-layers every layer's entry, STATE 'present', or 'overwritten' / 'deleted' (by a
     whiteout) by a later layer. Exits 0 when found, 1 when not, 2 on error.
     """
-    from layerindex import locate
-    from layerindex.database import open_reader
-    from layerindex.entries import EntryType
+    from layerindex.index.database import open_reader
+    from layerindex.index.find import FindFilters
+    from layerindex.index.find import find as find_rows
+    from layerindex.index.patterns import is_glob, parse
+    from layerindex.layer.entries import EntryType
     from layerindex.output import human_size, octal_mode, short_digest, write_rows
-    from layerindex.search import is_glob, parse
 
     given = {"name": name, "contains": contains, "regex": regex, "digest": digest}
     chosen = [(kind, value) for kind, value in given.items() if value is not None]
@@ -333,7 +346,7 @@ def find(
         raise click.UsageError("give one of PATH, --name, --contains, --regex or --digest")
     kind, value = chosen[0]
     pattern = parse(kind, value)  # type: ignore[arg-type]
-    filters = locate.FindFilters(
+    filters = FindFilters(
         image_refs=_parse_refs(image_refs),
         repos=repos,
         platform=platform,
@@ -347,7 +360,7 @@ def find(
     # Plain SQL through the stdlib on SQLite: find starts without importing SQLAlchemy.
     with open_reader(context.db_url) as reader:
         written = write_rows(
-            (_with_state_text(row) for row in locate.find(reader, pattern, filters)),
+            (_with_state_text(row) for row in find_rows(reader, pattern, filters)),
             output_format,
             FIND_COLUMNS,
             table_columns=(*shown, "state_text", "path") if all_layers else (*shown, "path"),
@@ -371,13 +384,13 @@ def _with_state_text(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "state_text": row["state"] + (f" by layer {by}" if by is not None else "")}
 
 
-@cli.command()
+@cli.command(epilog=examples("layerindex images", "layerindex images --csv > images.csv"))
 @output_options
 @pass_context
 @handle_errors
 def images(context: Context, output_format: str) -> None:
     """The indexed images."""
-    from layerindex.finder import Finder
+    from layerindex.index.images import Finder
     from layerindex.output import short_digest, write_rows
 
     write_rows(
@@ -409,7 +422,7 @@ LAYER_COLUMNS = (
 )
 
 
-@cli.command()
+@cli.command(epilog=examples("layerindex layers alpine:3.20", "layerindex layers --json debian:12"))
 @click.argument("ref")
 @image_platform_option
 @output_options
@@ -424,7 +437,7 @@ def layers(context: Context, ref: str, platform: str | None, output_format: str)
     them. --json prints one object: the layers, size, wasted_bytes and efficiency.
     """
     from layerindex.analysis import layer_report
-    from layerindex.finder import Finder
+    from layerindex.index.images import Finder
     from layerindex.output import human_size, short_digest, write_json, write_rows
 
     finder = Finder(context.engine(read_only=True))
@@ -476,7 +489,14 @@ def layers(context: Context, ref: str, platform: str | None, output_format: str)
     )
 
 
-@cli.command(name="ls")
+@cli.command(
+    name="ls",
+    epilog=examples(
+        "layerindex ls alpine:3.20 /etc",
+        "layerindex ls -l --layer 1 debian:12 /usr/bin",
+        "layerindex ls --tree alpine:3.20 /usr/share",
+    ),
+)
 @click.argument("target", metavar="LAYER_DIGEST|REF")
 @click.argument("prefix", required=False, default="/", metavar="[PATH_PREFIX]")
 @click.option("--layer", metavar="N|DIGEST", help="One layer of the image: position or digest.")
@@ -498,8 +518,8 @@ def ls(
 ) -> None:
     """List an image's final filesystem (whiteouts applied), one of its layers (--layer), or a
     layer by digest (its own entries, whiteouts included)."""
-    from layerindex.entries import query_path
-    from layerindex.finder import Finder
+    from layerindex.index.images import Finder
+    from layerindex.layer.entries import query_path
     from layerindex.output import human_size, octal_mode, write_rows, write_tree
 
     if tree and output_format != "table":
@@ -536,7 +556,13 @@ def _with_owner(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "owner": f"{row['uid']}/{row['gid']}"}
 
 
-@cli.command(name="get")
+@cli.command(
+    name="get",
+    epilog=examples(
+        "layerindex get alpine:3.20 /etc/os-release",
+        "layerindex get -o kubectl bitnami/kubectl:1.31 /opt/bitnami/kubectl/bin/kubectl",
+    ),
+)
 @click.argument("ref")
 @click.argument("path")
 @click.option(
@@ -577,7 +603,7 @@ def get(
     read to its end (the last copy of a path written twice wins) and its digest checked.
     Exits 2 on any error.
     """
-    from layerindex.fetch import get_to
+    from layerindex.get import get_to
 
     (reference,) = _parse_refs([ref])
     get_to(
@@ -593,7 +619,9 @@ def get(
     )
 
 
-@cli.command()
+@cli.command(
+    epilog=examples("layerindex inspect alpine:3.20", "layerindex inspect --config debian:12")
+)
 @click.argument("ref")
 @image_platform_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
@@ -613,7 +641,7 @@ def inspect(
     current tags, created, platform, labels, env, entrypoint and cmd, layers, history."""
     from layerindex.analysis import inspect as inspect_image
     from layerindex.analysis import inspect_text
-    from layerindex.finder import Finder
+    from layerindex.index.images import Finder
     from layerindex.output import write_json
 
     if as_json + raw + show_config > 1:
@@ -633,7 +661,10 @@ def inspect(
         click.echo(inspect_text(data), nl=False)  # escaped line by line
 
 
-@cli.command(name="diff")
+@cli.command(
+    name="diff",
+    epilog=examples("layerindex diff alpine:3.19 alpine:3.20", "layerindex diff --csv app:1 app:2"),
+)
 @click.argument("old_ref", metavar="REF1")
 @click.argument("new_ref", metavar="REF2")
 @image_platform_option
@@ -649,7 +680,7 @@ def diff_command(
     were indexed with --hash-files). Exits 0 whether or not they differ.
     """
     from layerindex.analysis import DIFF_FIELDS, diff
-    from layerindex.finder import Finder
+    from layerindex.index.images import Finder
     from layerindex.output import write_rows
 
     finder = Finder(context.engine(read_only=True))
@@ -664,17 +695,22 @@ def diff_command(
     )
 
 
-@cli.group()
+@cli.group(epilog=examples("layerindex db upgrade"))
 def db() -> None:
     """Database schema: show the revision, upgrade."""
 
 
-@db.command()
+@db.command(
+    epilog=examples(
+        "layerindex db upgrade",
+        "layerindex --db postgresql+psycopg://user@dbhost/layerindex db upgrade",
+    )
+)
 @pass_context
 @handle_errors
 def upgrade(context: Context) -> None:
     """Upgrade the database schema to this layerindex's revision."""
-    from layerindex.database import upgrade as upgrade_database
+    from layerindex.index.database import upgrade as upgrade_database
 
     before, after = upgrade_database(context.db_url)
     if before == after:
@@ -698,7 +734,14 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
-@cli.command()
+@cli.command(
+    epilog=examples(
+        "layerindex crawl",
+        "layerindex crawl -q --images /etc/layerindex/images.txt",
+        "layerindex crawl --images my-images.txt --every 6h",
+        "layerindex --db postgresql+psycopg://user@dbhost/layerindex crawl --worker",
+    )
+)
 @click.option(
     "--images",
     "images_file",
@@ -764,9 +807,9 @@ def crawl(
     exist, a TLS certificate that fails) is given up for the run: its images fail at once.
     Exits 1 if the run had failures.
     """
-    from layerindex.imagelist import read_list
-    from layerindex.job import CrawlJob
-    from layerindex.progress import Progress
+    from layerindex.crawl.imagelist import read_list
+    from layerindex.crawl.job import CrawlJob
+    from layerindex.crawl.progress import Progress
 
     interval = parse_duration(every) if every else None
     path = images_file or _default_image_list()
@@ -792,15 +835,17 @@ def crawl(
     job.run_forever(lambda: read_list(path), interval, max_runs=max_runs, on_run=progress.summary)
 
 
-@cli.command(name="runs")
-@click.option("--limit", type=click.IntRange(1), default=20, show_default=True)
+@cli.command(name="runs", epilog=examples("layerindex runs", "layerindex runs --limit 5 --json"))
+@click.option(
+    "--limit", type=click.IntRange(1), default=20, show_default=True, help="The N newest runs."
+)
 @output_options
 @pass_context
 @handle_errors
 def runs_command(context: Context, limit: int, output_format: str) -> None:
     """Recorded crawl runs, newest first."""
+    from layerindex.index.runs import list_runs
     from layerindex.output import human_size, write_rows
-    from layerindex.schedule import list_runs
 
     rows = list_runs(context.engine(read_only=True), limit)
     for row in rows:
@@ -845,15 +890,18 @@ def runs_command(context: Context, limit: int, output_format: str) -> None:
     )
 
 
-@cli.command(name="tags")
+@cli.command(
+    name="tags",
+    epilog=examples("layerindex tags alpine", "layerindex tags docker.io/library/alpine:3.20"),
+)
 @click.argument("repository", metavar="REPO[:TAG]")
 @output_options
 @pass_context
 @handle_errors
 def tags_command(context: Context, repository: str, output_format: str) -> None:
     """The history of a repository's tags: each digest a tag pointed to, first and last seen."""
+    from layerindex.index.tags import tag_history
     from layerindex.output import short_digest, write_rows
-    from layerindex.schedule import tag_history
 
     (reference,) = _parse_refs([repository])
     tag = reference.tag if ":" in repository.rsplit("/", 1)[-1] else None

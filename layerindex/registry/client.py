@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import random
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -31,14 +30,6 @@ from urllib.parse import urlencode, urljoin
 import requests
 
 import layerindex
-from layerindex.auth import (
-    Challenge,
-    TokenCache,
-    choose_challenge,
-    parse_challenges,
-    parse_token_answer,
-)
-from layerindex.credentials import Credentials, Keychain, default_keychain
 from layerindex.errors import (
     AuthError,
     DigestMismatch,
@@ -48,9 +39,6 @@ from layerindex.errors import (
     RegistryError,
     redact,
 )
-from layerindex.manifest import ACCEPT_MANIFESTS
-from layerindex.manifest import FetchedManifest as FetchedManifest
-from layerindex.reachability import GIVE_UP_AFTER, HostGivenUp, Reachability
 from layerindex.reference import (
     DOCKER_HUB,
     DOCKER_HUB_ALIASES,
@@ -58,8 +46,19 @@ from layerindex.reference import (
     digest_problem,
     is_tag,
 )
-from layerindex.retry import RETRY_STATUSES, Quota, RetryPolicy, parse_quota, say_duration
-from layerindex.transport import (
+from layerindex.registry.auth import (
+    Challenge,
+    TokenCache,
+    choose_challenge,
+    parse_challenges,
+    parse_token_answer,
+)
+from layerindex.registry.credentials import Credentials, Keychain, default_keychain
+from layerindex.registry.manifest import ACCEPT_MANIFESTS
+from layerindex.registry.manifest import FetchedManifest as FetchedManifest
+from layerindex.registry.reachability import GIVE_UP_AFTER, HostGivenUp, Reachability
+from layerindex.registry.retry import RETRY_STATUSES, Quota, RetryPolicy, parse_quota, say_duration
+from layerindex.registry.transport import (
     BlobReader,
     BlobStream,
     Origin,
@@ -90,13 +89,9 @@ BODY_DEADLINE = 60.0
 # A blob has no deadline (2 GB on a slow link) but must progress: fewer bytes than this in
 # this many seconds is a stall, resumed as a cut connection is.
 BLOB_PROGRESS = (64 * 1024, 60.0)
-MAX_REDIRECTS = 5
 BLOB_BUFFER = 1024 * 1024
 BLOB_RESUMES = 5  # a blob cut mid-stream is resumed this many times at most
 DOCKER_HUB_API_HOSTS = frozenset({"registry-1.docker.io", *DOCKER_HUB_ALIASES})
-_CHUNK = 64 * 1024
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_ADDRESS_IN_REPR = re.compile(r"<[^<>]* object at 0x[0-9a-fA-F]+>:?\s*")
 
 
 def _hash(algorithm: str, data: bytes) -> str:

@@ -11,10 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from layerindex.errors import LayerFormatError, RegistryError
+from layerindex.errors import ImageConfigError, RegistryError
 from layerindex.errors import UnsupportedManifest as UnsupportedManifest
-from layerindex.platforms import Platform, parse_platform
 from layerindex.reference import digest_problem
+from layerindex.registry.platforms import Platform, parse_platform
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -282,18 +282,18 @@ def parse_config(body: bytes, image: ImageManifest, *, where: str = "") -> Image
     try:
         document = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise LayerFormatError(f"{where} is not JSON") from None
+        raise ImageConfigError(f"{where} is not JSON") from None
     if not isinstance(document, Mapping):
-        raise LayerFormatError(f"{where} is not a JSON object")
+        raise ImageConfigError(f"{where} is not a JSON object")
     rootfs = document.get("rootfs")
     diff_ids = _strings(rootfs.get("diff_ids")) if isinstance(rootfs, Mapping) else None
     if diff_ids is None:
-        raise LayerFormatError(f"{where} has no rootfs.diff_ids list")
+        raise ImageConfigError(f"{where} has no rootfs.diff_ids list")
     for diff_id in diff_ids:
         if (problem := digest_problem(diff_id)) is not None:
-            raise LayerFormatError(f"{where}: bad diff_id: {problem}")
+            raise ImageConfigError(f"{where}: bad diff_id: {problem}")
     if len(diff_ids) != len(image.layers):
-        raise LayerFormatError(
+        raise ImageConfigError(
             f"{where} lists {len(diff_ids)} diff_ids but the manifest has "
             f"{len(image.layers)} layers"
         )

@@ -4,7 +4,7 @@
 holds the GIL; in one process it takes turns with the database writer, and threads walking
 several layers take turns with each other. The crawler therefore walks every layer of
 ``CHILD_WALK_MIN_BYTES`` or more (smaller ones cost less than a child's start) as
-``python -m layerindex.walkproc``:
+``python -m layerindex.layer.walkproc``:
 
 - the parent keeps every network concern (tokens, redirects, retries, resumed reads) and pipes
   the blob's compressed bytes, exactly as read, to the child's stdin; no credential crosses;
@@ -36,16 +36,13 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import IO, Any, Protocol, cast
 
 from layerindex import errors
-from layerindex.compression import READ_SIZE
-from layerindex.entries import TYPE_CODES, TYPE_NAMES, Entry, new_entry
 from layerindex.errors import LayerIndexError
-from layerindex.walker import LayerWalker
-
-if TYPE_CHECKING:  # the walker process never loads the HTTP stack
-    from layerindex.transport import BlobReader
+from layerindex.layer.compression import READ_SIZE, Readable
+from layerindex.layer.entries import TYPE_CODES, TYPE_NAMES, Entry, new_entry
+from layerindex.layer.walker import LayerWalker
 
 log = logging.getLogger("layerindex")
 
@@ -83,7 +80,7 @@ class ChildWalk:
         self.compression = ""
         self.compressed_size = 0
         self.uncompressed_size = 0
-        command = [sys.executable, "-m", "layerindex.walkproc", "--where", self.where]
+        command = [sys.executable, "-m", "layerindex.layer.walkproc", "--where", self.where]
         if walker.digest:
             command += ["--digest", walker.digest]
         if walker.diff_id:
@@ -214,9 +211,16 @@ class _SpoolReader:
         return os.fstat(self._fd).st_size
 
 
+class Download(Readable, Protocol):
+    """A blob being downloaded (the registry client's ``BlobReader``; the walker process
+    never loads the HTTP stack): ``abandon()`` ends a read another thread is blocked in."""
+
+    def abandon(self) -> None: ...
+
+
 @contextlib.contextmanager
 def walk_download(
-    download: AbstractContextManager[BlobReader],
+    download: AbstractContextManager[Download],
     *,
     digest: str,
     diff_id: str | None,
@@ -266,7 +270,7 @@ def _frame(out: IO[bytes], kind: bytes, value: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """The child: compressed layer bytes on stdin, frames on stdout."""
-    parser = argparse.ArgumentParser(prog="python -m layerindex.walkproc")
+    parser = argparse.ArgumentParser(prog="python -m layerindex.layer.walkproc")
     parser.add_argument("--where", required=True)
     parser.add_argument("--digest")
     parser.add_argument("--diff-id")

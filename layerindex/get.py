@@ -37,8 +37,17 @@ from typing import TYPE_CHECKING, BinaryIO, cast
 from sqlalchemy import Engine, select, tuple_
 from sqlalchemy.engine import Connection
 
-from layerindex import overlay
-from layerindex.entries import (
+from layerindex.errors import DigestMismatch, LayerFormatError, NotFound, UsageError
+from layerindex.index.images import image_filter, layer_entries
+from layerindex.index.schema import (
+    dirs,
+    image_layers,
+    images,
+    layers,
+    names,
+)
+from layerindex.layer import overlay
+from layerindex.layer.entries import (
     OPAQUE_MARKER,
     TYPE_NAMES,
     Entry,
@@ -48,20 +57,11 @@ from layerindex.entries import (
     split_path,
     stored_path,
 )
-from layerindex.errors import DigestMismatch, LayerFormatError, NotFound, UsageError
-from layerindex.finder import image_filter, layer_entries
-from layerindex.schema import (
-    dirs,
-    image_layers,
-    images,
-    layers,
-    names,
-)
-from layerindex.walker import LayerWalker
+from layerindex.layer.walker import LayerWalker
 
 if TYPE_CHECKING:
     from layerindex.reference import Reference
-    from layerindex.registry import RegistryClient
+    from layerindex.registry.client import RegistryClient
 
 log = logging.getLogger("layerindex")
 

@@ -1,4 +1,4 @@
-from layerindex.entries import Entry, EntryType
+from layerindex.layer.entries import Entry, EntryType
 
 SPECIAL_MAX: int
 PATH_MAX: int

@@ -31,13 +31,14 @@ from functools import partial
 from types import TracebackType
 from typing import TypeVar, cast
 
-from layerindex import manifest, walkproc
-from layerindex.database import Reader, among, open_reader, reads_without_sqlalchemy
 from layerindex.errors import LayerIndexError, NoIndex
+from layerindex.index.database import Reader, among, open_reader, reads_without_sqlalchemy
+from layerindex.layer import walkproc
+from layerindex.layer.walkproc import ChildWalk, walk_download
 from layerindex.reference import Reference
-from layerindex.registry import CONFIG_MAX_BYTES, RegistryClient
-from layerindex.transport import BlobReader
-from layerindex.walkproc import ChildWalk, walk_download
+from layerindex.registry import manifest
+from layerindex.registry.client import CONFIG_MAX_BYTES, RegistryClient
+from layerindex.registry.transport import BlobReader
 
 log = logging.getLogger("layerindex")
 

@@ -3,8 +3,8 @@
 The tar headers are parsed by hand, not with ``tarfile``: in stream mode tarfile walks ~31k
 members/s and keeps every member in ``.members``, while a 512-byte header parser that skips data
 blocks without touching them does several times that. Plain members (ustar headers, with or
-without a pax header of times and paths) are read in C where ``layerindex._tarscan`` was built;
-it hands every other member back to the loop below, which holds all the rules.
+without a pax header of times and paths) are read in C where ``layerindex.layer._tarscan`` was
+built; it hands every other member back to the loop below, which holds all the rules.
 
 Formats read: v7, ustar (prefix field), pax (``x``/``X`` and global ``g`` headers), GNU long
 names and links (``L``/``K``), GNU old sparse (``S``) and pax sparse 0.0/0.1/1.0, base-256
@@ -36,10 +36,10 @@ import hashlib
 import zlib
 from collections.abc import Callable, Generator, Iterator
 from contextlib import suppress
-from typing import BinaryIO
 
-from layerindex.compression import LayerStream
-from layerindex.entries import (
+from layerindex.errors import DigestMismatch, LayerFormatError
+from layerindex.layer.compression import LayerStream, Readable
+from layerindex.layer.entries import (
     OPAQUE_MARKER,
     WHITEOUT_PREFIX,
     Entry,
@@ -48,20 +48,20 @@ from layerindex.entries import (
     normalise,
     path_text,
 )
-from layerindex.errors import DigestMismatch, LayerFormatError
 
 Scan = Callable[[bytes, int, list[Entry], type[Entry], tuple[EntryType, ...], bool], int]
 Sink = Callable[[memoryview], object]  # takes a regular file's content, piece by piece
 Content = Callable[[str], Sink | None]  # a regular file's path → where its content goes, or None
 _scan: Scan | None
-try:  # the C fast path for plain members (layerindex/_tarscan.c), built where a compiler is
-    from layerindex._tarscan import scan as _scan
+try:  # the C fast path for plain members (layerindex/layer/_tarscan.c), built where a compiler is
+    from layerindex.layer._tarscan import scan as _scan
 except ImportError:  # the loop in _TarWalk.entries reads every member
     _scan = None
 
 
 def has_fast_path() -> bool:
-    """Whether ``layerindex._tarscan`` was built; without it every member is read in Python."""
+    """Whether ``layerindex.layer._tarscan`` was built; without it every member is read in
+    Python."""
     return _scan is not None
 
 
@@ -122,7 +122,7 @@ class LayerWalker:
 
     def __init__(
         self,
-        stream: BinaryIO,
+        stream: Readable,
         *,
         digest: str | None = None,
         diff_id: str | None = None,

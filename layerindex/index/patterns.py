@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
-from layerindex.database import Reader
-from layerindex.entries import query_path
 from layerindex.errors import UsageError
+from layerindex.index.database import Reader
+from layerindex.layer.entries import query_path
 from layerindex.regex import Regex, compile_regex
 
 Kind = Literal["exact", "glob", "name", "contains", "regex", "digest"]
@@ -39,7 +39,7 @@ class Branch:
     names: dict[int, str] | None = None
     sha256: str | None = None
     # Instead of ``dirs``: every dir whose path holds this substring, too many to list
-    # (``Candidates(many_dirs_later=True)``); read in path order by ``locate``.
+    # (``Candidates(many_dirs_later=True)``); read in path order by ``find``.
     dirs_holding: str | None = None
 
 
