@@ -31,8 +31,6 @@ HTTP_STACK = {"requests", "urllib3", "layerindex.registry"}
 # Item 2 of issue 16 (one read API, the writer owning the crawl's SQL) moves their SQL into
 # index/ and empties this; the test fails as well when an entry is no longer needed.
 SQL_OUTSIDE_INDEX = {
-    "layerindex.analysis": {"sqlalchemy"},  # select() on repositories/tags for inspect
-    "layerindex.get": {"sqlalchemy", "sqlalchemy.engine"},  # get's lookups of entries
     "layerindex.crawl.crawler": {"sqlalchemy"},  # the Engine type, handed to the Store
     "layerindex.crawl.job": {"sqlalchemy"},  # the crawl lock's pg_try_advisory_lock
 }
@@ -51,8 +49,7 @@ CLI_ENTRY_POINTS = {
     "layerindex.index.find",  # find
     "layerindex.index.patterns",  # find: PATH, --name, --contains, --regex, --digest
     "layerindex.index.images",  # images, layers, ls, inspect, diff
-    "layerindex.index.runs",  # runs
-    "layerindex.index.tags",  # tags
+    "layerindex.index.history",  # runs, tags
     "layerindex.registry.client",  # index, crawl, get
     "layerindex.registry.credentials",  # the keychain the client is given
     "layerindex.layer.entries",  # find --type, ls: entry types and paths

@@ -11,12 +11,17 @@ import sys
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 from layerindex.errors import DatabaseError, LayerIndexError
 from layerindex.output import echo, output_options
+
+if TYPE_CHECKING:
+    from layerindex.index.database import Reader
+    from layerindex.reference import Reference
+    from layerindex.registry.client import RegistryClient
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -85,16 +90,24 @@ class Context:
 
         return database_url(self._db_url)
 
-    def engine(self, *, read_only: bool = False) -> Any:
-        """The database's engine; ``read_only`` for the commands that only read: a database
-        that does not exist is then an error (never made empty), a SQLite file opened
-        read-only."""
+    def engine(self) -> Any:
+        """The database's engine, for the commands that write (a new database is made)."""
         from layerindex.index.database import open_database
 
-        engine = open_database(self.db_url, create_empty=not read_only)
+        engine = open_database(self.db_url)
         # Pooled connections close with the command, not whenever the collector gets to them.
         click.get_current_context().call_on_close(engine.dispose)
         return engine
+
+    def reader(self, *, find_messages: bool = False) -> Reader:
+        """The index, read-only, for the commands that only read: a database that does not
+        exist is an error (never made empty), a SQLite file is read through the stdlib
+        (SQLAlchemy is never imported). Closed with the command."""
+        from layerindex.index.database import open_reader
+
+        reader = open_reader(self.db_url, find_messages=find_messages)
+        click.get_current_context().call_on_close(reader.close)
+        return reader
 
 
 pass_context = click.make_pass_decorator(Context)
@@ -149,7 +162,7 @@ class _StderrHandler(logging.Handler):
         echo(f"{label}: {record.getMessage()}", err=True)  # the current stderr, always
 
 
-def _client(insecure: Iterable[str], **options: Any) -> Any:
+def _client(insecure: Iterable[str], **options: Any) -> RegistryClient:
     """A registry client with the user's credentials and insecure registries; ``options``
     go to RegistryClient."""
     from layerindex.registry.client import RegistryClient
@@ -177,7 +190,7 @@ platform_option = click.option(
 hash_option = click.option("--hash-files", is_flag=True, help="Record each regular file's sha256.")
 
 
-def _parse_refs(texts: Iterable[str]) -> list[Any]:
+def _parse_refs(texts: Iterable[str]) -> list[Reference]:
     from layerindex.reference import parse_reference
 
     return [parse_reference(t) for t in texts]
@@ -331,7 +344,6 @@ def find(
     --all-layers every layer's entry, STATE 'present', or 'overwritten' / 'deleted' (by a
     whiteout) by a later layer. Exits 0 when found, 1 when not, 2 on error.
     """
-    from layerindex.index.database import open_reader
     from layerindex.index.find import FindFilters
     from layerindex.index.find import find as find_rows
     from layerindex.index.patterns import is_glob, parse
@@ -357,15 +369,16 @@ def find(
         limit=limit,
     )
     shown = ("image", "platform", "layer_index", "layer_digest", "type", "size", "mode")
-    # Plain SQL through the stdlib on SQLite: find starts without importing SQLAlchemy.
-    with open_reader(context.db_url) as reader:
-        written = write_rows(
-            (_with_state_text(row) for row in find_rows(reader, pattern, filters)),
-            output_format,
-            FIND_COLUMNS,
-            table_columns=(*shown, "state_text", "path") if all_layers else (*shown, "path"),
-            formatters={"layer_digest": short_digest, "size": human_size, "mode": octal_mode},
-        )
+    written = write_rows(
+        (
+            _with_state_text(row)
+            for row in find_rows(context.reader(find_messages=True), pattern, filters)
+        ),
+        output_format,
+        FIND_COLUMNS,
+        table_columns=(*shown, "state_text", "path") if all_layers else (*shown, "path"),
+        formatters={"layer_digest": short_digest, "size": human_size, "mode": octal_mode},
+    )
     if not written:
         echo(f"{pattern.describe()}: not found in any indexed image", err=True)
         sys.exit(EXIT_NOT_FOUND)
@@ -394,7 +407,7 @@ def images(context: Context, output_format: str) -> None:
     from layerindex.output import short_digest, write_rows
 
     write_rows(
-        Finder(context.engine(read_only=True)).images(),
+        Finder(context.reader()).images(),
         output_format,
         ("image", "manifest_digest", "platform", "layers", "entries", "indexed_at"),
         formatters={"manifest_digest": short_digest},
@@ -440,7 +453,7 @@ def layers(context: Context, ref: str, platform: str | None, output_format: str)
     from layerindex.index.images import Finder
     from layerindex.output import human_size, short_digest, write_json, write_rows
 
-    finder = Finder(context.engine(read_only=True))
+    finder = Finder(context.reader())
     (reference,) = _parse_refs([ref])
     report = layer_report(finder, finder.image(reference, platform))
     if output_format == "json":
@@ -524,7 +537,7 @@ def ls(
 
     if tree and output_format != "table":
         raise click.UsageError("--tree draws text; leave out --json, --nl and --csv")
-    finder = Finder(context.engine(read_only=True))
+    finder = Finder(context.reader())
     path_prefix = query_path(prefix)
     base = ("type", "mode", "uid", "gid", "size", "path", "link_target", "sha256")
     if target.startswith("sha256:"):
@@ -607,7 +620,7 @@ def get(
 
     (reference,) = _parse_refs([ref])
     get_to(
-        context.engine(read_only=True),
+        context.reader(),
         _client(insecure),
         reference,
         path,
@@ -646,7 +659,7 @@ def inspect(
 
     if as_json + raw + show_config > 1:
         raise click.UsageError("give at most one of --json, --raw and --config")
-    finder = Finder(context.engine(read_only=True))
+    finder = Finder(context.reader())
     (reference,) = _parse_refs([ref])
     image = finder.image(reference, platform)
     if raw or show_config:
@@ -683,7 +696,7 @@ def diff_command(
     from layerindex.index.images import Finder
     from layerindex.output import write_rows
 
-    finder = Finder(context.engine(read_only=True))
+    finder = Finder(context.reader())
     old, new = _parse_refs([old_ref, new_ref])
     old_image, new_image = finder.image(old, platform), finder.image(new, platform)
     changed = [f"{side}_{name}" for name in DIFF_FIELDS for side in ("old", "new")]
@@ -844,10 +857,10 @@ def crawl(
 @handle_errors
 def runs_command(context: Context, limit: int, output_format: str) -> None:
     """Recorded crawl runs, newest first."""
-    from layerindex.index.runs import list_runs
+    from layerindex.index.history import list_runs
     from layerindex.output import human_size, write_rows
 
-    rows = list_runs(context.engine(read_only=True), limit)
+    rows = list_runs(context.reader(), limit)
     for row in rows:
         row["error_count"] = len(row["errors"])
     write_rows(
@@ -900,13 +913,13 @@ def runs_command(context: Context, limit: int, output_format: str) -> None:
 @handle_errors
 def tags_command(context: Context, repository: str, output_format: str) -> None:
     """The history of a repository's tags: each digest a tag pointed to, first and last seen."""
-    from layerindex.index.tags import tag_history
+    from layerindex.index.history import tag_history
     from layerindex.output import short_digest, write_rows
+    from layerindex.reference import parse_reference
 
-    (reference,) = _parse_refs([repository])
-    tag = reference.tag if ":" in repository.rsplit("/", 1)[-1] else None
+    reference = parse_reference(repository, default_tag=None)  # no tag: every tag
     write_rows(
-        tag_history(context.engine(read_only=True), reference.registry, reference.repository, tag),
+        tag_history(context.reader(), reference.registry, reference.repository, reference.tag),
         output_format,
         ("repository", "tag", "digest", "first_seen", "last_seen"),
         table_columns=("tag", "digest", "first_seen", "last_seen"),

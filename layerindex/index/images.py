@@ -1,32 +1,24 @@
-"""Reading the index: find a path, list images, an image's layers, a layer's or image's files."""
+"""Reading the index: list images, an image's layers, a layer's or image's files.
+
+Plain SQL over a ``database.Reader`` (the stdlib's sqlite3 or psycopg): the commands that read
+the index start without SQLAlchemy. Big answers (an image's every path) are streamed.
+"""
 
 from __future__ import annotations
 
 import itertools
 import operator
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, Engine, case, func, or_, select
-from sqlalchemy.engine import Connection
-
 from layerindex.errors import NotFound, UsageError
 from layerindex.index import find
-from layerindex.index.database import Reader
-from layerindex.index.find import FindFilters, image_ids
+from layerindex.index.database import Reader, among, timestamp
+from layerindex.index.find import FindFilters
 from layerindex.index.patterns import PathPattern
-from layerindex.index.schema import (
-    diffs,
-    dirs,
-    entries,
-    image_layers,
-    images,
-    layers,
-    names,
-    repositories,
-)
+from layerindex.index.resolve import IndexedImage, the_image
 from layerindex.layer import overlay
 from layerindex.layer.entries import (
     OPAQUE_MARKER,
@@ -40,22 +32,6 @@ if TYPE_CHECKING:
     from layerindex.reference import Reference
 
 Row = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class IndexedImage:
-    """One platform-specific image as the index holds it."""
-
-    id: int
-    reference: str
-    registry: str
-    repository: str
-    digest: str
-    index_digest: str | None
-    media_type: str
-    platform: str
-    manifest: str  # the raw JSON, exactly as fetched
-    config: str
 
 
 @dataclass(frozen=True)
@@ -83,137 +59,65 @@ class ImageLayer:
         return f"failed: {self.last_error}" if self.last_error else "pending"
 
 
-def image_filter(connection: Connection, refs: Sequence[Reference]) -> Any:
-    """A WHERE clause on ``images`` for the images a list of references names (None: all)."""
-    if not refs:
-        return None
-    errors = connection.dialect.loaded_dbapi.Error
-    reader = Reader(connection.connection, connection.dialect.name, errors)
-    return images.c.id.in_(image_ids(reader, refs))
-
-
 class Finder:
-    """Queries. Read-only: nothing here writes to the database."""
+    """Queries on one open reader. Read-only: nothing here writes to the database."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, reader: Reader) -> None:
+        self.reader = reader
 
     def find(self, pattern: PathPattern, filters: FindFilters | None = None) -> list[Row]:
-        """``find.find`` on one of the engine's connections, as a list."""
-        with Reader.from_engine(self.engine) as reader:
-            return list(find.find(reader, pattern, filters or FindFilters()))
+        """``find.find``, as a list."""
+        return list(find.find(self.reader, pattern, filters or FindFilters()))
 
-    def images(self) -> list[Row]:
-        layer_count = (
-            select(func.count())
-            .where(image_layers.c.image_id == images.c.id)
-            .correlate(images)
-            .scalar_subquery()
+    def images(self) -> Iterator[Row]:
+        rows = self.reader.stream(
+            "SELECT i.reference, i.digest, i.platform, "
+            "(SELECT count(*) FROM image_layers il WHERE il.image_id = i.id), "
+            "(SELECT coalesce(sum(d.entry_count), 0) FROM image_layers il "
+            "JOIN layers l ON l.id = il.layer_id JOIN diffs d ON d.id = l.diff_ref "
+            "WHERE il.image_id = i.id), "
+            "i.indexed_at FROM images i ORDER BY i.reference, i.platform"
         )
-        entry_count = (
-            select(func.coalesce(func.sum(diffs.c.entry_count), 0))
-            .select_from(image_layers)
-            .join(layers, layers.c.id == image_layers.c.layer_id)
-            .join(diffs, diffs.c.id == layers.c.diff_ref)
-            .where(image_layers.c.image_id == images.c.id)
-            .correlate(images)
-            .scalar_subquery()
-        )
-        query = select(
-            images.c.reference.label("image"),
-            images.c.digest.label("manifest_digest"),
-            images.c.platform,
-            layer_count.label("layers"),
-            entry_count.label("entries"),
-            images.c.indexed_at,
-        ).order_by(images.c.reference, images.c.platform)
-        with self.engine.connect() as connection:
-            return [
-                {**row._asdict(), "indexed_at": _iso(row.indexed_at)}
-                for row in connection.execute(query)
-            ]
+        for reference, digest, platform, layer_count, entry_count, indexed_at in rows:
+            yield {
+                "image": reference,
+                "manifest_digest": digest,
+                "platform": platform,
+                "layers": layer_count,
+                "entries": int(entry_count),
+                "indexed_at": _iso(timestamp(indexed_at)),
+            }
 
     def image(self, ref: Reference, platform: str | None = None) -> IndexedImage:
         """The one indexed image ``ref`` names (``platform`` picks one of an index's)."""
-        with self.engine.connect() as connection:
-            query = select(images, repositories.c.registry, repositories.c.name).join(
-                repositories, repositories.c.id == images.c.repository_id
-            )
-            found = connection.execute(
-                query.where(image_filter(connection, [ref])).order_by(images.c.platform)
-            ).all()
-        if not found:
-            raise NotFound(f"{ref.familiar()} is not indexed; run: layerindex index {ref}")
-        if platform is not None:
-            chosen = [
-                r for r in found if r.platform == platform or r.platform.startswith(platform + "/")
-            ]
-            if not chosen:
-                available = ", ".join(r.platform for r in found)
-                raise NotFound(
-                    f"{ref.familiar()} has no indexed {platform} image; indexed: {available}"
-                )
-            found = chosen
-        if len(found) > 1:
-            available = ", ".join(r.platform for r in found)
-            raise UsageError(
-                f"{ref.familiar()} names {len(found)} indexed images ({available}); "
-                "pick one with --platform"
-            )
-        r = found[0]
-        return IndexedImage(
-            id=r.id,
-            reference=r.reference,
-            registry=r.registry,
-            repository=r.name,
-            digest=r.digest,
-            index_digest=r.index_digest,
-            media_type=r.media_type,
-            platform=r.platform,
-            manifest=r.manifest,
-            config=r.config,
-        )
+        return the_image(self.reader, ref, platform)
 
     def image_layers(self, image: IndexedImage) -> list[ImageLayer]:
         """An image's layers, base first, with what the index knows of each."""
-        query = (
-            select(
-                image_layers.c.position,
-                layers.c.digest,
-                layers.c.diff_id,
-                layers.c.media_type,
-                layers.c.size,
-                layers.c.diff_ref,
-                diffs.c.size.label("uncompressed_size"),
-                diffs.c.entry_count,
-                layers.c.skip_reason,
-                layers.c.last_error,
+        return [
+            ImageLayer(*row)
+            for row in self.reader.rows(
+                "SELECT il.position, l.digest, l.diff_id, l.media_type, l.size, l.diff_ref, "
+                "d.size, d.entry_count, l.skip_reason, l.last_error "
+                "FROM image_layers il JOIN layers l ON l.id = il.layer_id "
+                "LEFT OUTER JOIN diffs d ON d.id = l.diff_ref "
+                "WHERE il.image_id = ? ORDER BY il.position",
+                [image.id],
             )
-            .select_from(image_layers)
-            .join(layers, layers.c.id == image_layers.c.layer_id)
-            .outerjoin(diffs, diffs.c.id == layers.c.diff_ref)
-            .where(image_layers.c.image_id == image.id)
-            .order_by(image_layers.c.position)
-        )
-        with self.engine.connect() as connection:
-            return [ImageLayer(**row._asdict()) for row in connection.execute(query)]
+        ]
 
     def layer_entries(
         self, diff_refs: Sequence[int | None], prefix: str = "/"
     ) -> list[list[tuple[str, EntryType, Row]]]:
         """Each layer's own rows as (path, type, details); a layer not indexed gives none."""
-        with self.engine.connect() as connection:
-            return entries_of(connection, diff_refs, prefix)
+        return entries_of(self.reader, diff_refs, prefix)
 
     def ls_layer(self, digest: str, prefix: str = "/") -> Iterator[Row]:
         """A layer's own entries (whiteouts and opaque markers included), sorted by path."""
-        with self.engine.connect() as connection:
-            diff_ref = connection.execute(
-                select(layers.c.diff_ref).where(layers.c.digest == digest)
-            ).first()
-            if diff_ref is None or diff_ref[0] is None:
-                raise NotFound(f"layer {digest} is not indexed")
-            rows = entries_of(connection, [diff_ref[0]], prefix)
+        diff_ref = self.reader.rows("SELECT diff_ref FROM layers WHERE digest = ?", [digest])
+        if not diff_ref or diff_ref[0][0] is None:
+            raise NotFound(f"layer {digest} is not indexed")
+        rows = entries_of(self.reader, [diff_ref[0][0]], prefix)
         for path, entry_type, payload in sorted(rows[0], key=lambda r: r[0]):
             yield {"path": path, "type": entry_type.value, **payload}
 
@@ -236,15 +140,14 @@ class Finder:
                     **payload,
                 }
             return
-        with self.engine.connect() as connection:
-            view = overlay.final_entries(image_paths(connection, image, prefix))
-            for path, position, entry_type, entry in view:
-                yield {
-                    **_image_columns(image, position),
-                    "path": path,
-                    "type": entry_type.value,
-                    **details(entry),
-                }
+        view = overlay.final_entries(image_paths(self.reader, image, prefix))
+        for path, position, entry_type, entry in view:
+            yield {
+                **_image_columns(image, position),
+                "path": path,
+                "type": entry_type.value,
+                **details(entry),
+            }
 
 
 def _image_columns(image: IndexedImage, position: int) -> Row:
@@ -272,83 +175,70 @@ DETAILS = ("size", "mode", "uid", "gid", "link_target", "sha256")
 EntryRow = Sequence[Any]  # a row of entry columns ending in DETAILS
 
 
-def layer_entries(diff_refs: Iterable[int | None]) -> Any:
-    """A SELECT of the entries of these layer contents, with their dir and name text;
-    callers add their own filters."""
-    return (
-        select(
-            entries.c.diff_ref,
-            dirs.c.path.label("dir"),
-            names.c.name,
-            entries.c.type,
-            *(entries.c[name] for name in DETAILS),
-        )
-        .join(dirs, dirs.c.id == entries.c.dir_id)
-        .join(names, names.c.id == entries.c.name_id)
-        .where(entries.c.diff_ref.in_(sorted({d for d in diff_refs if d is not None})))
+ENTRY_DETAILS = ", ".join(f"e.{name}" for name in DETAILS)
+
+
+def layer_entries_sql(dialect: str, diff_refs: Sequence[int | None]) -> tuple[str, list[object]]:
+    """A SELECT of the entries of these layer contents (diff_ref, dir, name, type, DETAILS),
+    and its parameters; callers add their own conditions with ``AND``."""
+    wanted, params = among(dialect, "e.diff_ref", sorted({d for d in diff_refs if d is not None}))
+    sql = (
+        f"SELECT e.diff_ref, d.path, n.name, e.type, {ENTRY_DETAILS} FROM entries e "
+        f"JOIN dirs d ON d.id = e.dir_id JOIN names n ON n.id = e.name_id WHERE {wanted}"
     )
+    return sql, params
 
 
 def entries_of(
-    connection: Connection, diff_refs: Sequence[int | None], prefix: str
+    reader: Reader, diff_refs: Sequence[int | None], prefix: str
 ) -> list[list[tuple[str, EntryType, Row]]]:
     """Each layer's rows as (path, type, details); a layer not indexed gives no rows."""
-    query = _under(layer_entries(diff_refs), prefix)
+    sql, params = layer_entries_sql(reader.dialect, diff_refs)
+    under, under_params = _under(prefix)
     by_diff: dict[int, list[tuple[str, EntryType, Row]]] = defaultdict(list)
-    for r in connection.execute(query):
-        path = stored_path(r.dir, r.name)
+    for r in reader.stream(sql + under, params + under_params):
+        path = stored_path(r[1], r[2])
         if _has_prefix(path, prefix):
-            by_diff[r.diff_ref].append((path, TYPE_NAMES[r.type], details(r)))
+            by_diff[r[0]].append((path, TYPE_NAMES[r[3]], details(r)))
     return [by_diff.get(d, []) if d is not None else [] for d in diff_refs]
 
 
 def image_paths(
-    connection: Connection, image: IndexedImage, prefix: str = "/"
+    reader: Reader, image: IndexedImage, prefix: str = "/"
 ) -> Iterator[tuple[str, overlay.Held[EntryRow]]]:
     """Each path of the image's indexed layers with its entries there, as (position, type,
     row), base first; the paths in order (``overlay.by_path``), streamed from the database
     (sorted there: a big image's entries are never all in memory at once). ``details(row)``
     makes a row's columns, for the few rows shown."""
-    path: ColumnElement[str] = case(
-        (names.c.name == OPAQUE_MARKER, dirs.c.path),
-        else_=func.rtrim(dirs.c.path, "/") + "/" + names.c.name,
+    path = (
+        f"CASE WHEN (n.name = '{OPAQUE_MARKER}') THEN d.path "
+        "ELSE rtrim(d.path, '/') || '/' || n.name END"
     )
-    if connection.dialect.name == "postgresql":
-        path = path.collate("C")  # the order of Python's strings (code points), not the locale's
-    query = _under(
-        select(
-            path.label("path"),
-            image_layers.c.position,
-            entries.c.type,
-            *(entries.c[name] for name in DETAILS),
-        )
-        .select_from(image_layers)
-        .join(layers, layers.c.id == image_layers.c.layer_id)
-        .join(entries, entries.c.diff_ref == layers.c.diff_ref)
-        .join(dirs, dirs.c.id == entries.c.dir_id)
-        .join(names, names.c.id == entries.c.name_id)
-        .where(image_layers.c.image_id == image.id)
-        .order_by(path, image_layers.c.position),
-        prefix,
+    if reader.dialect == "postgresql":
+        path = f'({path}) COLLATE "C"'  # the order of Python's strings (code points)
+    under, params = _under(prefix)
+    rows = reader.stream(
+        f"SELECT {path} AS path, il.position, e.type, {ENTRY_DETAILS} FROM image_layers il "
+        "JOIN layers l ON l.id = il.layer_id JOIN entries e ON e.diff_ref = l.diff_ref "
+        "JOIN dirs d ON d.id = e.dir_id JOIN names n ON n.id = e.name_id "
+        f"WHERE il.image_id = ?{under} ORDER BY {path}, il.position",
+        [image.id, *params],
     )
-    rows = connection.execution_options(stream_results=True).execute(query)
     for found, group in itertools.groupby(rows, key=operator.itemgetter(0)):
         if _has_prefix(found, prefix):
             yield found, [(r[1], TYPE_NAMES[r[2]], r) for r in group]
 
 
-def _under(query: Any, prefix: str) -> Any:
-    """``query`` narrowed to the dirs that may hold paths under ``prefix`` (the prefix itself
-    sits in its parent)."""
+def _under(prefix: str) -> tuple[str, list[object]]:
+    """`` AND`` a condition narrowing a query to the dirs (``d``) that may hold paths under
+    ``prefix`` (the prefix itself sits in its parent), and its parameters; nothing for "/"."""
     if prefix == "/":
-        return query
+        return "", []
     parent, _ = split_path(prefix)
-    return query.where(
-        or_(
-            dirs.c.path == prefix,
-            dirs.c.path == parent,
-            dirs.c.path.startswith(prefix + "/", autoescape=True),
-        )
+    escaped = "".join("/" + c if c in "/%_" else c for c in prefix + "/")
+    return (
+        " AND (d.path = ? OR d.path = ? OR d.path LIKE ? ESCAPE '/')",
+        [prefix, parent, escaped + "%"],
     )
 
 

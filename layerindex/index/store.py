@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from sqlalchemy import Engine, Table, func, select, true, update
 from sqlalchemy.engine import Connection
 
+from layerindex.index.database import aware_utc
 from layerindex.index.schema import (
     diffs,
     dirs,
@@ -57,19 +58,6 @@ UPSERT_STAGED_ENTRIES = _upsert_entries_sql(
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def aware_utc(value: dt.datetime | None) -> dt.datetime | None:
-    """SQLite hands timestamps back without their UTC zone; PostgreSQL keeps it."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value
-
-
-def iso_utc(value: dt.datetime | None) -> str | None:
-    """A timestamp as ISO 8601 in UTC, to the second (None stays None)."""
-    when = aware_utc(value)
-    return when.isoformat(timespec="seconds") if when else None
 
 
 @dataclass(frozen=True)
