@@ -20,6 +20,7 @@ from layerindex.output import echo, output_options
 
 if TYPE_CHECKING:
     from layerindex.index.database import Reader
+    from layerindex.index.store import Writer
     from layerindex.reference import Reference
     from layerindex.registry.client import RegistryClient
 
@@ -90,14 +91,15 @@ class Context:
 
         return database_url(self._db_url)
 
-    def engine(self) -> Any:
-        """The database's engine, for the commands that write (a new database is made)."""
+    def writer(self) -> Writer:
+        """The index's writer, for the commands that write (a new database is made)."""
         from layerindex.index.database import open_database
+        from layerindex.index.store import Writer
 
-        engine = open_database(self.db_url)
+        writer = Writer(open_database(self.db_url))
         # Pooled connections close with the command, not whenever the collector gets to them.
-        click.get_current_context().call_on_close(engine.dispose)
-        return engine
+        click.get_current_context().call_on_close(writer.dispose)
+        return writer
 
     def reader(self, *, find_messages: bool = False) -> Reader:
         """The index, read-only, for the commands that only read: a database that does not
@@ -229,21 +231,20 @@ def index(
     with HeadStart(_client(insecure)) as head_start:
         # The first image's big layers start walking before SQLAlchemy is even imported.
         head_start.begin(context.db_url, references[0], platform, hash_files=hash_files)
-        from layerindex.crawl.crawler import Crawler
-        from layerindex.crawl.job import crawl_lock
+        from layerindex.crawl.crawler import Crawler, worker_name
         from layerindex.crawl.progress import image_line
 
-        engine = context.engine()
+        writer = context.writer()
         crawler = Crawler(
             head_start.client,
-            engine,
+            writer,
             platform=platform,
             hash_files=hash_files,
             exclusive=True,
             head_start=head_start,
         )
         _imports_done()
-        with crawl_lock(engine):
+        with writer.crawl_lock(worker_name()):
             for ref in references:
                 for outcome in crawler.index(ref, incremental=True):
                     echo(image_line(outcome))
@@ -829,7 +830,7 @@ def crawl(
     read_list(path)  # a bad list fails now, before anything runs
     progress = Progress(quiet=quiet)
     job = CrawlJob(
-        context.engine(),
+        context.writer(),
         _client(insecure, give_up_after=parse_duration(give_up_after)),
         platform=platform,
         hash_files=hash_files,

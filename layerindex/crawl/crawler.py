@@ -21,11 +21,17 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from sqlalchemy import Engine
-
 from layerindex.crawl.headstart import WALKS_MAX, HeadStart, layer_where
 from layerindex.errors import DuplicateRow, LayerIndexError, UnsupportedManifest
-from layerindex.index.store import ImageRecord, LayerRecord, LayerState, Store, StoredImage, utcnow
+from layerindex.index.store import (
+    ImageRecord,
+    LayerRecord,
+    LayerState,
+    Store,
+    StoredImage,
+    Writer,
+    utcnow,
+)
 from layerindex.layer import walkproc
 from layerindex.layer.walker import LayerWalker, has_fast_path
 from layerindex.layer.walkproc import ChildWalk, walk_download
@@ -123,7 +129,7 @@ class Crawler:
     def __init__(
         self,
         client: Registry,
-        engine: Engine,
+        writer: Writer,
         *,
         platform: str = "linux/amd64",
         hash_files: bool = False,
@@ -134,7 +140,7 @@ class Crawler:
         head_start: HeadStart | None = None,
     ) -> None:
         self.client = client
-        self.engine = engine
+        self.writer = writer
         self.platform = platform
         self.hash_files = hash_files
         self.layer_pool = layer_pool
@@ -144,11 +150,9 @@ class Crawler:
         self.head_start = head_start  # layers whose walk began before the database was open
         self._local = threading.local()
         self._stopping = threading.Event()
-        # SQLite has one writer at a time: threads take turns instead of timing out on its lock.
-        self._one_writer = engine.dialect.name == "sqlite"
-        self._write_lock: contextlib.AbstractContextManager[object] = (
-            threading.RLock() if self._one_writer else contextlib.nullcontext()
-        )
+        # SQLite has one writer at a time: threads take the writer's turns.
+        self._one_writer = writer.one_writer
+        self._write_lock = writer.turn
         if not has_fast_path():
             log.info(
                 "the tar walker's C fast path (layerindex.layer._tarscan) is not built: layers are "
@@ -171,7 +175,7 @@ class Crawler:
         """A Store per thread: its interning caches belong to one transaction at a time."""
         store: Store | None = getattr(self._local, "store", None)
         if store is None:
-            store = self._local.store = Store(self.engine)
+            store = self._local.store = self.writer.new_store()
         return store
 
     def index(self, ref: Reference, *, incremental: bool = False) -> list[ImageOutcome]:
@@ -383,30 +387,11 @@ class Crawler:
                 return _LayerResult("failed", error=f"{where}: interrupted")
             time.sleep(LEASE_WAIT_POLL)
         try:
-            with self._heartbeat(layer, owner):
+            with self.writer.heartbeat(layer, owner, self.lease_seconds):
                 return self._fetch_and_walk(ref, layer, where, at_once=at_once, in_child=in_child)
         finally:
             with self._write_lock:
                 store.release_lease(layer, owner)
-
-    @contextlib.contextmanager
-    def _heartbeat(self, layer: LayerState, owner: str) -> Iterator[None]:
-        """Keep the lease alive while a long layer downloads."""
-        stop = threading.Event()
-
-        def renew() -> None:
-            store = Store(self.engine)
-            while not stop.wait(self.lease_seconds / 3):
-                with contextlib.suppress(Exception), self._write_lock:
-                    store.renew_lease(layer, owner, self.lease_seconds)
-
-        thread = threading.Thread(target=renew, name="layerindex-lease", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
 
     def _fetch_and_walk(
         self, ref: Reference, layer: LayerState, where: str, *, at_once: bool, in_child: bool

@@ -270,7 +270,7 @@ def _schema_change(engine: Engine, url: str) -> Iterator[Connection]:
         yield connection
 
 
-SCHEMA_LOCK = 0x736368656D61  # "schema"; job.ADVISORY_LOCK_KEY is the crawl's
+SCHEMA_LOCK = 0x736368656D61  # "schema"; store.CRAWL_LOCK_KEY is the crawl's
 
 
 def _create_at_head(engine: Engine, url: str) -> str | None:
