@@ -27,10 +27,6 @@ SOURCES = {"layerindex": ROOT / "layerindex", "layerindex.migrations": ROOT / "m
 
 DATABASE_LIBRARIES = {"sqlalchemy", "alembic", "psycopg", "sqlite3"}
 HTTP_STACK = {"requests", "urllib3", "layerindex.registry"}
-# Modules outside index/ that still import a database library, and exactly what they import.
-# Item 2 of issue 16 (one read API, the writer owning the crawl's SQL) moves their SQL into
-# index/ and empties this; the test fails as well when an entry is no longer needed.
-SQL_OUTSIDE_INDEX = {}
 CLI_ENTRY_POINTS = {
     "layerindex.errors",
     "layerindex.output",
@@ -121,7 +117,7 @@ def test_only_the_index_imports_a_database_library() -> None:
         for module, used in forbidden_imports("layerindex", DATABASE_LIBRARIES).items()
         if not (_in(module, "layerindex.index") or _in(module, "layerindex.migrations"))
     }
-    assert outside == SQL_OUTSIDE_INDEX
+    assert outside == {}
 
 
 # What sits above the registry and the layer code: neither may import any of it.
