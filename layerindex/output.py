@@ -12,11 +12,12 @@ import json
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import click
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # Table headings where the field name is not what a person wants to read.
 TITLES = {
@@ -75,7 +76,7 @@ def json_text(value: Any, indent: int | None = None) -> str:
     return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
-def output_options(function: F) -> F:
+def output_options(function: Callable[P, R]) -> Callable[P, R]:
     """Add --json / --nl / --csv / --table to a command, passed on as ``output_format``."""
 
     @click.option("--json", "output_format", flag_value="json", help="One JSON array.")
@@ -85,10 +86,10 @@ def output_options(function: F) -> F:
         "--table", "output_format", flag_value="table", default=True, help="A table (default)."
     )
     @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         return function(*args, **kwargs)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 def write_rows(

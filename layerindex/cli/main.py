@@ -11,7 +11,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 import click
 
@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from layerindex.reference import Reference
     from layerindex.registry.client import RegistryClient
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 EXIT_NOT_FOUND = 1
 EXIT_ERROR = 2
@@ -45,14 +46,14 @@ def _terminate(_signum: int, _frame: object) -> NoReturn:
     raise Terminated
 
 
-def handle_errors(function: F, *, writes_layers: bool = False) -> F:
+def handle_errors(function: Callable[P, R], *, writes_layers: bool = False) -> Callable[P, R]:
     """Every LayerIndexError becomes ``Error: …`` and exit 2: a user never sees a traceback.
     Ctrl-C and SIGTERM end a command cleanly, with 130 and 143 (128 + the signal). Only a
     command that ``writes_layers`` says that nothing of an unfinished layer was kept."""
     kept = "; nothing of an unfinished layer was kept" if writes_layers else ""
 
     @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         in_main = threading.current_thread() is threading.main_thread()  # signal's rule
         previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
         try:
@@ -73,10 +74,10 @@ def handle_errors(function: F, *, writes_layers: bool = False) -> F:
             if in_main:
                 signal.signal(signal.SIGTERM, previous)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
-def handle_layer_errors(function: F) -> F:
+def handle_layer_errors(function: Callable[P, R]) -> Callable[P, R]:
     """``handle_errors`` for the commands that write layers (index, crawl)."""
     return handle_errors(function, writes_layers=True)
 
@@ -164,15 +165,17 @@ class _StderrHandler(logging.Handler):
         echo(f"{label}: {record.getMessage()}", err=True)  # the current stderr, always
 
 
-def _client(insecure: Iterable[str], **options: Any) -> RegistryClient:
-    """A registry client with the user's credentials and insecure registries; ``options``
-    go to RegistryClient."""
+def _client(insecure: Iterable[str], give_up_after: float | None = None) -> RegistryClient:
+    """A registry client with the user's credentials and insecure registries; a registry
+    that answers nothing for ``give_up_after`` seconds is given up (default: the client's)."""
     from layerindex.registry.client import RegistryClient
     from layerindex.registry.credentials import default_keychain
 
     env_insecure = os.environ.get("LAYERINDEX_INSECURE_REGISTRIES", "")
     hosts = {h.strip() for h in (*insecure, *env_insecure.split(",")) if h.strip()}
-    return RegistryClient(keychain=default_keychain(), insecure=hosts, **options)
+    if give_up_after is None:
+        return RegistryClient(keychain=default_keychain(), insecure=hosts)
+    return RegistryClient(keychain=default_keychain(), insecure=hosts, give_up_after=give_up_after)
 
 
 insecure_option = click.option(
@@ -347,18 +350,23 @@ def find(
     """
     from layerindex.index.find import FindFilters
     from layerindex.index.find import find as find_rows
-    from layerindex.index.patterns import is_glob, parse
+    from layerindex.index.patterns import Kind, is_glob, parse
     from layerindex.layer.entries import EntryType
     from layerindex.output import human_size, octal_mode, short_digest, write_rows
 
-    given = {"name": name, "contains": contains, "regex": regex, "digest": digest}
+    given: dict[Kind, str | None] = {
+        "name": name,
+        "contains": contains,
+        "regex": regex,
+        "digest": digest,
+    }
     chosen = [(kind, value) for kind, value in given.items() if value is not None]
     if path is not None:
         chosen.insert(0, ("glob" if is_glob(path) and not exact else "exact", path))
     if len(chosen) != 1:
         raise click.UsageError("give one of PATH, --name, --contains, --regex or --digest")
     kind, value = chosen[0]
-    pattern = parse(kind, value)  # type: ignore[arg-type]
+    pattern = parse(kind, value)
     filters = FindFilters(
         image_refs=_parse_refs(image_refs),
         repos=repos,
