@@ -51,13 +51,19 @@ def images_named(reader: Reader, ref: Reference) -> list[IndexedImage]:
         if not latest:
             raise NotFound(f"{ref.familiar()} is not indexed; run: layerindex index {ref}")
         digest = latest[0][0]
+    return images_of(reader, ref.registry, ref.repository, digest)
+
+
+def images_of(reader: Reader, registry: str, repository: str, digest: str) -> list[IndexedImage]:
+    """The indexed images of a repository's manifest digest: the platform image of that
+    digest, or the platform images of the index of that digest; by platform."""
     rows = reader.rows(
         "SELECT i.id, i.reference, r.registry, r.name, i.digest, i.index_digest, i.media_type, "
         "i.platform, i.manifest, i.config, i.indexed_at "
         "FROM images i JOIN repositories r ON r.id = i.repository_id "
         "WHERE r.registry = ? AND r.name = ? AND (i.digest = ? OR i.index_digest = ?) "
         "ORDER BY i.platform",
-        [ref.registry, ref.repository, digest, digest],
+        [registry, repository, digest, digest],
     )
     return [
         IndexedImage(id, reference, registry, repository, digest, index_digest, media_type,

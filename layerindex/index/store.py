@@ -17,7 +17,8 @@ from sqlalchemy import Engine, Table, func, select, text, true, update
 from sqlalchemy.engine import Connection
 
 from layerindex.errors import CrawlLocked
-from layerindex.index.database import aware_utc
+from layerindex.index.database import Reader, among, aware_utc
+from layerindex.index.resolve import images_of
 from layerindex.index.schema import (
     diffs,
     dirs,
@@ -505,33 +506,24 @@ class Store:
         return int(total)
 
     def images_for(self, registry: str, repository: str, digest: str) -> list[StoredImage]:
-        """The images known for a manifest or index digest, and whether each is complete."""
-        layer_count = (
-            select(func.count())
-            .where(image_layers.c.image_id == images.c.id)
-            .correlate(images)
-            .scalar_subquery()
-        )
-        with self.engine.connect() as connection:
-            rows = connection.execute(
-                select(
-                    images.c.id,
-                    images.c.digest,
-                    images.c.platform,
-                    images.c.indexed_at,
-                    layer_count.label("layers"),
+        """The images known for a manifest or index digest (``resolve.images_of``), and
+        whether each is complete."""
+        with Reader.from_engine(self.engine, find_messages=False) as reader:
+            found = images_of(reader, registry, repository, digest)
+            if not found:
+                return []
+            wanted, params = among(reader.dialect, "image_id", [i.id for i in found])
+            layer_counts = dict(
+                reader.rows(
+                    f"SELECT image_id, count(*) FROM image_layers WHERE {wanted} GROUP BY image_id",
+                    params,
                 )
-                .join(repositories, repositories.c.id == images.c.repository_id)
-                .where(
-                    repositories.c.registry == registry,
-                    repositories.c.name == repository,
-                    (images.c.digest == digest) | (images.c.index_digest == digest),
-                )
-                .order_by(images.c.platform)
-            ).all()
+            )
         return [
-            StoredImage(r.id, r.digest, r.platform, r.layers, r.indexed_at is not None)
-            for r in rows
+            StoredImage(
+                i.id, i.digest, i.platform, layer_counts.get(i.id, 0), i.indexed_at is not None
+            )
+            for i in found
         ]
 
     # -- leases: one fetcher per layer, across threads, processes and machines -----------------
