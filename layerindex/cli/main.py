@@ -866,7 +866,7 @@ def crawl(
 @handle_errors
 def runs_command(context: Context, limit: int, output_format: str) -> None:
     """Recorded crawl runs, newest first."""
-    from layerindex.index.history import list_runs
+    from layerindex.index.history import RUN_COLUMNS, list_runs
     from layerindex.output import human_size, write_rows
 
     rows = list_runs(context.reader(), limit)
@@ -875,25 +875,7 @@ def runs_command(context: Context, limit: int, output_format: str) -> None:
     write_rows(
         rows,
         output_format,
-        (
-            "id",
-            "started_at",
-            "finished_at",
-            "status",
-            "worker",
-            "images",
-            "images_unchanged",
-            "images_failed",
-            "images_deferred",
-            "deferred_until",
-            "lists_failed",
-            "layers_indexed",
-            "layers_known",
-            "layers_skipped",
-            "layers_failed",
-            "bytes",
-            "errors",
-        ),
+        RUN_COLUMNS,
         table_columns=(
             "id",
             "started_at",

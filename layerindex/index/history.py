@@ -11,7 +11,7 @@ from typing import Any
 from layerindex.index.database import Reader, iso_utc, timestamp
 from layerindex.index.resolve import IndexedImage
 
-RUN_COLUMNS = (
+RUN_COLUMNS = (  # as `layerindex runs` shows them
     "id",
     "started_at",
     "finished_at",
@@ -20,15 +20,15 @@ RUN_COLUMNS = (
     "images",
     "images_unchanged",
     "images_failed",
+    "images_deferred",
+    "deferred_until",
+    "lists_failed",
     "layers_indexed",
     "layers_known",
     "layers_skipped",
     "layers_failed",
     "bytes",
     "errors",
-    "images_deferred",
-    "deferred_until",
-    "lists_failed",
 )
 
 
