@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
@@ -416,7 +417,7 @@ def images(context: Context, output_format: str) -> None:
     from layerindex.output import short_digest, write_rows
 
     write_rows(
-        Finder(context.reader()).images(),
+        (asdict(image) for image in Finder(context.reader()).images()),
         output_format,
         ("image", "manifest_digest", "platform", "layers", "entries", "indexed_at"),
         formatters={"manifest_digest": short_digest},
@@ -869,9 +870,10 @@ def runs_command(context: Context, limit: int, output_format: str) -> None:
     from layerindex.index.history import RUN_COLUMNS, list_runs
     from layerindex.output import human_size, write_rows
 
-    rows = list_runs(context.reader(), limit)
-    for row in rows:
-        row["error_count"] = len(row["errors"])
+    rows = [
+        {**asdict(run), "error_count": len(run.errors)}
+        for run in list_runs(context.reader(), limit)
+    ]
     write_rows(
         rows,
         output_format,
@@ -909,8 +911,9 @@ def tags_command(context: Context, repository: str, output_format: str) -> None:
     from layerindex.reference import parse_reference
 
     reference = parse_reference(repository, default_tag=None)  # no tag: every tag
+    seen = tag_history(context.reader(), reference.registry, reference.repository, reference.tag)
     write_rows(
-        tag_history(context.reader(), reference.registry, reference.repository, reference.tag),
+        (asdict(digest) for digest in seen),
         output_format,
         ("repository", "tag", "digest", "first_seen", "last_seen"),
         table_columns=("tag", "digest", "first_seen", "last_seen"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any
+from dataclasses import dataclass
 
 from layerindex.index.database import Reader, iso_utc, timestamp
 from layerindex.index.resolve import IndexedImage
@@ -32,7 +32,30 @@ RUN_COLUMNS = (  # as `layerindex runs` shows them
 )
 
 
-def list_runs(reader: Reader, limit: int) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Run:
+    """A crawl run as ``runs`` records it; times in ISO 8601, UTC."""
+
+    id: int
+    started_at: str
+    finished_at: str | None
+    status: str  # running, ok, failed, interrupted, killed
+    worker: str  # host:pid
+    images: int
+    images_unchanged: int
+    images_failed: int
+    images_deferred: int
+    deferred_until: str | None
+    lists_failed: int
+    layers_indexed: int
+    layers_known: int
+    layers_skipped: int
+    layers_failed: int
+    bytes: int
+    errors: list[dict[str, str]]  # {"image": …, "error": …}
+
+
+def list_runs(reader: Reader, limit: int) -> list[Run]:
     """The ``limit`` newest runs, newest first."""
     out = []
     for row in reader.rows(
@@ -42,8 +65,19 @@ def list_runs(reader: Reader, limit: int) -> list[dict[str, Any]]:
         for key in ("started_at", "finished_at", "deferred_until"):
             values[key] = iso_utc(timestamp(values[key]))
         values["errors"] = json.loads(values["errors"]) if values["errors"] else []
-        out.append(values)
+        out.append(Run(**values))
     return out
+
+
+@dataclass(frozen=True)
+class TagSeen:
+    """A digest a tag pointed to, first and last seen then (ISO 8601, UTC)."""
+
+    repository: str  # registry/repository
+    tag: str
+    digest: str
+    first_seen: str | None
+    last_seen: str | None
 
 
 TAG_ROWS = (
@@ -53,21 +87,19 @@ TAG_ROWS = (
 )
 
 
-def tag_history(
-    reader: Reader, registry: str, repository: str, tag: str | None
-) -> list[dict[str, Any]]:
+def tag_history(reader: Reader, registry: str, repository: str, tag: str | None) -> list[TagSeen]:
     """Every digest each tag of a repository pointed to, with when it was first and last seen."""
     sql, params = TAG_ROWS, [registry, repository]
     if tag is not None:
         sql, params = sql + " AND t.tag = ?", [*params, tag]
     return [
-        {
-            "repository": f"{registry}/{repository}",
-            "tag": row_tag,
-            "digest": digest,
-            "first_seen": iso_utc(timestamp(first_seen)),
-            "last_seen": iso_utc(timestamp(last_seen)),
-        }
+        TagSeen(
+            f"{registry}/{repository}",
+            row_tag,
+            digest,
+            iso_utc(timestamp(first_seen)),
+            iso_utc(timestamp(last_seen)),
+        )
         for row_tag, digest, first_seen, last_seen in reader.rows(
             sql + " ORDER BY t.tag, t.first_seen", params
         )

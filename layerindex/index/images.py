@@ -59,6 +59,18 @@ class ImageLayer:
         return f"failed: {self.last_error}" if self.last_error else "pending"
 
 
+@dataclass(frozen=True)
+class ImageSummary:
+    """An indexed image as ``images`` lists it."""
+
+    image: str  # the reference it was indexed as
+    manifest_digest: str
+    platform: str
+    layers: int
+    entries: int  # of its indexed layers
+    indexed_at: str | None  # ISO 8601; None until every layer is indexed or skipped
+
+
 class Finder:
     """Queries on one open reader. Read-only: nothing here writes to the database."""
 
@@ -69,7 +81,7 @@ class Finder:
         """``find.find``, as a list."""
         return list(find.find(self.reader, pattern, filters or FindFilters()))
 
-    def images(self) -> Iterator[Row]:
+    def images(self) -> Iterator[ImageSummary]:
         rows = self.reader.stream(
             "SELECT i.reference, i.digest, i.platform, "
             "(SELECT count(*) FROM image_layers il WHERE il.image_id = i.id), "
@@ -79,14 +91,14 @@ class Finder:
             "i.indexed_at FROM images i ORDER BY i.reference, i.platform"
         )
         for reference, digest, platform, layer_count, entry_count, indexed_at in rows:
-            yield {
-                "image": reference,
-                "manifest_digest": digest,
-                "platform": platform,
-                "layers": layer_count,
-                "entries": int(entry_count),
-                "indexed_at": _iso(timestamp(indexed_at)),
-            }
+            yield ImageSummary(
+                reference,
+                digest,
+                platform,
+                layer_count,
+                int(entry_count),
+                _iso(timestamp(indexed_at)),
+            )
 
     def image(self, ref: Reference, platform: str | None = None) -> IndexedImage:
         """The one indexed image ``ref`` names (``platform`` picks one of an index's)."""
