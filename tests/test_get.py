@@ -502,6 +502,12 @@ def test_multi_platform_needs_a_choice(fault_proxy: FaultProxy, run: Run) -> Non
         f"Error: {ref} is indexed for linux/amd64, linux/arm64/v8; choose one with --platform\n",
     )
     assert run("get", "--platform", "linux/arm64", ref, "/bin/tool").stdout_bytes == b"arm64"
+    other = run("get", "--platform", "linux/s390x", ref, "/bin/tool")
+    assert (other.exit_code, other.stderr) == (
+        2,
+        f"Error: {ref} is not indexed for linux/s390x; run: "
+        f"layerindex index --platform linux/s390x {ref}\n",
+    )
 
 
 def test_get_reads_an_index_in_postgresql(
