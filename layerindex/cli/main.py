@@ -166,17 +166,15 @@ class _StderrHandler(logging.Handler):
         echo(f"{label}: {record.getMessage()}", err=True)  # the current stderr, always
 
 
-def _client(insecure: Iterable[str], give_up_after: float | None = None) -> RegistryClient:
-    """A registry client with the user's credentials and insecure registries; a registry
-    that answers nothing for ``give_up_after`` seconds is given up (default: the client's)."""
+def _client(insecure: Iterable[str], **options: Any) -> RegistryClient:
+    """A registry client with the user's credentials and insecure registries; ``options``
+    go to RegistryClient (tests give it a clock)."""
     from layerindex.registry.client import RegistryClient
     from layerindex.registry.credentials import default_keychain
 
     env_insecure = os.environ.get("LAYERINDEX_INSECURE_REGISTRIES", "")
     hosts = {h.strip() for h in (*insecure, *env_insecure.split(",")) if h.strip()}
-    if give_up_after is None:
-        return RegistryClient(keychain=default_keychain(), insecure=hosts)
-    return RegistryClient(keychain=default_keychain(), insecure=hosts, give_up_after=give_up_after)
+    return RegistryClient(keychain=default_keychain(), insecure=hosts, **options)
 
 
 insecure_option = click.option(
