@@ -243,7 +243,7 @@ def index(
                 for error in outcome.errors:
                     echo(f"Error: {error}", err=True)
                 failed = failed or not outcome.ok
-        crawler.store.analyze()  # opens the index (a new one is made) if nothing was written
+        crawler.store.analyze()
     if failed:
         click.echo(
             "Nothing of a failed layer was kept; the next `layerindex index` retries it.",

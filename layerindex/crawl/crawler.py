@@ -16,7 +16,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -36,6 +35,8 @@ from layerindex.registry.reachability import HostGivenUp
 from layerindex.registry.transport import BlobReader
 
 if TYPE_CHECKING:  # SQLAlchemy is imported when the index is first written to, not before
+    from concurrent.futures import Executor
+
     from sqlalchemy import Engine
 
     from layerindex.index.store import LayerState, Store
@@ -432,10 +433,12 @@ class Crawler:
             if self.respect_backoff:  # a layer left alone for a while is the crawler's to tell
                 failing = failing_layers(reader, [layer.digest for layer in wanted.values()])
                 wanted = {d: layer for d, layer in wanted.items() if layer.digest not in failing}
+        began = 0
         for diff_id, layer in wanted.items():
             if not ahead.start(self.client, ref, layer, diff_id, hash_files=self.hash_files):
                 break
-        log.debug("%s: %d layers walking before the index is written", ref.familiar(), len(wanted))
+            began += 1
+        log.debug("%s: %d layers walking before the index is written", ref.familiar(), began)
 
     def _unchanged(self, reader: Reader | None, ref: Reference, digest: str) -> list[StoredImage]:
         """The images of ``digest``, when every one ``platform`` asks for is fully indexed;
@@ -547,6 +550,8 @@ class Crawler:
             ]
             results = [f.result() for f in futures]
         elif len(pending) > 1:
+            from concurrent.futures import ThreadPoolExecutor  # 5 ms not spent before the walks
+
             with ThreadPoolExecutor(
                 min(len(pending), IMAGE_LAYER_THREADS), thread_name_prefix="layerindex-layer"
             ) as pool:
