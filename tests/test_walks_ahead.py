@@ -281,6 +281,38 @@ def test_a_worker_walks_a_layer_only_under_its_lease(
     assert started == {"started": [], "taken": []}
 
 
+def test_a_crawl_walks_ahead_and_a_worker_does_not(
+    registry: RegistryServer,
+    fault_proxy: FaultProxy,
+    postgres_url: str,
+    run: Run,
+    tmp_path: Path,
+    started: dict[str, list[str]],
+) -> None:
+    registry.push("team/app", "1.0", APP)
+    registry.push("team/other", "1", OTHER)
+    images = tmp_path / "images.txt"
+    images.write_text(f"{fault_proxy.host}/team/app:1.0\n")
+    result = run("--db", postgres_url, "crawl", "--images", str(images))
+    assert result.exit_code == 0, result.output
+    assert (
+        sorted(started["started"])
+        == sorted(started["taken"])
+        == sorted(layer.digest for layer in APP.layers)
+    )
+    assert all(
+        len(fault_proxy.seen(f"/blobs/{d}", "GET")) == 1
+        for d in [layer.digest for layer in APP.layers]
+    )
+    # A worker fetches a layer once it holds the layer's lease, never before.
+    started["started"].clear()
+    images.write_text(f"{fault_proxy.host}/team/other:1\n")
+    result = run("--db", postgres_url, "crawl", "--worker", "--images", str(images))
+    assert result.exit_code == 0, result.output
+    assert started["started"] == []
+    assert len(fault_proxy.seen(f"/blobs/{OTHER.layers[1].digest}", "GET")) == 1
+
+
 def test_a_layer_in_back_off_is_not_walked_ahead(
     registry: RegistryServer, fault_proxy: FaultProxy, db_url: str, started: dict[str, list[str]]
 ) -> None:
