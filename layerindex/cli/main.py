@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import logging
@@ -209,36 +210,40 @@ def index(
     (not counted as a pull by Docker Hub) and shows as unchanged. Exits 1 if any image failed
     (the others are indexed).
     """
-    from layerindex.crawl.headstart import HeadStart
+    from layerindex.crawl.crawler import Crawler
 
     references = _parse_refs(refs)  # a malformed reference fails before any network call
     failed = False
-    with HeadStart(_client(insecure)) as head_start:
-        # The first image's big layers start walking before SQLAlchemy is even imported.
-        head_start.begin(context.db_url, references[0], platform, hash_files=hash_files)
-        from layerindex.crawl.crawler import Crawler
-        from layerindex.crawl.job import crawl_lock
-        from layerindex.crawl.progress import image_line
+    with contextlib.ExitStack() as held:
 
-        engine = context.engine()
+        def open_index() -> Any:
+            """The Engine, under the crawl lock: opened when the first image is recorded, so
+            that SQLAlchemy loads while that image's first layers walk."""
+            from layerindex.crawl.job import crawl_lock
+
+            engine = context.engine()
+            held.enter_context(crawl_lock(engine))
+            _imports_done()
+            return engine
+
         crawler = Crawler(
-            head_start.client,
-            engine,
+            _client(insecure),
+            open_index,
+            db_url=context.db_url,
             platform=platform,
             hash_files=hash_files,
             exclusive=True,
-            head_start=head_start,
         )
-        _imports_done()
-        with crawl_lock(engine):
-            for ref in references:
-                for outcome in crawler.index(ref, incremental=True):
-                    echo(image_line(outcome))
-                    for error in outcome.errors:
-                        echo(f"Error: {error}", err=True)
-                    failed = failed or not outcome.ok
-                head_start.close()  # walks the first image left: not to run on beside the next
-            crawler.store.analyze()
+        for ref in references:
+            outcomes = crawler.index(ref, incremental=True)
+            from layerindex.crawl.progress import image_line  # imports SQLAlchemy: not before
+
+            for outcome in outcomes:
+                echo(image_line(outcome))
+                for error in outcome.errors:
+                    echo(f"Error: {error}", err=True)
+                failed = failed or not outcome.ok
+        crawler.store.analyze()
     if failed:
         click.echo(
             "Nothing of a failed layer was kept; the next `layerindex index` retries it.",

@@ -122,15 +122,6 @@ class LayerState:
     size: int | None = None  # the manifest's: the registry may not send more
 
 
-@dataclass(frozen=True)
-class StoredImage:
-    id: int
-    digest: str
-    platform: str
-    layers: int
-    complete: bool
-
-
 class Interner:
     """Ids of interned strings (directory paths or basenames), created on first use."""
 
@@ -509,36 +500,6 @@ class Store:
                 .where(image_layers.c.image_id == image_id)
             ).scalar_one()
         return int(total)
-
-    def images_for(self, registry: str, repository: str, digest: str) -> list[StoredImage]:
-        """The images known for a manifest or index digest, and whether each is complete."""
-        layer_count = (
-            select(func.count())
-            .where(image_layers.c.image_id == images.c.id)
-            .correlate(images)
-            .scalar_subquery()
-        )
-        with self.engine.connect() as connection:
-            rows = connection.execute(
-                select(
-                    images.c.id,
-                    images.c.digest,
-                    images.c.platform,
-                    images.c.indexed_at,
-                    layer_count.label("layers"),
-                )
-                .join(repositories, repositories.c.id == images.c.repository_id)
-                .where(
-                    repositories.c.registry == registry,
-                    repositories.c.name == repository,
-                    (images.c.digest == digest) | (images.c.index_digest == digest),
-                )
-                .order_by(images.c.platform)
-            ).all()
-        return [
-            StoredImage(r.id, r.digest, r.platform, r.layers, r.indexed_at is not None)
-            for r in rows
-        ]
 
     # -- leases: one fetcher per layer, across threads, processes and machines -----------------
 
