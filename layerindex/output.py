@@ -12,7 +12,7 @@ import json
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import click
 
@@ -75,10 +75,17 @@ def json_text(value: Any, indent: int | None = None) -> str:
     return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
-def output_options(function: F) -> F:
-    """Add --json / --nl / --csv / --table to a command, passed on as ``output_format``."""
+@overload
+def output_options(function: F) -> F: ...
+@overload
+def output_options(*, json_help: str) -> Callable[[F], F]: ...
+def output_options(function: F | None = None, *, json_help: str = "One JSON array.") -> Any:
+    """Add --json / --nl / --csv / --table to a command, passed on as ``output_format``
+    (``@output_options``, or ``@output_options(json_help=...)`` where --json prints more)."""
+    if function is None:
+        return functools.partial(output_options, json_help=json_help)
 
-    @click.option("--json", "output_format", flag_value="json", help="One JSON array.")
+    @click.option("--json", "output_format", flag_value="json", help=json_help)
     @click.option("--nl", "output_format", flag_value="nl", help="One JSON object a line.")
     @click.option("--csv", "output_format", flag_value="csv", help="CSV with a header row.")
     @click.option(
@@ -88,7 +95,7 @@ def output_options(function: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         return function(*args, **kwargs)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 def write_rows(

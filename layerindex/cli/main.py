@@ -22,6 +22,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_NOT_FOUND = 1
 EXIT_ERROR = 2
+EXIT_GATE_FAILED = 1  # layers --fail-on: a rule failed (dive --ci exits 1)
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
@@ -422,27 +423,58 @@ LAYER_COLUMNS = (
 )
 
 
-@cli.command(epilog=examples("layerindex layers alpine:3.20", "layerindex layers --json debian:12"))
+@cli.command(
+    epilog=examples(
+        "layerindex layers alpine:3.20",
+        "layerindex layers --json debian:12",
+        "layerindex layers app:1 --fail-on lowest-efficiency=0.9,highest-wasted-bytes=20MB",
+    )
+)
 @click.argument("ref")
 @image_platform_option
-@output_options
+@click.option(
+    "--files",
+    "top",
+    type=click.IntRange(0),
+    default=10,
+    show_default=True,
+    metavar="N",
+    help="List the N paths that waste the most bytes (0: none).",
+)
+@click.option(
+    "--fail-on",
+    metavar="RULE=VALUE,...",
+    help="Exit 1 when a rule fails, as dive --ci: lowest-efficiency=0.9, "
+    "highest-wasted-bytes=20MB, highest-user-wasted-percent=0.1 (a fraction).",
+)
+@output_options(json_help="One JSON object: the layers, the image's sizes, waste, efficiency.")
 @pass_context
 @handle_errors
-def layers(context: Context, ref: str, platform: str | None, output_format: str) -> None:
+def layers(
+    context: Context,
+    ref: str,
+    platform: str | None,
+    top: int,
+    fail_on: str | None,
+    output_format: str,
+) -> None:
     """The layers of an indexed image, base first, and how much of them is wasted.
 
     Per layer: compressed and uncompressed size, entries, bytes of regular files it adds, bytes
-    of its content that later layers overwrite or delete (WASTED), the history command that
-    made it. Then, on stderr, the image's size, wasted bytes and efficiency as dive computes
-    them. --json prints one object: the layers, size, wasted_bytes and efficiency.
+    of its files that the final filesystem hides (WASTED: overwritten, deleted, under an opaque
+    or deleted directory), the history command that made it. Then, on stderr, the image's
+    sizes (file bytes, tar bytes, compressed bytes), wasted bytes, the share of them in the
+    bytes added above the base layer, dive's efficiency score, and the paths that waste the
+    most. --nl and --csv print the layers only.
     """
-    from layerindex.analysis import layer_report
+    from layerindex.analysis import layer_report, parse_gate, summary_lines
     from layerindex.index.images import Finder
     from layerindex.output import human_size, short_digest, write_json, write_rows
 
+    rules = parse_gate(fail_on) if fail_on is not None else []
     finder = Finder(context.engine(read_only=True))
     (reference,) = _parse_refs([ref])
-    report = layer_report(finder, finder.image(reference, platform))
+    report = layer_report(finder, finder.image(reference, platform), top)
     if output_format == "json":
         write_json(
             {
@@ -450,43 +482,50 @@ def layers(context: Context, ref: str, platform: str | None, output_format: str)
                 "manifest_digest": report.image.digest,
                 "platform": report.image.platform,
                 "layers": [{c: row[c] for c in LAYER_COLUMNS} for row in report.layers],
-                "size": report.size,
+                "files_bytes": report.files_bytes,
+                "tar_bytes": report.tar_bytes,
+                "compressed_bytes": report.compressed_bytes,
                 "wasted_bytes": report.wasted_bytes,
+                "user_wasted_ratio": report.user_wasted_ratio,
                 "efficiency": report.efficiency,
+                "inefficient_files": [
+                    {"path": f.path, "copies": f.copies, "wasted_bytes": f.wasted_bytes}
+                    for f in report.inefficient_files
+                ],
             }
         )
-        return
-    write_rows(
-        report.layers,
-        output_format,
-        LAYER_COLUMNS,
-        table_columns=(
-            "platform",
-            "layer_index",
-            "layer_digest",
-            "media_type",
-            "size",
-            "uncompressed_size",
-            "entries",
-            "added_bytes",
-            "wasted_bytes",
-            "status",
-            "created_by",
-        ),
-        formatters={
-            "layer_digest": short_digest,
-            **dict.fromkeys(
-                ("size", "uncompressed_size", "added_bytes", "wasted_bytes"), human_size
+    else:
+        write_rows(
+            report.layers,
+            output_format,
+            LAYER_COLUMNS,
+            table_columns=(
+                "platform",
+                "layer_index",
+                "layer_digest",
+                "media_type",
+                "size",
+                "uncompressed_size",
+                "entries",
+                "added_bytes",
+                "wasted_bytes",
+                "status",
+                "created_by",
             ),
-        },
-    )
-    left_out = f"  ({report.not_indexed} layers not indexed)" if report.not_indexed else ""
-    echo(
-        f"Total Image size: {human_size(report.size)}  "
-        f"Potential wasted space: {human_size(report.wasted_bytes)}  "
-        f"Image efficiency score: {int(100 * report.efficiency)} %{left_out}",
-        err=True,
-    )
+            formatters={
+                "layer_digest": short_digest,
+                **dict.fromkeys(
+                    ("size", "uncompressed_size", "added_bytes", "wasted_bytes"), human_size
+                ),
+            },
+        )
+        for line in summary_lines(report):
+            echo(line, err=True)
+    failures = [(rule.name, rule.failure(report)) for rule in rules]
+    for name, failure in failures:
+        echo(f"FAIL: {name}: {failure}" if failure else f"PASS: {name}", err=True)
+    if any(failure for _, failure in failures):
+        sys.exit(EXIT_GATE_FAILED)
 
 
 @cli.command(
