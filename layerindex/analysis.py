@@ -75,7 +75,8 @@ def inspect(finder: Finder, image: IndexedImage) -> Row:
         "digest": image.digest,
         "index_digest": image.index_digest,
         "media_type": image.media_type,
-        "tags": current_tags(finder, image),
+        # Not skopeo's RepoTags (every tag of the repository): the tags that name this image.
+        "tags_here": current_tags(finder, image),
         "created": config.created,
         "architecture": config.architecture,
         "os": config.os,
@@ -457,7 +458,7 @@ def inspect_text(data: Row) -> str:
     field("Digest", data["digest"])
     if data["index_digest"]:
         field("Index digest", data["index_digest"])
-    field("Tags", ", ".join(data["tags"]) or "-")
+    field("Tags here", ", ".join(data["tags_here"]) or "-")
     field("Created", data["created"] or "-")
     field("Architecture", data["architecture"])
     field("OS", data["os"])

@@ -215,13 +215,15 @@ def write_json(value: Any) -> None:
     sys.stdout.flush()
 
 
-def write_tree(rows: Iterable[dict[str, Any]], root: str, *, long_format: bool = False) -> None:
+def write_tree(rows: Iterable[dict[str, Any]], root: str, *, long_format: bool = False) -> int:
     """Paths as tree(1) draws them under ``root``; directories a layer leaves implicit are drawn
-    too. ``long_format`` puts ``[mode uid/gid size layer]`` before each name."""
+    too. ``long_format`` puts ``[mode uid/gid size layer]`` before each name. Returns how many
+    rows were read."""
     tree: dict[str, Any] = {}
     labels: dict[str, str] = {}
-    dirs = files = 0
+    dirs = files = read = 0
     for row in rows:
+        read += 1
         relative = row["path"][len(root) :].strip("/") if root != "/" else row["path"][1:]
         if not relative:
             continue
@@ -247,6 +249,8 @@ def write_tree(rows: Iterable[dict[str, Any]], root: str, *, long_format: bool =
             dirs += 1
         elif row["type"] not in ("opaque", "whiteout"):
             files += 1
+    if not read and root != "/":
+        return 0  # nothing at root: no tree to draw
     out = sys.stdout
     out.write(terminal_text(root) + "\n")
     # Depth first without recursion: a path may have thousands of components. Each stack item
@@ -270,3 +274,4 @@ def write_tree(rows: Iterable[dict[str, Any]], root: str, *, long_format: bool =
         f"\n{dirs} director{'y' if dirs == 1 else 'ies'}, {files} file{'' if files == 1 else 's'}\n"
     )
     out.flush()
+    return read

@@ -206,6 +206,12 @@ def test_layers_json(app: str, run: Run) -> None:
     }
 
 
+def test_layers_help_says_what_json_prints(run: Run) -> None:
+    text = " ".join(run("layers", "--help").stdout.split())
+    assert "--json One JSON object: the layers, the image's sizes, waste, efficiency." in text
+    assert "One JSON array" not in text
+
+
 def test_layers_table_and_summary(app: str, run: Run) -> None:
     result = run("layers", app)
     assert result.exit_code == 0
@@ -343,7 +349,7 @@ def test_inspect(registry: RegistryServer, app: str, run: Run) -> None:
     assert result.stdout == (
         f"Name:         {registry.host}/team/app\n"
         f"Digest:       {IMAGE.digest}\n"
-        "Tags:         1.0, latest\n"
+        "Tags here:    1.0, latest\n"
         f"Created:      {CREATED}\n"
         "Architecture: amd64\n"
         "OS:           linux\n"
@@ -370,7 +376,7 @@ def test_inspect(registry: RegistryServer, app: str, run: Run) -> None:
         "digest": IMAGE.digest,
         "index_digest": None,
         "media_type": IMAGE.manifest_media_type,
-        "tags": ["1.0", "latest"],
+        "tags_here": ["1.0", "latest"],
         "created": CREATED,
         "architecture": "amd64",
         "os": "linux",
@@ -396,10 +402,12 @@ def test_inspect(registry: RegistryServer, app: str, run: Run) -> None:
     other = make_image([make_layer({"/other": b"o"})])
     registry.push("team/app", "latest", other)
     run("index", f"{registry.host}/team/app:latest")
-    assert json.loads(run("inspect", app, "--json").stdout)["tags"] == ["1.0"]
+    assert json.loads(run("inspect", app, "--json").stdout)["tags_here"] == ["1.0"]
     assert json.loads(run("inspect", f"{registry.host}/team/app:latest", "--json").stdout)[
-        "tags"
+        "tags_here"
     ] == ["latest"]
+    # The label says what the list is: the repository has both tags, one names this image.
+    assert "Tags here:    1.0\n" in run("inspect", app).stdout
 
 
 def test_inspect_multi_platform_picks_with_platform(registry: RegistryServer, run: Run) -> None:
@@ -416,7 +424,7 @@ def test_inspect_multi_platform_picks_with_platform(registry: RegistryServer, ru
         "pick one with --platform\n"
     )
     data = json.loads(run("inspect", ref, "--platform", "linux/arm64", "--json").stdout)
-    assert (data["digest"], data["index_digest"], data["variant"], data["tags"]) == (
+    assert (data["digest"], data["index_digest"], data["variant"], data["tags_here"]) == (
         arm.digest,
         index.digest,
         "v8",
@@ -495,6 +503,37 @@ def test_ls_one_layer_long_and_tree(app: str, run: Run) -> None:
     )
     bad = run("ls", app, "--tree", "--json")
     assert bad.exit_code == 2 and "--tree draws text" in bad.stderr
+
+
+def test_ls_and_find_apply_deletions_above_the_path(registry: RegistryServer, run: Run) -> None:
+    image = make_image(
+        [
+            make_layer(
+                [
+                    directory("usr"),
+                    directory("usr/lib"),
+                    file("usr/lib/a", b"a"),
+                    directory("lib"),
+                    file("lib/x", b"x"),
+                    file("top", b"t"),
+                ]
+            ),
+            make_layer([whiteout("usr"), symlink("lib", "usr/lib")]),
+        ]
+    )
+    registry.push("team/gone", "1", image)
+    ref = f"{registry.host}/team/gone:1"
+    assert run("index", ref).exit_code == 0
+    # /usr went with its whiteout: nothing under it is left, whatever the prefix.
+    for prefix in ("/usr/lib", "/usr/lib/a", "/no/such/path"):
+        for args, nothing in (([], ""), (["--tree"], ""), (["--json"], "[]\n")):
+            listed = run("ls", ref, prefix, *args)
+            assert (listed.exit_code, listed.stdout) == (1, nothing), (prefix, args)
+            assert listed.stderr == f"{prefix}: not found in {ref}\n"
+    assert [r["path"] for r in json.loads(run("ls", ref, "--json").stdout)] == ["/lib", "/top"]
+    # /lib/x went with its directory, replaced by a link: deleted, not overwritten.
+    found = json.loads(run("find", "/lib/x", "--all-layers", "--json").stdout)
+    assert [(r["state"], r["changed_by_layer"]) for r in found] == [("deleted", 1)]
 
 
 def test_diff(registry: RegistryServer, run: Run) -> None:

@@ -329,8 +329,9 @@ def find(
     """Find PATH (a path, or a glob: * and ? within a directory, ** across) in every indexed image.
 
     By default each image's final filesystem, what a container started from it sees. With
-    --all-layers every layer's entry, STATE 'present', or 'overwritten' / 'deleted' (by a
-    whiteout) by a later layer. Exits 0 when found, 1 when not, 2 on error.
+    --all-layers every layer's entry, STATE 'present', 'overwritten' (a later layer wrote the
+    same path) or 'deleted' (a whiteout, an opaque directory, or its directory deleted or
+    replaced by a later layer). Exits 0 when found, 1 when not, 2 on error.
     """
     from layerindex.index.database import open_reader
     from layerindex.index.find import FindFilters
@@ -556,7 +557,8 @@ def ls(
     output_format: str,
 ) -> None:
     """List an image's final filesystem (whiteouts applied), one of its layers (--layer), or a
-    layer by digest (its own entries, whiteouts included)."""
+    layer by digest (its own entries, whiteouts included). Exits 1 when nothing is at
+    PATH_PREFIX, 2 on an error."""
     from layerindex.index.images import Finder
     from layerindex.layer.entries import query_path
     from layerindex.output import human_size, octal_mode, write_rows, write_tree
@@ -576,19 +578,22 @@ def ls(
         rows = finder.ls_image(finder.image(reference, platform), path_prefix, layer)
         columns = ("image", "platform", "layer_index", *base)
     if tree:
-        write_tree(rows, path_prefix, long_format=long_format)
-        return
-    shown: tuple[str, ...] = ("type", "path", "link_target")
-    if long_format:
-        owner = ("mode", "owner", "size", *(("layer_index",) if "layer_index" in columns else ()))
-        shown = ("type", *owner, "path", "link_target")
-    write_rows(
-        (_with_owner(row) for row in rows),
-        output_format,
-        columns,
-        table_columns=shown,
-        formatters={"size": human_size, "mode": octal_mode},
-    )
+        written = write_tree(rows, path_prefix, long_format=long_format)
+    else:
+        shown: tuple[str, ...] = ("type", "path", "link_target")
+        if long_format:
+            owner = ("mode", "owner", "size", *(("layer_index",) * ("layer_index" in columns)))
+            shown = ("type", *owner, "path", "link_target")
+        written = write_rows(
+            (_with_owner(row) for row in rows),
+            output_format,
+            columns,
+            table_columns=shown,
+            formatters={"size": human_size, "mode": octal_mode},
+        )
+    if not written and path_prefix != "/":
+        echo(f"{path_prefix}: not found in {target}", err=True)  # as find says it
+        sys.exit(EXIT_NOT_FOUND)
 
 
 def _with_owner(row: dict[str, Any]) -> dict[str, Any]:
@@ -677,7 +682,8 @@ def inspect(
     show_config: bool,
 ) -> None:
     """What `skopeo inspect` shows of an indexed image, from the index (no network): digest,
-    current tags, created, platform, labels, env, entrypoint and cmd, layers, history."""
+    the tags that name it now ("Tags here": not skopeo's RepoTags, every tag of the
+    repository), created, platform, labels, env, entrypoint and cmd, layers, history."""
     from layerindex.analysis import inspect as inspect_image
     from layerindex.analysis import inspect_text
     from layerindex.index.images import Finder

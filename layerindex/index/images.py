@@ -32,7 +32,6 @@ from layerindex.layer.entries import (
     OPAQUE_MARKER,
     TYPE_NAMES,
     EntryType,
-    split_path,
     stored_path,
 )
 
@@ -239,6 +238,8 @@ class Finder:
         with self.engine.connect() as connection:
             view = overlay.final_entries(image_paths(connection, image, prefix))
             for path, position, entry_type, entry in view:
+                if not _has_prefix(path, prefix):
+                    continue  # an ancestor of the prefix, read for what it deletes
                 yield {
                     **_image_columns(image, position),
                     "path": path,
@@ -308,7 +309,8 @@ def image_paths(
     """Each path of the image's indexed layers with its entries there, as (position, type,
     row), base first; the paths in order (``overlay.by_path``), streamed from the database
     (sorted there: a big image's entries are never all in memory at once). ``details(row)``
-    makes a row's columns, for the few rows shown."""
+    makes a row's columns, for the few rows shown. Under a ``prefix``, its proper ancestors
+    come too: a whiteout of ``/usr`` deletes ``/usr/lib``."""
     path: ColumnElement[str] = case(
         (names.c.name == OPAQUE_MARKER, dirs.c.path),
         else_=func.rtrim(dirs.c.path, "/") + "/" + names.c.name,
@@ -332,21 +334,22 @@ def image_paths(
         prefix,
     )
     rows = connection.execution_options(stream_results=True).execute(query)
+    above = set(overlay.ancestors(prefix))
     for found, group in itertools.groupby(rows, key=operator.itemgetter(0)):
-        if _has_prefix(found, prefix):
+        if _has_prefix(found, prefix) or found in above:
             yield found, [(r[1], TYPE_NAMES[r[2]], r) for r in group]
 
 
 def _under(query: Any, prefix: str) -> Any:
-    """``query`` narrowed to the dirs that may hold paths under ``prefix`` (the prefix itself
-    sits in its parent)."""
+    """``query`` narrowed to the dirs that may hold paths under ``prefix`` or its ancestors
+    (the prefix sits in its parent, an ancestor in its own parent; a directory's opaque
+    marker sits in it): a few directories' own entries more than the prefix's."""
     if prefix == "/":
         return query
-    parent, _ = split_path(prefix)
     return query.where(
         or_(
             dirs.c.path == prefix,
-            dirs.c.path == parent,
+            dirs.c.path.in_(list(overlay.ancestors(prefix))),
             dirs.c.path.startswith(prefix + "/", autoescape=True),
         )
     )
