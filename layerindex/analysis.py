@@ -19,6 +19,7 @@ from layerindex.index.images import (
     IndexedImage,
     Row,
     details,
+    hard_links,
     image_paths,
     size_of,
 )
@@ -120,20 +121,27 @@ class Efficiency:
 Layer = Iterable[tuple[str, EntryType, int]]  # (path, type, size) of each entry
 
 
-def efficiency(layer_entries: Sequence[Layer], top: int = 0) -> Efficiency:
+def efficiency(
+    layer_entries: Sequence[Layer], top: int = 0, hard_links: Iterable[tuple[int, str, str]] = ()
+) -> Efficiency:
     """``path_efficiency`` of layers held in memory (base first)."""
-    return path_efficiency(overlay.by_path(layer_entries), len(layer_entries), top)
+    return path_efficiency(overlay.by_path(layer_entries), len(layer_entries), top, hard_links)
 
 
 def path_efficiency(
-    paths: Iterable[tuple[str, overlay.Held[int]]], layer_count: int, top: int = 0
+    paths: Iterable[tuple[str, overlay.Held[int]]],
+    layer_count: int,
+    top: int = 0,
+    hard_links: Iterable[tuple[int, str, str]] = (),
 ) -> Efficiency:
     """Wasted bytes and dive's efficiency over an image's paths, each with its entries as
     (position, type, size), in path order (``overlay.by_path``); the ``top`` paths that waste
-    the most.
+    the most. ``hard_links`` are (position, link, target) of links to a file of their layer.
 
     A layer wastes the bytes of its files that the final filesystem hides: overwritten at the
     same path, whited out, under an opaque directory, under a deleted or replaced directory.
+    A file a hard link of its layer names is hidden only when the links are too: while one is
+    in the view, a container still holds its bytes.
 
     The score is dive's (dive/filetree/efficiency.go, ``Efficiency``): each path's versions
     are the sizes of what layers wrote there, and a deletion of what was there is a version
@@ -149,6 +157,20 @@ def path_efficiency(
     # The ``top`` most wasteful paths, as a heap whose first is the one to drop next: the least
     # wasted, and of equals the last in path order (the paths come in order: -count falls).
     most: list[tuple[int, int, InefficientFile]] = []
+
+    def rank(count: int, path: str, copies: int, wasted: int) -> None:
+        if top and wasted:
+            entry = (wasted, -count, InefficientFile(path, copies, wasted))
+            if len(most) < top:
+                heapq.heappush(most, entry)
+            else:
+                heapq.heappushpop(most, entry)
+
+    target_of = {(position, link): target for position, link, target in hard_links}
+    linked = {(position, target) for (position, _), target in target_of.items()}
+    linked_in_view: set[tuple[int, str]] = set()  # (position, target) of links the view shows
+    # Paths whose hidden versions have links elsewhere: decided once every link has been read.
+    undecided: list[tuple[int, str, int, int, list[tuple[int, int]]]] = []
     deletions = overlay.Deletions()
     for count, (path, held) in enumerate(paths):
         reaching = deletions.reaching(path, held)
@@ -177,19 +199,29 @@ def path_efficiency(
         if shown is not None and overlay.next_deletion(reaching, shown[0]) is not None:
             hidden.append(shown)
             versions.append(0)
+        elif shown is not None and (shown[0], path) in target_of:
+            linked_in_view.add((shown[0], target_of[(shown[0], path)]))
         if versions:
             smallest_sum += min(versions)
             total_sum += sum(versions)
         wasted = 0
+        held_back = []
         for position, size in hidden:
-            wasted_by_layer[position] += size
-            wasted += size
-        if top and wasted:
-            entry = (wasted, -count, InefficientFile(path, copies, wasted))
-            if len(most) < top:
-                heapq.heappush(most, entry)
+            if (position, path) in linked:
+                held_back.append((position, size))
             else:
-                heapq.heappushpop(most, entry)
+                wasted_by_layer[position] += size
+                wasted += size
+        if held_back:
+            undecided.append((count, path, copies, wasted, held_back))
+        else:
+            rank(count, path, copies, wasted)
+    for count, path, copies, wasted, held_back in undecided:
+        for position, size in held_back:
+            if (position, path) not in linked_in_view:
+                wasted_by_layer[position] += size
+                wasted += size
+        rank(count, path, copies, wasted)
     return Efficiency(
         efficiency=smallest_sum / total_sum if total_sum else 1.0,
         wasted_bytes=sum(wasted_by_layer),
@@ -229,7 +261,12 @@ def layer_report(finder: Finder, image: IndexedImage, top: int = 0) -> LayerRepo
             yield path, sized
 
     with finder.engine.connect() as connection:
-        result = path_efficiency(sizes(image_paths(connection, image)), len(stack), top)
+        links = [
+            (link.position, link.path, link.target)
+            for link in hard_links(connection, image)
+            if link.target_type is not None
+        ]
+        result = path_efficiency(sizes(image_paths(connection, image)), len(stack), top, links)
     commands = _layer_commands(image_config(image), len(stack))
     rows = []
     for lr, command in zip(stack, commands, strict=True):

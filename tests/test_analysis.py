@@ -11,6 +11,7 @@ from images import (
     History,
     directory,
     file,
+    hardlink,
     make_image,
     make_index,
     make_layer,
@@ -25,12 +26,13 @@ from test_index import Run, table
 from layerindex.analysis import InefficientFile, efficiency
 from layerindex.layer.entries import EntryType
 
-F, D, W, OPQ, L = (
+F, D, W, OPQ, L, HL = (
     EntryType.FILE,
     EntryType.DIR,
     EntryType.WHITEOUT,
     EntryType.OPAQUE,
     EntryType.SYMLINK,
+    EntryType.HARDLINK,
 )
 
 # --- wasted bytes and dive's efficiency, layer by layer ----------------------------------------
@@ -102,6 +104,19 @@ def test_a_path_deleted_and_written_again() -> None:
     result = efficiency([[("/f", F, 100)], [("/f", W, 0)], [("/f", F, 30)]])
     assert (result.wasted_bytes, result.wasted_by_layer) == (100, (100, 0, 0))
     assert result.efficiency == 0 / 130
+
+
+def test_a_hard_link_keeps_its_deleted_targets_bytes() -> None:
+    # /real (40 B) and its hard link /alias share their data; deleting /real leaves the 40
+    # bytes at /alias: nothing wasted. The score is dive's (a link a 0 B version): /real 40, 0
+    # and /alias 0 → 0 / 40. Delete /alias too and the 40 bytes are wasted.
+    base = [("/alias", HL, 0), ("/real", F, 40)]
+    links = [(0, "/alias", "/real")]
+    kept = efficiency([base, [("/real", W, 0)]], top=5, hard_links=links)
+    assert (kept.wasted_by_layer, kept.efficiency, kept.inefficient_files) == ((0, 0), 0.0, ())
+    both = efficiency([base, [("/real", W, 0), ("/alias", W, 0)]], top=5, hard_links=links)
+    assert both.wasted_by_layer == (40, 0)
+    assert both.inefficient_files == (InefficientFile("/real", 1, 40),)
 
 
 def test_the_most_wasteful_paths_first() -> None:
@@ -534,6 +549,40 @@ def test_ls_and_find_apply_deletions_above_the_path(registry: RegistryServer, ru
     # /lib/x went with its directory, replaced by a link: deleted, not overwritten.
     found = json.loads(run("find", "/lib/x", "--all-layers", "--json").stdout)
     assert [(r["state"], r["changed_by_layer"]) for r in found] == [("deleted", 1)]
+
+
+def test_a_hard_link_is_its_targets_file(registry: RegistryServer, run: Run) -> None:
+    perl = b"p" * 3800
+    image = make_image(
+        [
+            make_layer(
+                [
+                    file("usr/bin/perl", perl, mode=0o755),
+                    hardlink("usr/bin/perl5.36", "usr/bin/perl"),
+                    file("lib/real", b"r" * 40),
+                    hardlink("lib/alias", "lib/real"),
+                ]
+            ),
+            make_layer([whiteout("lib/real")]),
+        ]
+    )
+    registry.push("team/links", "1", image)
+    ref = f"{registry.host}/team/links:1"
+    assert run("index", ref).exit_code == 0
+    # A container sees a 3.8 kB file at /usr/bin/perl5.36, and 40 bytes at /lib/alias after
+    # /lib/real is gone.
+    assert run("ls", ref, "-l").stdout == table(
+        ["TYPE", "MODE", "OWNER", "SIZE", "LAYER", "PATH", "TARGET"],
+        ["file", "0644", "0/0", "40 B", "0", "/lib/alias", "/lib/real"],
+        ["file", "0755", "0/0", "3.8 kB", "0", "/usr/bin/perl", ""],
+        ["file", "0644", "0/0", "3.8 kB", "0", "/usr/bin/perl5.36", "/usr/bin/perl"],
+    )
+    # Layer 0 holds 3800 + 40 bytes of files (a link's data is its target's, stored once);
+    # the 40 of /lib/real are still at /lib/alias: nothing wasted. dive's score: /lib/real 40
+    # then 0, perl 3800, the links 0 B each → 3800 / 3840.
+    data = json.loads(run("layers", ref, "--json").stdout)
+    assert [(r["added_bytes"], r["wasted_bytes"]) for r in data["layers"]] == [(3840, 0), (0, 0)]
+    assert (data["wasted_bytes"], data["efficiency"]) == (0, 3800 / 3840)
 
 
 def test_diff(registry: RegistryServer, run: Run) -> None:
