@@ -9,6 +9,7 @@ import pytest
 from images import (
     CREATED,
     History,
+    Image,
     directory,
     file,
     hardlink,
@@ -163,12 +164,17 @@ IMAGE = make_image(
 EFFICIENCY = 1011 / 1331
 
 
-@pytest.fixture
-def app(registry: RegistryServer, run: Run) -> str:
-    registry.push("team/app", "1.0", IMAGE)
-    ref = f"{registry.host}/team/app:1.0"
+def pushed(registry: RegistryServer, run: Run, name: str, image: Image) -> str:
+    """The reference of ``image`` pushed as ``name`` and indexed."""
+    registry.push(*name.split(":"), image)
+    ref = f"{registry.host}/{name}"
     assert run("index", ref).exit_code == 0
     return ref
+
+
+@pytest.fixture
+def app(registry: RegistryServer, run: Run) -> str:
+    return pushed(registry, run, "team/app:1.0", IMAGE)
 
 
 def test_layers_json(app: str, run: Run) -> None:
@@ -298,10 +304,7 @@ CHANGES_EFFICIENCY = 173 / 581
 
 @pytest.fixture
 def changes(registry: RegistryServer, run: Run) -> str:
-    registry.push("team/changes", "1", CHANGES)
-    ref = f"{registry.host}/team/changes:1"
-    assert run("index", ref).exit_code == 0
-    return ref
+    return pushed(registry, run, "team/changes:1", CHANGES)
 
 
 def test_layers_waste_for_every_kind_of_change(changes: str, run: Run) -> None:
@@ -536,9 +539,7 @@ def test_ls_and_find_apply_deletions_above_the_path(registry: RegistryServer, ru
             make_layer([whiteout("usr"), symlink("lib", "usr/lib")]),
         ]
     )
-    registry.push("team/gone", "1", image)
-    ref = f"{registry.host}/team/gone:1"
-    assert run("index", ref).exit_code == 0
+    ref = pushed(registry, run, "team/gone:1", image)
     # /usr went with its whiteout: nothing under it is left, whatever the prefix.
     for prefix in ("/usr/lib", "/usr/lib/a", "/no/such/path"):
         for args, nothing in (([], ""), (["--tree"], ""), (["--json"], "[]\n")):
@@ -566,9 +567,7 @@ def test_a_hard_link_is_its_targets_file(registry: RegistryServer, run: Run) -> 
             make_layer([whiteout("lib/real")]),
         ]
     )
-    registry.push("team/links", "1", image)
-    ref = f"{registry.host}/team/links:1"
-    assert run("index", ref).exit_code == 0
+    ref = pushed(registry, run, "team/links:1", image)
     # A container sees a 3.8 kB file at /usr/bin/perl5.36, and 40 bytes at /lib/alias after
     # /lib/real is gone.
     assert run("ls", ref, "-l").stdout == table(

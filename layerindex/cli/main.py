@@ -500,19 +500,7 @@ def layers(
             report.layers,
             output_format,
             LAYER_COLUMNS,
-            table_columns=(
-                "platform",
-                "layer_index",
-                "layer_digest",
-                "media_type",
-                "size",
-                "uncompressed_size",
-                "entries",
-                "added_bytes",
-                "wasted_bytes",
-                "status",
-                "created_by",
-            ),
+            table_columns=(*LAYER_COLUMNS[1:-2], "status", "created_by"),  # platform to wasted
             formatters={
                 "layer_digest": short_digest,
                 **dict.fromkeys(
