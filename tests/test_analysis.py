@@ -428,27 +428,45 @@ def test_inspect(registry: RegistryServer, app: str, run: Run) -> None:
     assert "Tags here:    1.0\n" in run("inspect", app).stdout
 
 
-def test_inspect_multi_platform_picks_with_platform(registry: RegistryServer, run: Run) -> None:
+def test_multi_platform_defaults_to_linux_amd64(registry: RegistryServer, run: Run) -> None:
     amd = make_image([make_layer({"/bin/tool": b"amd64"})])
     arm = make_image([make_layer({"/bin/tool": b"arm64!"})], platform="linux/arm64/v8")
     index = make_index([amd, arm])
     registry.push("team/multi", "2", index)
     ref = f"{registry.host}/team/multi:2"
     assert run("index", "--platform", "all", ref).exit_code == 0
-    ambiguous = run("inspect", ref)
+    # As index, skopeo and dive: linux/amd64 unless --platform says otherwise.
+    data = json.loads(run("inspect", ref, "--json").stdout)
+    assert (data["digest"], data["architecture"]) == (amd.digest, "amd64")
+    assert json.loads(run("layers", ref, "--json").stdout)["platform"] == "linux/amd64"
+    assert [r["size"] for r in json.loads(run("ls", ref, "--json").stdout)] == [5]
+    # --platform matches as index's does: arm64 is arm64/v8.
+    for platform in ("linux/arm64", "linux/arm64/v8", "linux/aarch64"):
+        data = json.loads(run("inspect", ref, "--platform", platform, "--json").stdout)
+        assert (data["digest"], data["index_digest"], data["variant"], data["tags_here"]) == (
+            arm.digest,
+            index.digest,
+            "v8",
+            ["2"],
+        ), platform
+    assert "Variant:      v8\n" in run("inspect", ref, "--platform", "linux/arm64").stdout
+    for platform in ("linux/arm64", "linux/arm64/v8", "linux/aarch64"):  # find alike
+        found = json.loads(run("find", "/bin/tool", "--platform", platform, "--json").stdout)
+        assert [r["platform"] for r in found] == ["linux/arm64/v8"], platform
+    diff = run("diff", ref, ref, "--platform", "linux/arm64")
+    assert (diff.exit_code, diff.stdout) == (0, "")
+    # Without linux/amd64 among them, one must be picked.
+    arm32 = make_image([make_layer({"/bin/tool": b"arm"})], platform="linux/arm/v7")
+    arm64 = make_image([make_layer({"/bin/tool": b"arm64"})], platform="linux/arm64/v8")
+    registry.push("team/multi", "3", make_index([arm64, arm32]))
+    other = f"{registry.host}/team/multi:3"
+    assert run("index", "--platform", "all", other).exit_code == 0
+    ambiguous = run("inspect", other)
     assert (ambiguous.exit_code, ambiguous.stdout) == (2, "")
     assert ambiguous.stderr == (
-        f"Error: {ref} names 2 indexed images (linux/amd64, linux/arm64/v8); "
+        f"Error: {other} names 2 indexed images (linux/arm/v7, linux/arm64/v8); "
         "pick one with --platform\n"
     )
-    data = json.loads(run("inspect", ref, "--platform", "linux/arm64", "--json").stdout)
-    assert (data["digest"], data["index_digest"], data["variant"], data["tags_here"]) == (
-        arm.digest,
-        index.digest,
-        "v8",
-        ["2"],
-    )
-    assert "Variant:      v8\n" in run("inspect", ref, "--platform", "linux/arm64").stdout
 
 
 def test_not_indexed_is_an_error(registry: RegistryServer, run: Run) -> None:

@@ -36,6 +36,7 @@ from layerindex.layer.entries import (
     split_path,
     stored_path,
 )
+from layerindex.registry.platforms import pick_platforms
 
 if TYPE_CHECKING:
     from layerindex.reference import Reference
@@ -145,16 +146,13 @@ class Finder:
             ).all()
         if not found:
             raise NotFound(f"{ref.familiar()} is not indexed; run: layerindex index {ref}")
-        if platform is not None:
-            chosen = [
-                r for r in found if r.platform == platform or r.platform.startswith(platform + "/")
-            ]
-            if not chosen:
-                available = ", ".join(r.platform for r in found)
-                raise NotFound(
-                    f"{ref.familiar()} has no indexed {platform} image; indexed: {available}"
-                )
-            found = chosen
+        chosen = pick_platforms(platform, found, lambda r: str(r.platform))
+        if not chosen:
+            available = ", ".join(r.platform for r in found)
+            raise NotFound(
+                f"{ref.familiar()} has no indexed {platform} image; indexed: {available}"
+            )
+        found = chosen
         if len(found) > 1:
             available = ", ".join(r.platform for r in found)
             raise UsageError(
