@@ -594,6 +594,10 @@ def test_a_hard_link_is_its_targets_file(registry: RegistryServer, run: Run) -> 
         ["file", "0755", "0/0", "3.8 kB", "0", "/usr/bin/perl", ""],
         ["file", "0644", "0/0", "3.8 kB", "0", "/usr/bin/perl5.36", "/usr/bin/perl"],
     )
+    assert run("ls", ref, "/usr/bin/perl5.36", "-l").stdout == table(
+        ["TYPE", "MODE", "OWNER", "SIZE", "LAYER", "PATH", "TARGET"],
+        ["file", "0644", "0/0", "3.8 kB", "0", "/usr/bin/perl5.36", "/usr/bin/perl"],
+    )
     # Layer 0 holds 3800 + 40 bytes of files (a link's data is its target's, stored once);
     # the 40 of /lib/real are still at /lib/alias: nothing wasted. dive's score: /lib/real 40
     # then 0, perl 3800, the links 0 B each → 3800 / 3840.

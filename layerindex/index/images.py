@@ -239,7 +239,7 @@ class Finder:
             # A hard link is what a container sees there: its target's type and size.
             linked = {
                 (link.position, link.path): (kind, link.target_size)
-                for link in hard_links(connection, image)
+                for link in hard_links(connection, image, prefix)
                 if (kind := link.target_type) is not None
             }
             view = overlay.final_entries(image_paths(connection, image, prefix))
@@ -362,9 +362,10 @@ class HardLink:
     target_size: int | None
 
 
-def hard_links(connection: Connection, image: IndexedImage) -> list[HardLink]:
-    """The image's hard links, each with its target in its own layer (where tar writes the
-    first name of a file's data, the later ones as links to it). Few in any image: held."""
+def hard_links(connection: Connection, image: IndexedImage, prefix: str = "/") -> list[HardLink]:
+    """The image's hard links under ``prefix``, each with its target in its own layer (where
+    tar writes the first name of a file's data, the later ones as links to it). Few in any
+    image: held."""
     positions: dict[int, list[int]] = defaultdict(list)  # a layer may come twice
     for r in connection.execute(
         select(image_layers.c.position, layers.c.diff_ref)
@@ -375,8 +376,11 @@ def hard_links(connection: Connection, image: IndexedImage) -> list[HardLink]:
     found = [
         (r.diff_ref, stored_path(r.dir, r.name), r.link_target or "")
         for r in connection.execute(
-            layer_entries(positions).where(entries.c.type == TYPE_CODES[EntryType.HARDLINK])
+            _under(layer_entries(positions), prefix).where(
+                entries.c.type == TYPE_CODES[EntryType.HARDLINK]
+            )
         )
+        if _has_prefix(stored_path(r.dir, r.name), prefix)
     ]
     targets: dict[tuple[int, str], tuple[EntryType, int]] = {}
     pairs = sorted({split_path(target) for _, _, target in found})
