@@ -455,6 +455,14 @@ def test_multi_platform_defaults_to_linux_amd64(registry: RegistryServer, run: R
         assert [r["platform"] for r in found] == ["linux/arm64/v8"], platform
     diff = run("diff", ref, ref, "--platform", "linux/arm64")
     assert (diff.exit_code, diff.stdout) == (0, "")
+    # Two platforms of one tag: /bin/tool is "amd64" (5 bytes) on one, "arm64!" (6) on the other.
+    across = run("diff", ref, ref, "--platform", "linux/amd64", "--platform", "linux/arm64")
+    assert (across.exit_code, across.stdout) == (
+        0,
+        table(["CHANGE", "PATH", "DETAILS"], ["changed", "/bin/tool", "size 5 -> 6"]),
+    )
+    thrice = run("diff", ref, ref, *["--platform", "linux/amd64"] * 3)
+    assert thrice.exit_code == 2 and "give --platform once" in thrice.stderr
     # Without linux/amd64 among them, one must be picked.
     arm32 = make_image([make_layer({"/bin/tool": b"arm"})], platform="linux/arm/v7")
     arm64 = make_image([make_layer({"/bin/tool": b"arm64"})], platform="linux/arm64/v8")

@@ -696,16 +696,27 @@ def inspect(
 
 @cli.command(
     name="diff",
-    epilog=examples("layerindex diff alpine:3.19 alpine:3.20", "layerindex diff --csv app:1 app:2"),
+    epilog=examples(
+        "layerindex diff alpine:3.19 alpine:3.20",
+        "layerindex diff --csv app:1 app:2",
+        "layerindex diff alpine:3.20 alpine:3.20 --platform linux/amd64 --platform linux/arm64",
+    ),
 )
 @click.argument("old_ref", metavar="REF1")
 @click.argument("new_ref", metavar="REF2")
-@image_platform_option
+@click.option(
+    "--platform",
+    "platforms",
+    multiple=True,
+    metavar="OS/ARCH[/VARIANT]",
+    help="Which image of a multi-platform reference [default: linux/amd64]; given twice, "
+    "REF1's then REF2's (two platforms of one tag).",
+)
 @output_options
 @pass_context
 @handle_errors
 def diff_command(
-    context: Context, old_ref: str, new_ref: str, platform: str | None, output_format: str
+    context: Context, old_ref: str, new_ref: str, platforms: tuple[str, ...], output_format: str
 ) -> None:
     """Paths added, removed and changed from REF1's final filesystem to REF2's.
 
@@ -716,9 +727,12 @@ def diff_command(
     from layerindex.index.images import Finder
     from layerindex.output import write_rows
 
+    if len(platforms) > 2:
+        raise click.UsageError("give --platform once (both images) or twice (REF1's, REF2's)")
+    old_platform, new_platform = (platforms * 2)[:2] if platforms else (None, None)
     finder = Finder(context.engine(read_only=True))
     old, new = _parse_refs([old_ref, new_ref])
-    old_image, new_image = finder.image(old, platform), finder.image(new, platform)
+    old_image, new_image = finder.image(old, old_platform), finder.image(new, new_platform)
     changed = [f"{side}_{name}" for name in DIFF_FIELDS for side in ("old", "new")]
     write_rows(
         diff(finder, old_image, new_image),
