@@ -11,7 +11,7 @@ import io
 import json
 import re
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
 import click
@@ -215,15 +215,32 @@ def write_json(value: Any) -> None:
     sys.stdout.flush()
 
 
+_TOTAL = "\0total\0"  # where a directory's total goes, once every file under it is read
+
+
+def _ancestors_under(path: str, root: str) -> Iterator[str]:
+    """The directories above ``path`` up to ``root`` (excluded), nearest first."""
+    while True:
+        path = path.rpartition("/")[0] or "/"
+        if path == root.rstrip("/") or path == "/" or not path.startswith(root.rstrip("/")):
+            return
+        yield path
+
+
 def write_tree(rows: Iterable[dict[str, Any]], root: str, *, long_format: bool = False) -> int:
     """Paths as tree(1) draws them under ``root``; directories a layer leaves implicit are drawn
-    too. ``long_format`` puts ``[mode uid/gid size layer]`` before each name. Returns how many
-    rows were read."""
+    too. ``long_format`` puts ``[mode uid/gid size layer]`` before each name, a directory's size
+    the total of the regular files under it (a hard link's data counted at its target only).
+    Returns how many rows were read."""
     tree: dict[str, Any] = {}
     labels: dict[str, str] = {}
+    totals: dict[str, int] = {}  # a directory's path → bytes of the files under it
     dirs = files = read = 0
     for row in rows:
         read += 1
+        if long_format and row["type"] == "file" and row["link_target"] is None:
+            for above in _ancestors_under(row["path"], root):
+                totals[above] = totals.get(above, 0) + row["size"]
         relative = row["path"][len(root) :].strip("/") if root != "/" else row["path"][1:]
         if not relative:
             continue
@@ -238,9 +255,8 @@ def write_tree(rows: Iterable[dict[str, Any]], root: str, *, long_format: bool =
         elif row["link_target"] is not None:
             label += f" -> {row['link_target']}"
         if long_format and row["type"] not in ("opaque", "whiteout"):
-            details = (
-                f"{octal_mode(row['mode'])} {row['uid']}/{row['gid']} {human_size(row['size'])}"
-            )
+            size = _TOTAL if row["type"] == "dir" else human_size(row["size"])
+            details = f"{octal_mode(row['mode'])} {row['uid']}/{row['gid']} {size}"
             if row.get("layer_index") is not None:
                 details += f" L{row['layer_index']}"
             label = f"[{details}]  {label}"
@@ -251,6 +267,9 @@ def write_tree(rows: Iterable[dict[str, Any]], root: str, *, long_format: bool =
             files += 1
     if not read and root != "/":
         return 0  # nothing at root: no tree to draw
+    for path, label in labels.items():
+        if _TOTAL in label:
+            labels[path] = label.replace(_TOTAL, human_size(totals.get(path, 0)), 1)
     out = sys.stdout
     out.write(terminal_text(root) + "\n")
     # Depth first without recursion: a path may have thousands of components. Each stack item

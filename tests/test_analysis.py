@@ -318,6 +318,11 @@ def test_layers_waste_for_every_kind_of_change(changes: str, run: Run) -> None:
         CHANGES_EFFICIENCY,
     )
     assert data["user_wasted_ratio"] == 358 / 213
+    # /opq's total is what the final filesystem holds under it: /opq/upper's 20 bytes, not the
+    # 50 of /opq/lower hidden by the opaque marker; /repl is a file now.
+    tree = run("ls", changes, "--tree", "-l").stdout
+    assert "├── [0755 0/0 20 B L1]  opq\n" in tree
+    assert tree.endswith("└── [0644 0/0 5 B L1]  repl\n\n1 directory, 6 files\n")
     assert data["inefficient_files"] == [
         {"path": "/bin/tool", "copies": 2, "wasted_bytes": 100},
         {"path": "/repl/x", "copies": 1, "wasted_bytes": 70},
@@ -544,6 +549,19 @@ def test_ls_one_layer_long_and_tree(app: str, run: Run) -> None:
         "    └── cache (whiteout)\n"
         "\n"
         "0 directories, 2 files\n"
+    )
+    # -l: a directory's size is the total of the files under it: /app 1000 + 20 + 1 = 1021 B
+    # (the link 0), /tmp none (its cache was deleted).
+    assert run("ls", app, "--tree", "-l").stdout == (
+        "/\n"
+        "├── [0755 0/0 1.0 kB L0]  app\n"
+        "│   ├── [0644 0/0 1.0 kB L0]  big.bin\n"
+        "│   ├── [0644 0/0 20 B L1]  conf\n"
+        "│   ├── [0777 0/0 0 B L0]  current -> big.bin\n"
+        "│   └── [0644 0/0 1 B L1]  new\n"
+        "└── [0755 0/0 0 B L0]  tmp\n"
+        "\n"
+        "2 directories, 4 files\n"
     )
     bad = run("ls", app, "--tree", "--json")
     assert bad.exit_code == 2 and "--tree draws text" in bad.stderr
