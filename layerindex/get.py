@@ -58,6 +58,7 @@ from layerindex.layer.entries import (
     stored_path,
 )
 from layerindex.layer.walker import LayerWalker
+from layerindex.registry.platforms import pick_platforms
 
 if TYPE_CHECKING:
     from layerindex.reference import Reference
@@ -118,10 +119,8 @@ class ImageView:
         ).all()
         if not found:
             raise NotFound(f"{ref.familiar()} is not indexed; run: layerindex index {ref}")
-        if platform is not None:
-            found = [
-                r for r in found if r.platform == platform or r.platform.startswith(platform + "/")
-            ]
+        if found:
+            found = pick_platforms(platform, found, lambda r: str(r.platform))
             if not found:
                 raise NotFound(
                     f"{ref.familiar()} is not indexed for {platform}; run: "

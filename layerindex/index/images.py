@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, Engine, case, func, or_, select
+from sqlalchemy import ColumnElement, Engine, case, func, or_, select, tuple_
 from sqlalchemy.engine import Connection
 
 from layerindex.errors import NotFound, UsageError
@@ -30,11 +30,13 @@ from layerindex.index.schema import (
 from layerindex.layer import overlay
 from layerindex.layer.entries import (
     OPAQUE_MARKER,
+    TYPE_CODES,
     TYPE_NAMES,
     EntryType,
     split_path,
     stored_path,
 )
+from layerindex.registry.platforms import pick_platforms
 
 if TYPE_CHECKING:
     from layerindex.reference import Reference
@@ -144,16 +146,13 @@ class Finder:
             ).all()
         if not found:
             raise NotFound(f"{ref.familiar()} is not indexed; run: layerindex index {ref}")
-        if platform is not None:
-            chosen = [
-                r for r in found if r.platform == platform or r.platform.startswith(platform + "/")
-            ]
-            if not chosen:
-                available = ", ".join(r.platform for r in found)
-                raise NotFound(
-                    f"{ref.familiar()} has no indexed {platform} image; indexed: {available}"
-                )
-            found = chosen
+        chosen = pick_platforms(platform, found, lambda r: str(r.platform))
+        if not chosen:
+            available = ", ".join(r.platform for r in found)
+            raise NotFound(
+                f"{ref.familiar()} has no indexed {platform} image; indexed: {available}"
+            )
+        found = chosen
         if len(found) > 1:
             available = ", ".join(r.platform for r in found)
             raise UsageError(
@@ -237,14 +236,26 @@ class Finder:
                 }
             return
         with self.engine.connect() as connection:
+            # A hard link is what a container sees there: its target's type and size.
+            linked = {
+                (link.position, link.path): (kind, link.target_size)
+                for link in hard_links(connection, image, prefix)
+                if (kind := link.target_type) is not None
+            }
             view = overlay.final_entries(image_paths(connection, image, prefix))
             for path, position, entry_type, entry in view:
-                yield {
+                if not _has_prefix(path, prefix):
+                    continue  # an ancestor of the prefix, read for what it deletes
+                row = {
                     **_image_columns(image, position),
                     "path": path,
                     "type": entry_type.value,
                     **details(entry),
                 }
+                if (position, path) in linked:
+                    kind, size = linked[(position, path)]
+                    row |= {"type": kind.value, "size": size}
+                yield row
 
 
 def _image_columns(image: IndexedImage, position: int) -> Row:
@@ -308,7 +319,8 @@ def image_paths(
     """Each path of the image's indexed layers with its entries there, as (position, type,
     row), base first; the paths in order (``overlay.by_path``), streamed from the database
     (sorted there: a big image's entries are never all in memory at once). ``details(row)``
-    makes a row's columns, for the few rows shown."""
+    makes a row's columns, for the few rows shown. Under a ``prefix``, its proper ancestors
+    come too: a whiteout of ``/usr`` deletes ``/usr/lib``."""
     path: ColumnElement[str] = case(
         (names.c.name == OPAQUE_MARKER, dirs.c.path),
         else_=func.rtrim(dirs.c.path, "/") + "/" + names.c.name,
@@ -332,21 +344,69 @@ def image_paths(
         prefix,
     )
     rows = connection.execution_options(stream_results=True).execute(query)
+    above = set(overlay.ancestors(prefix))
     for found, group in itertools.groupby(rows, key=operator.itemgetter(0)):
-        if _has_prefix(found, prefix):
+        if _has_prefix(found, prefix) or found in above:
             yield found, [(r[1], TYPE_NAMES[r[2]], r) for r in group]
 
 
+@dataclass(frozen=True)
+class HardLink:
+    """A hard link of an image's layer and the entry it names in that layer (the bytes a
+    container sees at the link), if the layer has it."""
+
+    position: int
+    path: str
+    target: str
+    target_type: EntryType | None
+    target_size: int | None
+
+
+def hard_links(connection: Connection, image: IndexedImage, prefix: str = "/") -> list[HardLink]:
+    """The image's hard links under ``prefix``, each with its target in its own layer (where
+    tar writes the first name of a file's data, the later ones as links to it). Few in any
+    image: held."""
+    positions: dict[int, list[int]] = defaultdict(list)  # a layer may come twice
+    for r in connection.execute(
+        select(image_layers.c.position, layers.c.diff_ref)
+        .join(layers, layers.c.id == image_layers.c.layer_id)
+        .where(image_layers.c.image_id == image.id, layers.c.diff_ref.is_not(None))
+    ):
+        positions[r.diff_ref].append(r.position)
+    found = [
+        (r.diff_ref, stored_path(r.dir, r.name), r.link_target or "")
+        for r in connection.execute(
+            _under(layer_entries(positions), prefix).where(
+                entries.c.type == TYPE_CODES[EntryType.HARDLINK]
+            )
+        )
+        if _has_prefix(stored_path(r.dir, r.name), prefix)
+    ]
+    targets: dict[tuple[int, str], tuple[EntryType, int]] = {}
+    pairs = sorted({split_path(target) for _, _, target in found})
+    for start in range(0, len(pairs), 500):  # bound the statement's parameters
+        query = layer_entries({d for d, _, _ in found}).where(
+            tuple_(dirs.c.path, names.c.name).in_(pairs[start : start + 500])
+        )
+        for r in connection.execute(query):
+            targets[(r.diff_ref, stored_path(r.dir, r.name))] = (TYPE_NAMES[r.type], r.size)
+    links: list[HardLink] = []
+    for diff_ref, path, target in found:
+        kind, size = targets.get((diff_ref, target), (None, None))
+        links.extend(HardLink(p, path, target, kind, size) for p in positions[diff_ref])
+    return sorted(links, key=lambda link: (link.position, link.path))
+
+
 def _under(query: Any, prefix: str) -> Any:
-    """``query`` narrowed to the dirs that may hold paths under ``prefix`` (the prefix itself
-    sits in its parent)."""
+    """``query`` narrowed to the dirs that may hold paths under ``prefix`` or its ancestors
+    (the prefix sits in its parent, an ancestor in its own parent; a directory's opaque
+    marker sits in it): a few directories' own entries more than the prefix's."""
     if prefix == "/":
         return query
-    parent, _ = split_path(prefix)
     return query.where(
         or_(
             dirs.c.path == prefix,
-            dirs.c.path == parent,
+            dirs.c.path.in_(list(overlay.ancestors(prefix))),
             dirs.c.path.startswith(prefix + "/", autoescape=True),
         )
     )
