@@ -7,21 +7,23 @@ import heapq
 import itertools
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from layerindex.errors import UsageError
 from layerindex.index.history import current_tags
 from layerindex.index.images import (
     EntryRow,
     Finder,
     Row,
     details,
+    hard_links,
     image_paths,
     size_of,
 )
 from layerindex.index.resolve import IndexedImage
 from layerindex.layer import overlay
 from layerindex.layer.entries import EntryType
-from layerindex.output import terminal_text
+from layerindex.output import human_size, terminal_text
 from layerindex.registry.manifest import (
     FetchedManifest,
     ImageConfig,
@@ -53,7 +55,8 @@ def inspect(finder: Finder, image: IndexedImage) -> Row:
         "digest": image.digest,
         "index_digest": image.index_digest,
         "media_type": image.media_type,
-        "tags": current_tags(finder.reader, image),
+        # Not skopeo's RepoTags (every tag of the repository): the tags that name this image.
+        "tags_here": current_tags(finder.reader, image),
         "created": config.created,
         "architecture": config.architecture,
         "os": config.os,
@@ -76,85 +79,133 @@ def inspect(finder: Finder, image: IndexedImage) -> Row:
 # --- efficiency ----------------------------------------------------------------------------------
 
 
-@dataclass
-class _PathBytes:
-    """Every layer's bytes at one path (dive's EfficiencyData)."""
+@dataclass(frozen=True)
+class InefficientFile:
+    """A path whose bytes in some layer are hidden in the final filesystem (dive's
+    "Inefficient Files")."""
 
-    total: int = 0
-    smallest: int | None = None
-    hidden: list[tuple[int, int]] = field(default_factory=list)  # (position, bytes) replaced
-
-    def add(self, size: int) -> None:
-        self.total += size
-        self.smallest = size if self.smallest is None else min(self.smallest, size)
+    path: str
+    copies: int  # layers that wrote something at the path (deletions are not copies)
+    wasted_bytes: int  # bytes of its versions hidden in the final filesystem
 
 
 @dataclass(frozen=True)
 class Efficiency:
-    efficiency: float  # sum of each path's smallest / sum of totals; 1.0 without file bytes
-    wasted_bytes: int
-    wasted_by_layer: tuple[int, ...]  # bytes of each layer's content hidden later
+    efficiency: float  # dive's score: sum of each path's smallest version / sum of all versions
+    wasted_bytes: int  # sum of wasted_by_layer
+    wasted_by_layer: tuple[int, ...]  # bytes of each layer's files hidden in the final filesystem
+    inefficient_files: tuple[InefficientFile, ...] = ()  # the most wasted first, at most ``top``
 
 
 Layer = Iterable[tuple[str, EntryType, int]]  # (path, type, size) of each entry
 
 
-def efficiency(layer_entries: Sequence[Layer]) -> Efficiency:
+def efficiency(
+    layer_entries: Sequence[Layer], top: int = 0, hard_links: Iterable[tuple[int, str, str]] = ()
+) -> Efficiency:
     """``path_efficiency`` of layers held in memory (base first)."""
-    return path_efficiency(overlay.by_path(layer_entries), len(layer_entries))
+    return path_efficiency(overlay.by_path(layer_entries), len(layer_entries), top, hard_links)
 
 
-def path_efficiency(paths: Iterable[tuple[str, overlay.Held[int]]], layer_count: int) -> Efficiency:
-    """dive's image efficiency (dive/filetree/efficiency.go) over an image's paths, each with
-    its entries as (position, type, size), in path order (``overlay.by_path``).
+def path_efficiency(
+    paths: Iterable[tuple[str, overlay.Held[int]]],
+    layer_count: int,
+    top: int = 0,
+    hard_links: Iterable[tuple[int, str, str]] = (),
+) -> Efficiency:
+    """Wasted bytes and dive's efficiency over an image's paths, each with its entries as
+    (position, type, size), in path order (``overlay.by_path``); the ``top`` paths that waste
+    the most. ``hard_links`` are (position, link, target) of links to a file of their layer.
 
-    For each path, every layer's entry there counts its bytes; a deletion (whiteout, opaque
-    directory, a file where a directory was) counts the bytes of each path it deletes, as dive's
-    whiteouts do. A path wastes its total minus its smallest. Those bytes are charged to the
-    layers whose content there is replaced or deleted later: each its own bytes first, and what
-    dive counts beyond that (a smaller version came first) to the last of them.
+    A layer wastes the bytes of its files that the final filesystem hides: overwritten at the
+    same path, whited out, under an opaque directory, under a deleted or replaced directory.
+    A file a hard link of its layer names is hidden only when the links are too: while one is
+    in the view, a container still holds its bytes.
+
+    The score is dive's (dive/filetree/efficiency.go, ``Efficiency``): each path's versions
+    are the sizes of what layers wrote there, and a deletion of what was there is a version
+    of 0 bytes (dive counts a whited-out file as 0 B); the score is the sum of each path's
+    smallest version over the sum of all versions, 1.0 without any bytes. Unlike dive, every
+    deletion counts so at each path it deletes (dive counts a directory's whiteout as a
+    version of all its bytes at the directory, which wastes nothing, and misses opaque
+    directories), and a directory counts only where it replaces something (dive counts an
+    empty directory as a 0-byte version, as if a file written there later were wasted).
     """
     wasted_by_layer = [0] * layer_count
     smallest_sum = total_sum = 0
+    # The ``top`` most wasteful paths, as a heap whose first is the one to drop next: the least
+    # wasted, and of equals the last in path order (the paths come in order: -count falls).
+    most: list[tuple[int, int, InefficientFile]] = []
+
+    def rank(count: int, path: str, copies: int, wasted: int) -> None:
+        if top and wasted:
+            entry = (wasted, -count, InefficientFile(path, copies, wasted))
+            if len(most) < top:
+                heapq.heappush(most, entry)
+            else:
+                heapq.heappushpop(most, entry)
+
+    target_of = {(position, link): target for position, link, target in hard_links}
+    linked = {(position, target) for (position, _), target in target_of.items()}
+    linked_in_view: set[tuple[int, str]] = set()  # (position, target) of links the view shows
+    # Paths whose hidden versions have links elsewhere: decided once every link has been read.
+    undecided: list[tuple[int, str, int, int, list[tuple[int, int]]]] = []
     deletions = overlay.Deletions()
-    for path, held in paths:
+    for count, (path, held) in enumerate(paths):
         reaching = deletions.reaching(path, held)
-        record = _PathBytes()
+        versions: list[int] = []
+        hidden: list[tuple[int, int]] = []  # (position, bytes) of versions the view hides
         shown: tuple[int, int] | None = None  # (position, bytes) of the version in the view
+        copies = 0
         for position, kind, size in held:
             if shown is not None:
                 deleted_at = overlay.next_deletion(reaching, shown[0])
                 if deleted_at is not None and deleted_at <= position:
-                    record.hidden.append(shown)
-                    record.add(shown[1])  # a deletion counts what it deletes
+                    hidden.append(shown)
+                    versions.append(0)  # deleted: nothing left there
                     shown = None
             if kind in (EntryType.WHITEOUT, EntryType.OPAQUE):
-                continue
+                continue  # what they delete is counted at the paths deleted, above
             size = size if kind is EntryType.FILE else 0
             if shown is not None:
-                record.hidden.append(shown)
-                record.add(size)
+                hidden.append(shown)
+                versions.append(size)
             elif kind is not EntryType.DIR:
-                # A new directory holds no bytes; counting its 0 would make a file that later
-                # takes its place look wasted (dive counts only leaves).
-                record.add(size)
+                versions.append(size)
+            if kind is not EntryType.DIR:
+                copies += 1
             shown = (position, size)
         if shown is not None and overlay.next_deletion(reaching, shown[0]) is not None:
-            record.hidden.append(shown)
-            record.add(shown[1])
-        smallest = record.smallest or 0
-        smallest_sum += smallest
-        total_sum += record.total
-        wasted = record.total - smallest
-        for lower_position, size in record.hidden:
-            wasted_by_layer[lower_position] += size
-            wasted -= size
-        if record.hidden:  # never negative: total - smallest covers every hidden version
-            wasted_by_layer[record.hidden[-1][0]] += wasted
+            hidden.append(shown)
+            versions.append(0)
+        elif shown is not None and (shown[0], path) in target_of:
+            linked_in_view.add((shown[0], target_of[(shown[0], path)]))
+        if versions:
+            smallest_sum += min(versions)
+            total_sum += sum(versions)
+        wasted = 0
+        held_back = []
+        for position, size in hidden:
+            if (position, path) in linked:
+                held_back.append((position, size))
+            else:
+                wasted_by_layer[position] += size
+                wasted += size
+        if held_back:
+            undecided.append((count, path, copies, wasted, held_back))
+        else:
+            rank(count, path, copies, wasted)
+    for count, path, copies, wasted, held_back in undecided:
+        for position, size in held_back:
+            if (position, path) not in linked_in_view:
+                wasted_by_layer[position] += size
+                wasted += size
+        rank(count, path, copies, wasted)
     return Efficiency(
         efficiency=smallest_sum / total_sum if total_sum else 1.0,
-        wasted_bytes=total_sum - smallest_sum,
+        wasted_bytes=sum(wasted_by_layer),
         wasted_by_layer=tuple(wasted_by_layer),
+        inefficient_files=tuple(found for _, _, found in sorted(most, reverse=True)),
     )
 
 
@@ -162,15 +213,19 @@ def path_efficiency(paths: Iterable[tuple[str, overlay.Held[int]]], layer_count:
 class LayerReport:
     image: IndexedImage
     layers: list[Row]
-    size: int  # uncompressed bytes of the indexed layers
+    files_bytes: int  # bytes of regular files the indexed layers hold (dive's "Total Image size")
+    tar_bytes: int  # uncompressed tar bytes of the indexed layers
+    compressed_bytes: int  # compressed bytes of all the layers, as the registry stores them
     wasted_bytes: int
+    user_wasted_ratio: float | None  # wasted_bytes / files bytes above the base (dive's)
     efficiency: float
+    inefficient_files: tuple[InefficientFile, ...]
     not_indexed: int  # layers left out of the sums (skipped, failed, pending)
 
 
-def layer_report(finder: Finder, image: IndexedImage) -> LayerReport:
-    """Each layer with its sizes, history command, bytes added and wasted; the image's efficiency
-    over its indexed layers."""
+def layer_report(finder: Finder, image: IndexedImage, top: int = 0) -> LayerReport:
+    """Each layer with its sizes, history command, bytes added and wasted; the image's sizes,
+    wasted bytes and efficiency over its indexed layers, and the ``top`` most wasteful paths."""
     stack = finder.image_layers(image)
     added = [0] * len(stack)  # bytes of regular files, by position
 
@@ -184,7 +239,12 @@ def layer_report(finder: Finder, image: IndexedImage) -> LayerReport:
                     added[position] += size
             yield path, sized
 
-    result = path_efficiency(sizes(image_paths(finder.reader, image)), len(stack))
+    links = [
+        (link.position, link.path, link.target)
+        for link in hard_links(finder.reader, image)
+        if link.target_type is not None
+    ]
+    result = path_efficiency(sizes(image_paths(finder.reader, image)), len(stack), top, links)
     commands = _layer_commands(image_config(image), len(stack))
     rows = []
     for lr, command in zip(stack, commands, strict=True):
@@ -205,14 +265,109 @@ def layer_report(finder: Finder, image: IndexedImage) -> LayerReport:
                 "status": lr.status,
             }
         )
+    user_bytes = sum(added[1:])
     return LayerReport(
         image=image,
         layers=rows,
-        size=sum(lr.uncompressed_size or 0 for lr in stack),
+        files_bytes=sum(added),
+        tar_bytes=sum(lr.uncompressed_size or 0 for lr in stack),
+        compressed_bytes=sum(lr.size for lr in stack),
         wasted_bytes=result.wasted_bytes,
+        # dive divides by zero here; with nothing added above the base, nothing there wastes.
+        user_wasted_ratio=(
+            result.wasted_bytes / user_bytes
+            if user_bytes
+            else (None if result.wasted_bytes else 0.0)
+        ),
         efficiency=result.efficiency,
+        inefficient_files=result.inefficient_files,
         not_indexed=sum(1 for lr in stack if lr.diff_ref is None),
     )
+
+
+def summary_lines(report: LayerReport) -> list[str]:
+    """What ``layers`` writes to stderr under its table, a line each (to escape as shown)."""
+    ratio = report.user_wasted_ratio
+    left_out = f"  ({report.not_indexed} layers not indexed)" if report.not_indexed else ""
+    lines = [
+        f"Image size: files {human_size(report.files_bytes)}, "
+        f"tar {human_size(report.tar_bytes)}, compressed {human_size(report.compressed_bytes)}"
+        f"{left_out}",
+        f"Wasted: {human_size(report.wasted_bytes)}"
+        + (f" ({100 * ratio:.0f} % of the bytes added above the base)" if ratio else "")
+        + f"  Efficiency: {int(100 * report.efficiency)} %",
+    ]
+    if report.inefficient_files:
+        lines.append("Inefficient files:")
+        lines.append(f"  {'COPIES':>6}  {'WASTED':>9}  PATH")
+        lines.extend(
+            f"  {f.copies:>6}  {human_size(f.wasted_bytes):>9}  {f.path}"
+            for f in report.inefficient_files
+        )
+    return lines
+
+
+# --- the CI gate (dive --ci with .dive-ci) ------------------------------------------------------
+
+BYTE_UNITS = {
+    "": 1,
+    "b": 1,
+    **{f"{p}b": 1000**i for i, p in enumerate("kmgt", start=1)},
+    **{f"{p}ib": 1024**i for i, p in enumerate("kmgt", start=1)},
+}
+
+
+@dataclass(frozen=True)
+class GateRule:
+    """One rule of ``--fail-on``: dive's ``rules`` of ``.dive-ci``, by the same names."""
+
+    name: str  # lowest-efficiency, highest-wasted-bytes or highest-user-wasted-percent
+    limit: float
+
+    def failure(self, report: LayerReport) -> str | None:
+        """Why ``report`` fails this rule, or None when it passes."""
+        if self.name == "lowest-efficiency":
+            if report.efficiency < self.limit:
+                return f"efficiency {report.efficiency:.4f} < {self.limit:g}"
+        elif self.name == "highest-wasted-bytes":
+            if report.wasted_bytes > self.limit:
+                return f"{report.wasted_bytes} bytes wasted > {int(self.limit)}"
+        else:
+            ratio = report.user_wasted_ratio
+            if ratio is None:
+                return f"{report.wasted_bytes} bytes wasted, none added above the base layer"
+            if ratio > self.limit:
+                return f"wasted / bytes added above the base {ratio:.4f} > {self.limit:g}"
+        return None
+
+
+def parse_gate(text: str) -> list[GateRule]:
+    """``lowest-efficiency=0.9,highest-wasted-bytes=20MB,highest-user-wasted-percent=0.1``:
+    fractions for the first and last (0.1 is 10 %), bytes with an optional unit (kB, MB, GB:
+    powers of 1000; KiB, MiB, GiB: of 1024) for the wasted bytes."""
+    rules = []
+    for part in text.split(","):
+        name, equals, value = (s.strip() for s in part.partition("="))
+        try:
+            if not equals:
+                raise ValueError
+            if name == "highest-wasted-bytes":
+                number = value.rstrip("kKmMgGtTiIbB ")
+                limit = float(number) * BYTE_UNITS[value[len(number) :].strip().lower()]
+            elif name in ("lowest-efficiency", "highest-user-wasted-percent"):
+                limit = float(value)
+            else:
+                raise UsageError(
+                    f"--fail-on: no rule {name!r}; the rules are lowest-efficiency, "
+                    "highest-wasted-bytes and highest-user-wasted-percent"
+                )
+        except (ValueError, KeyError):
+            raise UsageError(
+                f"--fail-on: {part.strip()!r} is not RULE=VALUE with a number "
+                "(e.g. lowest-efficiency=0.9, highest-wasted-bytes=20MB)"
+            ) from None
+        rules.append(GateRule(name, limit))
+    return rules
 
 
 def _layer_commands(config: ImageConfig, count: int) -> list[str | None]:
@@ -317,7 +472,7 @@ def inspect_text(data: Row) -> str:
     field("Digest", data["digest"])
     if data["index_digest"]:
         field("Index digest", data["index_digest"])
-    field("Tags", ", ".join(data["tags"]) or "-")
+    field("Tags here", ", ".join(data["tags_here"]) or "-")
     field("Created", data["created"] or "-")
     field("Architecture", data["architecture"])
     field("OS", data["os"])

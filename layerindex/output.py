@@ -11,8 +11,8 @@ import io
 import json
 import re
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, ParamSpec, TypeVar, overload
 
 import click
 
@@ -76,10 +76,19 @@ def json_text(value: Any, indent: int | None = None) -> str:
     return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
-def output_options(function: Callable[P, R]) -> Callable[P, R]:
-    """Add --json / --nl / --csv / --table to a command, passed on as ``output_format``."""
+@overload
+def output_options(function: Callable[P, R], *, json_help: str = ...) -> Callable[P, R]: ...
+@overload
+def output_options(*, json_help: str) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+def output_options(
+    function: Callable[P, R] | None = None, *, json_help: str = "One JSON array."
+) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
+    """Add --json / --nl / --csv / --table to a command, passed on as ``output_format``
+    (``@output_options``, or ``@output_options(json_help=...)`` where --json prints more)."""
+    if function is None:
+        return functools.partial(output_options, json_help=json_help)
 
-    @click.option("--json", "output_format", flag_value="json", help="One JSON array.")
+    @click.option("--json", "output_format", flag_value="json", help=json_help)
     @click.option("--nl", "output_format", flag_value="nl", help="One JSON object a line.")
     @click.option("--csv", "output_format", flag_value="csv", help="CSV with a header row.")
     @click.option(
@@ -209,13 +218,32 @@ def write_json(value: Any) -> None:
     sys.stdout.flush()
 
 
-def write_tree(rows: Iterable[dict[str, Any]], root: str, *, long_format: bool = False) -> None:
+_TOTAL = "\0total\0"  # where a directory's total goes, once every file under it is read
+
+
+def _ancestors_under(path: str, root: str) -> Iterator[str]:
+    """The directories above ``path`` up to ``root`` (excluded), nearest first."""
+    while True:
+        path = path.rpartition("/")[0] or "/"
+        if path == root.rstrip("/") or path == "/" or not path.startswith(root.rstrip("/")):
+            return
+        yield path
+
+
+def write_tree(rows: Iterable[dict[str, Any]], root: str, *, long_format: bool = False) -> int:
     """Paths as tree(1) draws them under ``root``; directories a layer leaves implicit are drawn
-    too. ``long_format`` puts ``[mode uid/gid size layer]`` before each name."""
+    too. ``long_format`` puts ``[mode uid/gid size layer]`` before each name, a directory's size
+    the total of the regular files under it (a hard link's data counted at its target only).
+    Returns how many rows were read."""
     tree: dict[str, Any] = {}
     labels: dict[str, str] = {}
-    dirs = files = 0
+    totals: dict[str, int] = {}  # a directory's path → bytes of the files under it
+    dirs = files = read = 0
     for row in rows:
+        read += 1
+        if long_format and row["type"] == "file" and row["link_target"] is None:
+            for above in _ancestors_under(row["path"], root):
+                totals[above] = totals.get(above, 0) + row["size"]
         relative = row["path"][len(root) :].strip("/") if root != "/" else row["path"][1:]
         if not relative:
             continue
@@ -230,9 +258,8 @@ def write_tree(rows: Iterable[dict[str, Any]], root: str, *, long_format: bool =
         elif row["link_target"] is not None:
             label += f" -> {row['link_target']}"
         if long_format and row["type"] not in ("opaque", "whiteout"):
-            details = (
-                f"{octal_mode(row['mode'])} {row['uid']}/{row['gid']} {human_size(row['size'])}"
-            )
+            size = _TOTAL if row["type"] == "dir" else human_size(row["size"])
+            details = f"{octal_mode(row['mode'])} {row['uid']}/{row['gid']} {size}"
             if row.get("layer_index") is not None:
                 details += f" L{row['layer_index']}"
             label = f"[{details}]  {label}"
@@ -241,6 +268,11 @@ def write_tree(rows: Iterable[dict[str, Any]], root: str, *, long_format: bool =
             dirs += 1
         elif row["type"] not in ("opaque", "whiteout"):
             files += 1
+    if not read and root != "/":
+        return 0  # nothing at root: no tree to draw
+    for path, label in labels.items():
+        if _TOTAL in label:
+            labels[path] = label.replace(_TOTAL, human_size(totals.get(path, 0)), 1)
     out = sys.stdout
     out.write(terminal_text(root) + "\n")
     # Depth first without recursion: a path may have thousands of components. Each stack item
@@ -264,3 +296,4 @@ def write_tree(rows: Iterable[dict[str, Any]], root: str, *, long_format: bool =
         f"\n{dirs} director{'y' if dirs == 1 else 'ies'}, {files} file{'' if files == 1 else 's'}\n"
     )
     out.flush()
+    return read

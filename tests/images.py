@@ -1,7 +1,7 @@
 """Build layers, images and indexes in code (like ggcr's ``random.Layer``), byte for byte stable.
 
-Every tar header has a fixed mtime, uid/gid 0 and no user names; gzip is written with mtime 0 and
-zstd at a fixed level, so the same call gives the same digests on every machine.
+Every tar header has a fixed mtime, uid/gid 0 (unless given) and no user names; gzip is written
+with mtime 0 and zstd at a fixed level, so the same call gives the same digests on every machine.
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ class TarMember:
     linkname: str = ""
     devmajor: int = 0
     devminor: int = 0
+    uid: int = 0
+    gid: int = 0
 
 
 def _relative(path: str | bytes) -> str:
@@ -75,8 +77,16 @@ def _split(path: str | bytes) -> tuple[str, str]:
     return (parent + "/" if parent else ""), name
 
 
-def file(path: str | bytes, data: bytes = b"", mode: int = 0o644, mtime: int = MTIME) -> TarMember:
-    return TarMember(_relative(path), tarfile.REGTYPE, data, mode, mtime)
+def file(
+    path: str | bytes,
+    data: bytes = b"",
+    mode: int = 0o644,
+    mtime: int = MTIME,
+    *,
+    uid: int = 0,
+    gid: int = 0,
+) -> TarMember:
+    return TarMember(_relative(path), tarfile.REGTYPE, data, mode, mtime, uid=uid, gid=gid)
 
 
 def directory(path: str | bytes, mode: int = 0o755, mtime: int = MTIME) -> TarMember:
@@ -124,7 +134,7 @@ def make_tar(members: Sequence[TarMember], *, prefix: str = "./") -> bytes:
             info.type = member.type
             info.mode = member.mode
             info.mtime = member.mtime
-            info.uid = info.gid = 0
+            info.uid, info.gid = member.uid, member.gid
             info.uname = info.gname = ""
             info.devmajor, info.devminor = member.devmajor, member.devminor
             if member.type == tarfile.LNKTYPE:

@@ -9,11 +9,14 @@ import pytest
 from images import (
     CREATED,
     History,
+    Image,
     directory,
     file,
+    hardlink,
     make_image,
     make_index,
     make_layer,
+    opaque,
     sha256,
     symlink,
     whiteout,
@@ -21,18 +24,23 @@ from images import (
 from registry_server import RegistryServer
 from test_index import Run, table
 
-from layerindex.analysis import efficiency
+from layerindex.analysis import InefficientFile, efficiency
 from layerindex.layer.entries import EntryType
 
-F, D, W, OPQ, L = (
+F, D, W, OPQ, L, HL = (
     EntryType.FILE,
     EntryType.DIR,
     EntryType.WHITEOUT,
     EntryType.OPAQUE,
     EntryType.SYMLINK,
+    EntryType.HARDLINK,
 )
 
-# --- dive's efficiency, layer by layer ---------------------------------------------------------
+# --- wasted bytes and dive's efficiency, layer by layer ----------------------------------------
+# Each path's versions are the sizes layers wrote there, a deletion of what was there a version
+# of 0 B (dive/filetree/efficiency.go counts a whited-out file so); the score is the sum of
+# each path's smallest over the sum of all. A layer wastes the bytes of its files the final
+# filesystem hides.
 
 
 def test_a_path_written_once_wastes_nothing() -> None:
@@ -45,39 +53,87 @@ def test_no_file_bytes_is_fully_efficient() -> None:
     assert efficiency([[("/d", D, 0), ("/l", L, 7)]]).efficiency == 1.0  # a link has no bytes
 
 
-def test_overwritten_file_wastes_the_total_minus_the_smallest() -> None:
-    # /f: 100 then 30 → total 130, smallest 30: 100 wasted, charged to the layer overwritten.
+def test_overwritten_file_wastes_what_it_hides() -> None:
+    # /f: 100 then 30 → versions 100, 30: score 30 / 130; layer 0's 100 bytes are hidden.
     result = efficiency([[("/f", F, 100)], [("/f", F, 30)]])
     assert (result.wasted_bytes, result.wasted_by_layer) == (100, (100, 0))
     assert result.efficiency == 30 / 130
 
 
-def test_a_smaller_version_first_charges_dives_excess_to_the_last_replaced_layer() -> None:
-    # 10, 100, 40: total 150, smallest 10 → 140 wasted; layers 0 and 1 lose 10 and 100 bytes,
-    # the other 30 dive counts go to layer 1, the last one replaced.
+def test_a_file_that_grows_wastes_only_the_old_bytes() -> None:
+    # /f: 100 then 150 (grew by 50): versions 100, 150 → score 100 / 250. Layer 0 wastes its
+    # 100 bytes, not the 150 of dive's total - smallest (more than the layer holds).
+    result = efficiency([[("/f", F, 100)], [("/f", F, 150)]])
+    assert (result.wasted_bytes, result.wasted_by_layer) == (100, (100, 0))
+    assert result.efficiency == 100 / 250
+
+
+def test_each_layer_is_charged_its_own_hidden_bytes() -> None:
+    # 10, 100, 40: layers 0 and 1 lose their 10 and 100 bytes; score 10 / 150.
     result = efficiency([[("/f", F, 10)], [("/f", F, 100)], [("/f", F, 40)]])
-    assert (result.wasted_bytes, result.wasted_by_layer) == (140, (10, 130, 0))
+    assert (result.wasted_bytes, result.wasted_by_layer) == (110, (10, 100, 0))
+    assert result.efficiency == 10 / 150
 
 
-def test_a_whiteout_counts_what_it_deletes() -> None:
-    # Deleting a file does not free its bytes: /f counts 100 + 100, 100 wasted.
+def test_a_whiteout_is_a_version_of_0_bytes() -> None:
+    # /f: 100, then whited out (0 B, as dive counts a deleted file); /g: 100. Versions: /f 100
+    # and 0, /g 100 → score (0 + 100) / (100 + 100); layer 0's /f (100 B) is wasted.
     result = efficiency([[("/f", F, 100), ("/g", F, 100)], [("/f", W, 0)]])
     assert (result.wasted_bytes, result.wasted_by_layer) == (100, (100, 0))
-    assert result.efficiency == 200 / 300
+    assert result.efficiency == 100 / 200
 
 
-def test_deleting_a_directory_counts_each_path_under_it() -> None:
+def test_deleting_a_directory_deletes_each_path_under_it() -> None:
+    # /d/a (60 B) and /d/sub/b (40 B) are deleted: each has versions 60, 0 and 40, 0. /d
+    # itself holds no bytes; a file of 5 B in its place is a version of 5. dive counts a
+    # directory's whiteout as one version of all its bytes at /d, and misses opaque markers:
+    # a score of 1.0 for each.
     base = [("/d", D, 0), ("/d/a", F, 60), ("/d/sub/b", F, 40)]  # /d/sub left implicit
-    for deletion in ([("/d", W, 0)], [("/d", D, 0), ("/d", OPQ, 0)], [("/d", F, 5)]):
+    for deletion, score in (
+        ([("/d", W, 0)], 0 / 100),
+        ([("/d", D, 0), ("/d", OPQ, 0)], 0 / 100),
+        ([("/d", F, 5)], 5 / 105),
+    ):
         result = efficiency([base, deletion])
         assert result.wasted_bytes == 100, deletion
         assert result.wasted_by_layer == (100, 0), deletion
+        assert result.efficiency == score, deletion
 
 
 def test_a_path_deleted_and_written_again() -> None:
-    # 100, deleted (counts 100), then 30: total 230, smallest 30 → 200, all of layer 0's doing.
+    # 100, deleted (0), then 30: versions 100, 0, 30 → score 0 / 130; layer 0's 100 wasted.
     result = efficiency([[("/f", F, 100)], [("/f", W, 0)], [("/f", F, 30)]])
-    assert (result.wasted_bytes, result.wasted_by_layer) == (200, (200, 0, 0))
+    assert (result.wasted_bytes, result.wasted_by_layer) == (100, (100, 0, 0))
+    assert result.efficiency == 0 / 130
+
+
+def test_a_hard_link_keeps_its_deleted_targets_bytes() -> None:
+    # /real (40 B) and its hard link /alias share their data; deleting /real leaves the 40
+    # bytes at /alias: nothing wasted. The score is dive's (a link a 0 B version): /real 40, 0
+    # and /alias 0 → 0 / 40. Delete /alias too and the 40 bytes are wasted.
+    base = [("/alias", HL, 0), ("/real", F, 40)]
+    links = [(0, "/alias", "/real")]
+    kept = efficiency([base, [("/real", W, 0)]], top=5, hard_links=links)
+    assert (kept.wasted_by_layer, kept.efficiency, kept.inefficient_files) == ((0, 0), 0.0, ())
+    both = efficiency([base, [("/real", W, 0), ("/alias", W, 0)]], top=5, hard_links=links)
+    assert both.wasted_by_layer == (40, 0)
+    assert both.inefficient_files == (InefficientFile("/real", 1, 40),)
+
+
+def test_the_most_wasteful_paths_first() -> None:
+    # Hidden: /a 5 (twice over: layers 0 and 1), /b 7, /c 7, /d 1; /e is never hidden.
+    layers = [
+        [("/a", F, 2), ("/b", F, 7), ("/c", F, 7), ("/d", F, 1), ("/e", F, 9)],
+        [("/a", F, 3), ("/b", W, 0), ("/c", F, 1), ("/d", F, 1)],
+        [("/a", F, 4)],
+    ]
+    found = efficiency(layers, top=3).inefficient_files
+    assert found == (
+        InefficientFile("/b", 1, 7),  # of equals, the first in path order
+        InefficientFile("/c", 2, 7),
+        InefficientFile("/a", 3, 5),
+    )
+    assert efficiency(layers).inefficient_files == ()
 
 
 # --- the CLI ------------------------------------------------------------------------------------
@@ -101,18 +157,24 @@ IMAGE = make_image(
     entrypoint=["/app/run"],
     cmd=["serve", "--port", "80"],
 )
-# Efficiency by hand: /app/big.bin 1000; /app/conf 10 then 20; /tmp/cache 300 then deleted
-# (counts 300 again); /app/new 1. Smallest: 1000 + 10 + 300 + 1 = 1311, totals 1000 + 30 + 600
-# + 1 = 1631; wasted 320, all layer 0's (its /app/conf and /tmp/cache are hidden later).
-EFFICIENCY = 1311 / 1631
+# By hand: the versions are /app/big.bin 1000; /app/conf 10 then 20; /tmp/cache 300 then
+# deleted (0); /app/new 1; /app/current a link (0). Smallest: 1000 + 10 + 0 + 1 = 1011, totals
+# 1000 + 30 + 300 + 1 = 1331. Wasted: layer 0's /app/conf (10) and /tmp/cache (300) = 310;
+# file bytes 1310 + 21 = 1331, 21 of them above the base: 310 / 21 of them wasted.
+EFFICIENCY = 1011 / 1331
+
+
+def pushed(registry: RegistryServer, run: Run, name: str, image: Image) -> str:
+    """The reference of ``image`` pushed as ``name`` and indexed."""
+    registry.push(*name.split(":"), image)
+    ref = f"{registry.host}/{name}"
+    assert run("index", ref).exit_code == 0
+    return ref
 
 
 @pytest.fixture
 def app(registry: RegistryServer, run: Run) -> str:
-    registry.push("team/app", "1.0", IMAGE)
-    ref = f"{registry.host}/team/app:1.0"
-    assert run("index", ref).exit_code == 0
-    return ref
+    return pushed(registry, run, "team/app:1.0", IMAGE)
 
 
 def test_layers_json(app: str, run: Run) -> None:
@@ -133,7 +195,7 @@ def test_layers_json(app: str, run: Run) -> None:
                 "uncompressed_size": len(BASE.tar),
                 "entries": 6,
                 "added_bytes": 1310,
-                "wasted_bytes": 320,
+                "wasted_bytes": 310,
                 "created_by": "ADD rootfs /",
                 "status": "indexed",
             },
@@ -152,10 +214,23 @@ def test_layers_json(app: str, run: Run) -> None:
                 "status": "indexed",
             },
         ],
-        "size": len(BASE.tar) + len(FIX.tar),
-        "wasted_bytes": 320,
+        "files_bytes": 1331,
+        "tar_bytes": len(BASE.tar) + len(FIX.tar),
+        "compressed_bytes": len(BASE.blob) + len(FIX.blob),
+        "wasted_bytes": 310,
+        "user_wasted_ratio": 310 / 21,
         "efficiency": EFFICIENCY,
+        "inefficient_files": [
+            {"path": "/tmp/cache", "copies": 1, "wasted_bytes": 300},
+            {"path": "/app/conf", "copies": 2, "wasted_bytes": 10},
+        ],
     }
+
+
+def test_layers_help_says_what_json_prints(run: Run) -> None:
+    text = " ".join(run("layers", "--help").stdout.split())
+    assert "--json One JSON object: the layers, the image's sizes, waste, efficiency." in text
+    assert "One JSON array" not in text
 
 
 def test_layers_table_and_summary(app: str, run: Run) -> None:
@@ -165,14 +240,128 @@ def test_layers_table_and_summary(app: str, run: Run) -> None:
         ["PLATFORM", "LAYER", "DIGEST", "MEDIA TYPE", "SIZE", "UNCOMPRESSED", "ENTRIES", "ADDS",
          "WASTED", "STATUS", "CREATED BY"],
         ["linux/amd64", "0", BASE.digest[:19], BASE.media_type, f"{len(BASE.blob)} B", "10.2 kB",
-         "6", "1.3 kB", "320 B", "indexed", "ADD rootfs /"],
+         "6", "1.3 kB", "310 B", "indexed", "ADD rootfs /"],
         ["linux/amd64", "1", FIX.digest[:19], FIX.media_type, f"{len(FIX.blob)} B", "10.2 kB",
          "3", "21 B", "0 B", "indexed", "RUN fix"],
     )  # fmt: skip
     assert len(BASE.tar) == len(FIX.tar) == 10240
+    compressed = len(BASE.blob) + len(FIX.blob)
     assert result.stderr == (
-        "Total Image size: 20.5 kB  Potential wasted space: 320 B  Image efficiency score: 80 %\n"
+        f"Image size: files 1.3 kB, tar 20.5 kB, compressed {compressed} B\n"
+        "Wasted: 310 B (1476 % of the bytes added above the base)  Efficiency: 75 %\n"
+        "Inefficient files:\n"
+        "  COPIES     WASTED  PATH\n"
+        "       1      300 B  /tmp/cache\n"
+        "       2       10 B  /app/conf\n"
     )
+    assert run("layers", app, "--files", "0").stderr.endswith("Efficiency: 75 %\n")
+
+
+# Every kind of change the issue names (a file that grows, a deleted directory, a directory
+# replaced by a file, a chown, a same-size content change, an opaque directory), in one image.
+CHANGES = make_image(
+    [
+        make_layer(
+            [
+                file("bin/tool", b"t" * 100),
+                directory("old"),
+                file("old/a", b"a" * 60),
+                file("old/sub/b", b"b" * 40),  # /old/sub left implicit
+                directory("repl"),
+                file("repl/x", b"x" * 70),
+                file("etc/owned", b"o" * 30),
+                file("etc/same", b"aaaaaaaa"),
+                directory("opq"),
+                file("opq/lower", b"l" * 50),
+                file("keep", b"k" * 10),
+            ]
+        ),
+        make_layer(
+            [
+                file("bin/tool", b"T" * 150),  # grew by 50
+                whiteout("old"),
+                file("repl", b"r" * 5),  # a file where a directory was
+                file("etc/owned", b"o" * 30, uid=1000, gid=1000),  # chown: the bytes again
+                file("etc/same", b"bbbbbbbb"),
+                directory("opq"),
+                opaque("opq"),
+                file("opq/upper", b"u" * 20),
+            ]
+        ),
+    ]
+)
+# By hand, each path's versions (a deletion is 0) and the bytes of layer 0 hidden at the end:
+#   /bin/tool 100, 150 (100 hidden)      /old/a 60, 0 (60)       /old/sub/b 40, 0 (40)
+#   /repl 5 (the directory held none)    /repl/x 70, 0 (70)      /etc/owned 30, 30 (30)
+#   /etc/same 8, 8 (8)                   /opq/lower 50, 0 (50)   /opq/upper 20   /keep 10
+# Smallest: 100 + 0 + 0 + 5 + 0 + 30 + 8 + 0 + 20 + 10 = 173. Totals: 250 + 60 + 40 + 5 + 70
+# + 60 + 16 + 50 + 20 + 10 = 581. Layer 0 adds 100 + 60 + 40 + 70 + 30 + 8 + 50 + 10 = 368 and
+# wastes all but /keep: 358; layer 1 adds 150 + 5 + 30 + 8 + 20 = 213 and wastes nothing.
+# dive would score the whiteout of /old as a version of 100 at /old (no waste: 1.0 there) and
+# see no deletion under /opq.
+CHANGES_EFFICIENCY = 173 / 581
+
+
+@pytest.fixture
+def changes(registry: RegistryServer, run: Run) -> str:
+    return pushed(registry, run, "team/changes:1", CHANGES)
+
+
+def test_layers_waste_for_every_kind_of_change(changes: str, run: Run) -> None:
+    result = run("layers", changes, "--json", "--files", "3")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert [(r["added_bytes"], r["wasted_bytes"]) for r in data["layers"]] == [(368, 358), (213, 0)]
+    assert (data["files_bytes"], data["wasted_bytes"], data["efficiency"]) == (
+        581,
+        358,
+        CHANGES_EFFICIENCY,
+    )
+    assert data["user_wasted_ratio"] == 358 / 213
+    # /opq's total is what the final filesystem holds under it: /opq/upper's 20 bytes, not the
+    # 50 of /opq/lower hidden by the opaque marker; /repl is a file now.
+    tree = run("ls", changes, "--tree", "-l").stdout
+    assert "├── [0755 0/0 20 B L1]  opq\n" in tree
+    assert tree.endswith("└── [0644 0/0 5 B L1]  repl\n\n1 directory, 6 files\n")
+    assert data["inefficient_files"] == [
+        {"path": "/bin/tool", "copies": 2, "wasted_bytes": 100},
+        {"path": "/repl/x", "copies": 1, "wasted_bytes": 70},
+        {"path": "/old/a", "copies": 1, "wasted_bytes": 60},
+    ]
+
+
+def test_fail_on_gates_as_dive_ci(changes: str, run: Run) -> None:
+    # Efficiency 173 / 581 = 0.2978; 358 bytes wasted; 358 / 213 = 1.6808 of the user bytes.
+    passing = run(
+        "layers",
+        changes,
+        "--files",
+        "0",
+        "--fail-on",
+        "lowest-efficiency=0.29,highest-wasted-bytes=358,highest-user-wasted-percent=1.69",
+    )
+    assert passing.exit_code == 0, passing.output
+    assert passing.stderr.endswith(
+        "PASS: lowest-efficiency\nPASS: highest-wasted-bytes\nPASS: highest-user-wasted-percent\n"
+    )
+    failing = run(
+        "layers",
+        changes,
+        "--json",
+        "--fail-on",
+        "lowest-efficiency=0.3,highest-wasted-bytes=0.357kB,highest-user-wasted-percent=1.68",
+    )
+    assert failing.exit_code == 1
+    assert json.loads(failing.stdout)["wasted_bytes"] == 358  # the report is written all the same
+    assert failing.stderr == (
+        "FAIL: lowest-efficiency: efficiency 0.2978 < 0.3\n"
+        "FAIL: highest-wasted-bytes: 358 bytes wasted > 357\n"
+        "FAIL: highest-user-wasted-percent: wasted / bytes added above the base 1.6808 > 1.68\n"
+    )
+    for bad in ("lowest-efficiency", "smallest-image=1", "highest-wasted-bytes=20 parsecs"):
+        wrong = run("layers", changes, "--fail-on", bad)
+        assert (wrong.exit_code, wrong.stdout) == (2, ""), bad
+        assert wrong.stderr.startswith("Error: --fail-on: "), bad
 
 
 def test_inspect(registry: RegistryServer, app: str, run: Run) -> None:
@@ -183,7 +372,7 @@ def test_inspect(registry: RegistryServer, app: str, run: Run) -> None:
     assert result.stdout == (
         f"Name:         {registry.host}/team/app\n"
         f"Digest:       {IMAGE.digest}\n"
-        "Tags:         1.0, latest\n"
+        "Tags here:    1.0, latest\n"
         f"Created:      {CREATED}\n"
         "Architecture: amd64\n"
         "OS:           linux\n"
@@ -210,7 +399,7 @@ def test_inspect(registry: RegistryServer, app: str, run: Run) -> None:
         "digest": IMAGE.digest,
         "index_digest": None,
         "media_type": IMAGE.manifest_media_type,
-        "tags": ["1.0", "latest"],
+        "tags_here": ["1.0", "latest"],
         "created": CREATED,
         "architecture": "amd64",
         "os": "linux",
@@ -236,35 +425,63 @@ def test_inspect(registry: RegistryServer, app: str, run: Run) -> None:
     other = make_image([make_layer({"/other": b"o"})])
     registry.push("team/app", "latest", other)
     run("index", f"{registry.host}/team/app:latest")
-    assert json.loads(run("inspect", app, "--json").stdout)["tags"] == ["1.0"]
+    assert json.loads(run("inspect", app, "--json").stdout)["tags_here"] == ["1.0"]
     assert json.loads(run("inspect", f"{registry.host}/team/app:latest", "--json").stdout)[
-        "tags"
+        "tags_here"
     ] == ["latest"]
+    # The label says what the list is: the repository has both tags, one names this image.
+    assert "Tags here:    1.0\n" in run("inspect", app).stdout
 
 
-def test_inspect_multi_platform_picks_with_platform(registry: RegistryServer, run: Run) -> None:
+def test_multi_platform_defaults_to_linux_amd64(registry: RegistryServer, run: Run) -> None:
     amd = make_image([make_layer({"/bin/tool": b"amd64"})])
     arm = make_image([make_layer({"/bin/tool": b"arm64!"})], platform="linux/arm64/v8")
     index = make_index([amd, arm])
     registry.push("team/multi", "2", index)
     ref = f"{registry.host}/team/multi:2"
     assert run("index", "--platform", "all", ref).exit_code == 0
-    ambiguous = run("inspect", ref)
+    # As index, skopeo and dive: linux/amd64 unless --platform says otherwise.
+    data = json.loads(run("inspect", ref, "--json").stdout)
+    assert (data["digest"], data["architecture"]) == (amd.digest, "amd64")
+    assert json.loads(run("layers", ref, "--json").stdout)["platform"] == "linux/amd64"
+    assert [r["size"] for r in json.loads(run("ls", ref, "--json").stdout)] == [5]
+    # --platform matches as index's does: arm64 is arm64/v8.
+    for platform in ("linux/arm64", "linux/arm64/v8", "linux/aarch64"):
+        data = json.loads(run("inspect", ref, "--platform", platform, "--json").stdout)
+        assert (data["digest"], data["index_digest"], data["variant"], data["tags_here"]) == (
+            arm.digest,
+            index.digest,
+            "v8",
+            ["2"],
+        ), platform
+    assert "Variant:      v8\n" in run("inspect", ref, "--platform", "linux/arm64").stdout
+    for platform in ("linux/arm64", "linux/arm64/v8", "linux/aarch64"):  # find alike
+        found = json.loads(run("find", "/bin/tool", "--platform", platform, "--json").stdout)
+        assert [r["platform"] for r in found] == ["linux/arm64/v8"], platform
+    diff = run("diff", ref, ref, "--platform", "linux/arm64")
+    assert (diff.exit_code, diff.stdout) == (0, "")
+    # Two platforms of one tag: /bin/tool is "amd64" (5 bytes) on one, "arm64!" (6) on the other.
+    across = run("diff", ref, ref, "--platform", "linux/amd64", "--platform", "linux/arm64")
+    assert (across.exit_code, across.stdout) == (
+        0,
+        table(["CHANGE", "PATH", "DETAILS"], ["changed", "/bin/tool", "size 5 -> 6"]),
+    )
+    thrice = run("diff", ref, ref, *["--platform", "linux/amd64"] * 3)
+    assert thrice.exit_code == 2 and "give --platform once" in thrice.stderr
+    # Without linux/amd64 among them, one must be picked.
+    arm32 = make_image([make_layer({"/bin/tool": b"arm"})], platform="linux/arm/v7")
+    arm64 = make_image([make_layer({"/bin/tool": b"arm64"})], platform="linux/arm64/v8")
+    registry.push("team/multi", "3", make_index([arm64, arm32]))
+    other = f"{registry.host}/team/multi:3"
+    assert run("index", "--platform", "all", other).exit_code == 0
+    ambiguous = run("inspect", other)
     assert (ambiguous.exit_code, ambiguous.stdout) == (2, "")
     assert ambiguous.stderr == (
-        f"Error: {ref} names 2 indexed images (linux/amd64, linux/arm64/v8); "
+        f"Error: {other} names 2 indexed images (linux/arm/v7, linux/arm64/v8); "
         "pick one with --platform\n"
     )
-    data = json.loads(run("inspect", ref, "--platform", "linux/arm64", "--json").stdout)
-    assert (data["digest"], data["index_digest"], data["variant"], data["tags"]) == (
-        arm.digest,
-        index.digest,
-        "v8",
-        ["2"],
-    )
-    assert "Variant:      v8\n" in run("inspect", ref, "--platform", "linux/arm64").stdout
-    other = run("inspect", ref, "--platform", "linux/s390x")
-    assert (other.exit_code, other.stderr) == (
+    missing = run("inspect", ref, "--platform", "linux/s390x")
+    assert (missing.exit_code, missing.stderr) == (
         2,
         f"Error: {ref} has no indexed linux/s390x image; indexed: linux/amd64, linux/arm64/v8\n",
     )
@@ -338,8 +555,86 @@ def test_ls_one_layer_long_and_tree(app: str, run: Run) -> None:
         "\n"
         "0 directories, 2 files\n"
     )
+    # -l: a directory's size is the total of the files under it: /app 1000 + 20 + 1 = 1021 B
+    # (the link 0), /tmp none (its cache was deleted).
+    assert run("ls", app, "--tree", "-l").stdout == (
+        "/\n"
+        "├── [0755 0/0 1.0 kB L0]  app\n"
+        "│   ├── [0644 0/0 1.0 kB L0]  big.bin\n"
+        "│   ├── [0644 0/0 20 B L1]  conf\n"
+        "│   ├── [0777 0/0 0 B L0]  current -> big.bin\n"
+        "│   └── [0644 0/0 1 B L1]  new\n"
+        "└── [0755 0/0 0 B L0]  tmp\n"
+        "\n"
+        "2 directories, 4 files\n"
+    )
     bad = run("ls", app, "--tree", "--json")
     assert bad.exit_code == 2 and "--tree draws text" in bad.stderr
+
+
+def test_ls_and_find_apply_deletions_above_the_path(registry: RegistryServer, run: Run) -> None:
+    image = make_image(
+        [
+            make_layer(
+                [
+                    directory("usr"),
+                    directory("usr/lib"),
+                    file("usr/lib/a", b"a"),
+                    directory("lib"),
+                    file("lib/x", b"x"),
+                    file("top", b"t"),
+                ]
+            ),
+            make_layer([whiteout("usr"), symlink("lib", "usr/lib")]),
+        ]
+    )
+    ref = pushed(registry, run, "team/gone:1", image)
+    # /usr went with its whiteout: nothing under it is left, whatever the prefix.
+    for prefix in ("/usr/lib", "/usr/lib/a", "/no/such/path"):
+        for args, nothing in (([], ""), (["--tree"], ""), (["--json"], "[]\n")):
+            listed = run("ls", ref, prefix, *args)
+            assert (listed.exit_code, listed.stdout) == (1, nothing), (prefix, args)
+            assert listed.stderr == f"{prefix}: not found in {ref}\n"
+    assert [r["path"] for r in json.loads(run("ls", ref, "--json").stdout)] == ["/lib", "/top"]
+    # /lib/x went with its directory, replaced by a link: deleted, not overwritten.
+    found = json.loads(run("find", "/lib/x", "--all-layers", "--json").stdout)
+    assert [(r["state"], r["changed_by_layer"]) for r in found] == [("deleted", 1)]
+
+
+def test_a_hard_link_is_its_targets_file(registry: RegistryServer, run: Run) -> None:
+    perl = b"p" * 3800
+    image = make_image(
+        [
+            make_layer(
+                [
+                    file("usr/bin/perl", perl, mode=0o755),
+                    hardlink("usr/bin/perl5.36", "usr/bin/perl"),
+                    file("lib/real", b"r" * 40),
+                    hardlink("lib/alias", "lib/real"),
+                ]
+            ),
+            make_layer([whiteout("lib/real")]),
+        ]
+    )
+    ref = pushed(registry, run, "team/links:1", image)
+    # A container sees a 3.8 kB file at /usr/bin/perl5.36, and 40 bytes at /lib/alias after
+    # /lib/real is gone.
+    assert run("ls", ref, "-l").stdout == table(
+        ["TYPE", "MODE", "OWNER", "SIZE", "LAYER", "PATH", "TARGET"],
+        ["file", "0644", "0/0", "40 B", "0", "/lib/alias", "/lib/real"],
+        ["file", "0755", "0/0", "3.8 kB", "0", "/usr/bin/perl", ""],
+        ["file", "0644", "0/0", "3.8 kB", "0", "/usr/bin/perl5.36", "/usr/bin/perl"],
+    )
+    assert run("ls", ref, "/usr/bin/perl5.36", "-l").stdout == table(
+        ["TYPE", "MODE", "OWNER", "SIZE", "LAYER", "PATH", "TARGET"],
+        ["file", "0644", "0/0", "3.8 kB", "0", "/usr/bin/perl5.36", "/usr/bin/perl"],
+    )
+    # Layer 0 holds 3800 + 40 bytes of files (a link's data is its target's, stored once);
+    # the 40 of /lib/real are still at /lib/alias: nothing wasted. dive's score: /lib/real 40
+    # then 0, perl 3800, the links 0 B each → 3800 / 3840.
+    data = json.loads(run("layers", ref, "--json").stdout)
+    assert [(r["added_bytes"], r["wasted_bytes"]) for r in data["layers"]] == [(3840, 0), (0, 0)]
+    assert (data["wasted_bytes"], data["efficiency"]) == (0, 3800 / 3840)
 
 
 def test_diff(registry: RegistryServer, run: Run) -> None:

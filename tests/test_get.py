@@ -490,20 +490,28 @@ def test_docker_hub_like_registry_token_and_redirect(
     assert all("Authorization" not in r.headers for r in served)
 
 
-def test_multi_platform_needs_a_choice(fault_proxy: FaultProxy, run: Run) -> None:
+def test_multi_platform_defaults_to_linux_amd64(fault_proxy: FaultProxy, run: Run) -> None:
     amd = make_image([make_layer({"/bin/tool": b"amd64"})])
     arm = make_image([make_layer({"/bin/tool": b"arm64"})], platform="linux/arm64/v8")
     fault_proxy.push("team/multi", "1", make_index([amd, arm]))
     ref = f"{fault_proxy.host}/team/multi:1"
     assert run("index", "--platform", "all", ref).exit_code == 0
-    both = run("get", ref, "/bin/tool")
+    assert run("get", ref, "/bin/tool").stdout_bytes == b"amd64"  # as index, skopeo, dive
+    for platform in ("linux/arm64", "linux/arm64/v8"):  # as index matches them
+        assert run("get", "--platform", platform, ref, "/bin/tool").stdout_bytes == b"arm64"
+    # Without linux/amd64 among them, one must be picked.
+    arm32 = make_image([make_layer({"/bin/tool": b"arm"})], platform="linux/arm/v7")
+    arm64 = make_image([make_layer({"/bin/tool": b"arm64!"})], platform="linux/arm64/v8")
+    fault_proxy.push("team/multi", "2", make_index([arm64, arm32]))
+    other = f"{fault_proxy.host}/team/multi:2"
+    assert run("index", "--platform", "all", other).exit_code == 0
+    both = run("get", other, "/bin/tool")
     assert (both.exit_code, both.stderr) == (
         2,
-        f"Error: {ref} is indexed for linux/amd64, linux/arm64/v8; choose one with --platform\n",
+        f"Error: {other} is indexed for linux/arm/v7, linux/arm64/v8; choose one with --platform\n",
     )
-    assert run("get", "--platform", "linux/arm64", ref, "/bin/tool").stdout_bytes == b"arm64"
-    other = run("get", "--platform", "linux/s390x", ref, "/bin/tool")
-    assert (other.exit_code, other.stderr) == (
+    missing = run("get", "--platform", "linux/s390x", ref, "/bin/tool")
+    assert (missing.exit_code, missing.stderr) == (
         2,
         f"Error: {ref} is not indexed for linux/s390x; run: "
         f"layerindex index --platform linux/s390x {ref}\n",

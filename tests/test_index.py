@@ -494,16 +494,18 @@ def test_listings_images_layers_ls(registry: RegistryServer, run: Run) -> None:
         )
         for r in report["layers"]
     ] == [
-        (0, BASE.digest, BASE.media_type, len(BASE.blob), len(BASE.tar), 7, 20, 32,
+        (0, BASE.digest, BASE.media_type, len(BASE.blob), len(BASE.tar), 7, 20, 20,
          "layerindex test layer 0", "indexed"),
         (1, MIDDLE.digest, MIDDLE.media_type, len(MIDDLE.blob), len(MIDDLE.tar), 2, 23, 0,
          "layerindex test layer 1", "indexed"),
         (2, TOP.digest, TOP.media_type, len(TOP.blob), len(TOP.tar), 4, 3, 0,
          "layerindex test layer 2", "indexed"),
     ]  # fmt: skip
-    # Wasted (dive): kubectl 11 then 23 bytes (23 = 34 - 11), motd's 6 and old.txt's 3 deleted
-    # (each counted twice); all of it layer 0's content, hidden later.
-    assert (report["wasted_bytes"], report["efficiency"]) == (32, 23 / 55)
+    # Wasted: all of layer 0's files, hidden later: kubectl's 11 bytes (overwritten by 23),
+    # motd's 6 (whited out) and old.txt's 3 (under /opt made opaque). dive's score, a deletion
+    # a version of 0 B: kubectl 11, 23; motd 6, 0; old.txt 3, 0; new.txt 3 → smallest 11 + 0
+    # + 0 + 3 = 14 over 34 + 6 + 3 + 3 = 46.
+    assert (report["wasted_bytes"], report["efficiency"]) == (20, 14 / 46)
     final = run("ls", ref, "--csv")
     assert final.stdout.splitlines() == [
         "image,platform,layer_index,type,mode,uid,gid,size,path,link_target,sha256",

@@ -33,7 +33,6 @@ CLI_ENTRY_POINTS = {
     "layerindex.reference",
     "layerindex.get",  # use case: get
     "layerindex.analysis",  # use cases: layers, inspect, diff
-    "layerindex.crawl.headstart",  # index
     "layerindex.crawl.crawler",  # index
     "layerindex.crawl.job",  # crawl (and index's crawl lock)
     "layerindex.crawl.imagelist",  # crawl --images

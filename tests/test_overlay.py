@@ -40,8 +40,10 @@ def test_opaque_marker_does_not_delete_the_directory_itself() -> None:
     assert fate(0, "/a", [(1, "/a", T.OPAQUE)]) == Fate("present", None)
 
 
-def test_non_directory_replacing_a_directory_hides_its_contents() -> None:
-    assert fate(0, "/usr/lib/x", [(1, "/usr/lib", T.SYMLINK)]) == Fate("overwritten", 1)
+def test_non_directory_replacing_a_directory_deletes_its_contents() -> None:
+    # /usr/lib/x went with its directory; nothing was written in its place.
+    assert fate(0, "/usr/lib/x", [(1, "/usr/lib", T.SYMLINK)]) == Fate("deleted", 1)
+    assert fate(0, "/usr/lib/x", [(1, "/usr", T.FILE)]) == Fate("deleted", 1)
 
 
 def test_directory_over_directory_merges() -> None:

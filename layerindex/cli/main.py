@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import logging
@@ -30,6 +31,7 @@ R = TypeVar("R")
 
 EXIT_NOT_FOUND = 1
 EXIT_ERROR = 2
+EXIT_GATE_FAILED = 1  # layers --fail-on: a rule failed (dive --ci exits 1)
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
@@ -226,35 +228,40 @@ def index(
     (not counted as a pull by Docker Hub) and shows as unchanged. Exits 1 if any image failed
     (the others are indexed).
     """
-    from layerindex.crawl.headstart import HeadStart
+    from layerindex.crawl.crawler import Crawler
 
     references = _parse_refs(refs)  # a malformed reference fails before any network call
     failed = False
-    with HeadStart(_client(insecure)) as head_start:
-        # The first image's big layers start walking before SQLAlchemy is even imported.
-        head_start.begin(context.db_url, references[0], platform, hash_files=hash_files)
-        from layerindex.crawl.crawler import Crawler, worker_name
-        from layerindex.crawl.progress import image_line
+    with contextlib.ExitStack() as held:
 
-        writer = context.writer()
+        def open_index() -> Writer:
+            """The index's writer, under the crawl lock: opened when the first image is
+            recorded, so that SQLAlchemy loads while that image's first layers walk."""
+            from layerindex.crawl.crawler import worker_name
+
+            writer = context.writer()
+            held.enter_context(writer.crawl_lock(worker_name()))
+            _imports_done()
+            return writer
+
         crawler = Crawler(
-            head_start.client,
-            writer,
+            _client(insecure),
+            open_index,
+            db_url=context.db_url,
             platform=platform,
             hash_files=hash_files,
             exclusive=True,
-            head_start=head_start,
         )
-        _imports_done()
-        with writer.crawl_lock(worker_name()):
-            for ref in references:
-                for outcome in crawler.index(ref, incremental=True):
-                    echo(image_line(outcome))
-                    for error in outcome.errors:
-                        echo(f"Error: {error}", err=True)
-                    failed = failed or not outcome.ok
-                head_start.close()  # walks the first image left: not to run on beside the next
-            crawler.store.analyze()
+        for ref in references:
+            outcomes = crawler.index(ref, incremental=True)
+            from layerindex.crawl.progress import image_line  # imports SQLAlchemy: not before
+
+            for outcome in outcomes:
+                echo(image_line(outcome))
+                for error in outcome.errors:
+                    echo(f"Error: {error}", err=True)
+                failed = failed or not outcome.ok
+        crawler.store.analyze()
     if failed:
         click.echo(
             "Nothing of a failed layer was kept; the next `layerindex index` retries it.",
@@ -344,8 +351,9 @@ def find(
     """Find PATH (a path, or a glob: * and ? within a directory, ** across) in every indexed image.
 
     By default each image's final filesystem, what a container started from it sees. With
-    --all-layers every layer's entry, STATE 'present', or 'overwritten' / 'deleted' (by a
-    whiteout) by a later layer. Exits 0 when found, 1 when not, 2 on error.
+    --all-layers every layer's entry, STATE 'present', 'overwritten' (a later layer wrote the
+    same path) or 'deleted' (a whiteout, an opaque directory, or its directory deleted or
+    replaced by a later layer). Exits 0 when found, 1 when not, 2 on error.
     """
     from layerindex.index.find import FindFilters
     from layerindex.index.find import find as find_rows
@@ -443,27 +451,58 @@ LAYER_COLUMNS = (
 )
 
 
-@cli.command(epilog=examples("layerindex layers alpine:3.20", "layerindex layers --json debian:12"))
+@cli.command(
+    epilog=examples(
+        "layerindex layers alpine:3.20",
+        "layerindex layers --json debian:12",
+        "layerindex layers app:1 --fail-on lowest-efficiency=0.9,highest-wasted-bytes=20MB",
+    )
+)
 @click.argument("ref")
 @image_platform_option
-@output_options
+@click.option(
+    "--files",
+    "top",
+    type=click.IntRange(0),
+    default=10,
+    show_default=True,
+    metavar="N",
+    help="List the N paths that waste the most bytes (0: none).",
+)
+@click.option(
+    "--fail-on",
+    metavar="RULE=VALUE,...",
+    help="Exit 1 when a rule fails, as dive --ci: lowest-efficiency=0.9, "
+    "highest-wasted-bytes=20MB, highest-user-wasted-percent=0.1 (a fraction).",
+)
+@output_options(json_help="One JSON object: the layers, the image's sizes, waste, efficiency.")
 @pass_context
 @handle_errors
-def layers(context: Context, ref: str, platform: str | None, output_format: str) -> None:
+def layers(
+    context: Context,
+    ref: str,
+    platform: str | None,
+    top: int,
+    fail_on: str | None,
+    output_format: str,
+) -> None:
     """The layers of an indexed image, base first, and how much of them is wasted.
 
     Per layer: compressed and uncompressed size, entries, bytes of regular files it adds, bytes
-    of its content that later layers overwrite or delete (WASTED), the history command that
-    made it. Then, on stderr, the image's size, wasted bytes and efficiency as dive computes
-    them. --json prints one object: the layers, size, wasted_bytes and efficiency.
+    of its files that the final filesystem hides (WASTED: overwritten, deleted, under an opaque
+    or deleted directory), the history command that made it. Then, on stderr, the image's
+    sizes (file bytes, tar bytes, compressed bytes), wasted bytes, the share of them in the
+    bytes added above the base layer, dive's efficiency score, and the paths that waste the
+    most. --nl and --csv print the layers only.
     """
-    from layerindex.analysis import layer_report
+    from layerindex.analysis import layer_report, parse_gate, summary_lines
     from layerindex.index.images import Finder
     from layerindex.output import human_size, short_digest, write_json, write_rows
 
+    rules = parse_gate(fail_on) if fail_on is not None else []
     finder = Finder(context.reader())
     (reference,) = _parse_refs([ref])
-    report = layer_report(finder, finder.image(reference, platform))
+    report = layer_report(finder, finder.image(reference, platform), top)
     if output_format == "json":
         write_json(
             {
@@ -471,43 +510,38 @@ def layers(context: Context, ref: str, platform: str | None, output_format: str)
                 "manifest_digest": report.image.digest,
                 "platform": report.image.platform,
                 "layers": [{c: row[c] for c in LAYER_COLUMNS} for row in report.layers],
-                "size": report.size,
+                "files_bytes": report.files_bytes,
+                "tar_bytes": report.tar_bytes,
+                "compressed_bytes": report.compressed_bytes,
                 "wasted_bytes": report.wasted_bytes,
+                "user_wasted_ratio": report.user_wasted_ratio,
                 "efficiency": report.efficiency,
+                "inefficient_files": [
+                    {"path": f.path, "copies": f.copies, "wasted_bytes": f.wasted_bytes}
+                    for f in report.inefficient_files
+                ],
             }
         )
-        return
-    write_rows(
-        report.layers,
-        output_format,
-        LAYER_COLUMNS,
-        table_columns=(
-            "platform",
-            "layer_index",
-            "layer_digest",
-            "media_type",
-            "size",
-            "uncompressed_size",
-            "entries",
-            "added_bytes",
-            "wasted_bytes",
-            "status",
-            "created_by",
-        ),
-        formatters={
-            "layer_digest": short_digest,
-            **dict.fromkeys(
-                ("size", "uncompressed_size", "added_bytes", "wasted_bytes"), human_size
-            ),
-        },
-    )
-    left_out = f"  ({report.not_indexed} layers not indexed)" if report.not_indexed else ""
-    echo(
-        f"Total Image size: {human_size(report.size)}  "
-        f"Potential wasted space: {human_size(report.wasted_bytes)}  "
-        f"Image efficiency score: {int(100 * report.efficiency)} %{left_out}",
-        err=True,
-    )
+    else:
+        write_rows(
+            report.layers,
+            output_format,
+            LAYER_COLUMNS,
+            table_columns=(*LAYER_COLUMNS[1:-2], "status", "created_by"),  # platform to wasted
+            formatters={
+                "layer_digest": short_digest,
+                **dict.fromkeys(
+                    ("size", "uncompressed_size", "added_bytes", "wasted_bytes"), human_size
+                ),
+            },
+        )
+        for line in summary_lines(report):
+            echo(line, err=True)
+    failures = [(rule.name, rule.failure(report)) for rule in rules]
+    for name, failure in failures:
+        echo(f"FAIL: {name}: {failure}" if failure else f"PASS: {name}", err=True)
+    if any(failure for _, failure in failures):
+        sys.exit(EXIT_GATE_FAILED)
 
 
 @cli.command(
@@ -538,7 +572,8 @@ def ls(
     output_format: str,
 ) -> None:
     """List an image's final filesystem (whiteouts applied), one of its layers (--layer), or a
-    layer by digest (its own entries, whiteouts included)."""
+    layer by digest (its own entries, whiteouts included). Exits 1 when nothing is at
+    PATH_PREFIX, 2 on an error."""
     from layerindex.index.images import Finder
     from layerindex.layer.entries import query_path
     from layerindex.output import human_size, octal_mode, write_rows, write_tree
@@ -558,19 +593,22 @@ def ls(
         rows = finder.ls_image(finder.image(reference, platform), path_prefix, layer)
         columns = ("image", "platform", "layer_index", *base)
     if tree:
-        write_tree(rows, path_prefix, long_format=long_format)
-        return
-    shown: tuple[str, ...] = ("type", "path", "link_target")
-    if long_format:
-        owner = ("mode", "owner", "size", *(("layer_index",) if "layer_index" in columns else ()))
-        shown = ("type", *owner, "path", "link_target")
-    write_rows(
-        (_with_owner(row) for row in rows),
-        output_format,
-        columns,
-        table_columns=shown,
-        formatters={"size": human_size, "mode": octal_mode},
-    )
+        written = write_tree(rows, path_prefix, long_format=long_format)
+    else:
+        shown: tuple[str, ...] = ("type", "path", "link_target")
+        if long_format:
+            owner = ("mode", "owner", "size", *(("layer_index",) * ("layer_index" in columns)))
+            shown = ("type", *owner, "path", "link_target")
+        written = write_rows(
+            (_with_owner(row) for row in rows),
+            output_format,
+            columns,
+            table_columns=shown,
+            formatters={"size": human_size, "mode": octal_mode},
+        )
+    if not written and path_prefix != "/":
+        echo(f"{path_prefix}: not found in {target}", err=True)  # as find says it
+        sys.exit(EXIT_NOT_FOUND)
 
 
 def _with_owner(row: dict[str, Any]) -> dict[str, Any]:
@@ -659,7 +697,8 @@ def inspect(
     show_config: bool,
 ) -> None:
     """What `skopeo inspect` shows of an indexed image, from the index (no network): digest,
-    current tags, created, platform, labels, env, entrypoint and cmd, layers, history."""
+    the tags that name it now ("Tags here": not skopeo's RepoTags, every tag of the
+    repository), created, platform, labels, env, entrypoint and cmd, layers, history."""
     from layerindex.analysis import inspect as inspect_image
     from layerindex.analysis import inspect_text
     from layerindex.index.images import Finder
@@ -684,16 +723,27 @@ def inspect(
 
 @cli.command(
     name="diff",
-    epilog=examples("layerindex diff alpine:3.19 alpine:3.20", "layerindex diff --csv app:1 app:2"),
+    epilog=examples(
+        "layerindex diff alpine:3.19 alpine:3.20",
+        "layerindex diff --csv app:1 app:2",
+        "layerindex diff alpine:3.20 alpine:3.20 --platform linux/amd64 --platform linux/arm64",
+    ),
 )
 @click.argument("old_ref", metavar="REF1")
 @click.argument("new_ref", metavar="REF2")
-@image_platform_option
+@click.option(
+    "--platform",
+    "platforms",
+    multiple=True,
+    metavar="OS/ARCH[/VARIANT]",
+    help="Which image of a multi-platform reference [default: linux/amd64]; given twice, "
+    "REF1's then REF2's (two platforms of one tag).",
+)
 @output_options
 @pass_context
 @handle_errors
 def diff_command(
-    context: Context, old_ref: str, new_ref: str, platform: str | None, output_format: str
+    context: Context, old_ref: str, new_ref: str, platforms: tuple[str, ...], output_format: str
 ) -> None:
     """Paths added, removed and changed from REF1's final filesystem to REF2's.
 
@@ -704,9 +754,12 @@ def diff_command(
     from layerindex.index.images import Finder
     from layerindex.output import write_rows
 
+    if len(platforms) > 2:
+        raise click.UsageError("give --platform once (both images) or twice (REF1's, REF2's)")
+    old_platform, new_platform = (platforms * 2)[:2] if platforms else (None, None)
     finder = Finder(context.reader())
     old, new = _parse_refs([old_ref, new_ref])
-    old_image, new_image = finder.image(old, platform), finder.image(new, platform)
+    old_image, new_image = finder.image(old, old_platform), finder.image(new, new_platform)
     changed = [f"{side}_{name}" for name in DIFF_FIELDS for side in ("old", "new")]
     write_rows(
         diff(finder, old_image, new_image),

@@ -15,23 +15,15 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import Executor, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Protocol
+from types import TracebackType
+from typing import TYPE_CHECKING, Protocol
 
-from layerindex.crawl.headstart import WALKS_MAX, HeadStart, layer_where
-from layerindex.errors import DuplicateRow, LayerIndexError, UnsupportedManifest
-from layerindex.index.store import (
-    ImageRecord,
-    LayerRecord,
-    LayerState,
-    Store,
-    StoredImage,
-    Writer,
-    utcnow,
-)
+from layerindex.errors import DuplicateRow, LayerIndexError, NoIndex, UnsupportedManifest
+from layerindex.index.database import Reader, open_reader, reads_without_sqlalchemy
+from layerindex.index.known import StoredImage, failing_layers, images_for, indexed_diff_ids
 from layerindex.layer import walkproc
 from layerindex.layer.walker import LayerWalker, has_fast_path
 from layerindex.layer.walkproc import ChildWalk, walk_download
@@ -42,11 +34,17 @@ from layerindex.registry.platforms import parse_platform
 from layerindex.registry.reachability import HostGivenUp
 from layerindex.registry.transport import BlobReader
 
+if TYPE_CHECKING:  # SQLAlchemy is imported when the index is first written to, not before
+    from concurrent.futures import Executor
+
+    from layerindex.index.store import LayerState, Store, Writer
+
 log = logging.getLogger("layerindex")
 
 LEASE_SECONDS = 300.0  # a killed fetcher's layer is taken over after this
 LEASE_WAIT_POLL = 0.5
-IMAGE_LAYER_THREADS = WALKS_MAX  # layers of one image fetched at once when no pool is given
+WALKS_AHEAD = 4  # walker processes started before the index is written to, at most, at once
+IMAGE_LAYER_THREADS = WALKS_AHEAD  # layers of one image fetched at once when no pool is given
 BACKOFF_FIRST = dt.timedelta(minutes=1)
 BACKOFF_MAX = dt.timedelta(hours=6)
 
@@ -114,7 +112,7 @@ class _LayerResult:
 
 
 class Registry(Protocol):
-    """What the crawler asks of a registry: a RegistryClient, or a head start's client."""
+    """What the crawler asks of a registry (a RegistryClient)."""
 
     def head_manifest(self, ref: Reference) -> str | None: ...
     def get_manifest(self, ref: Reference) -> manifest.FetchedManifest: ...
@@ -125,34 +123,155 @@ class Registry(Protocol):
     def abandon_downloads(self) -> None: ...
 
 
+def layer_where(ref: Reference, digest: str) -> str:
+    """How messages name a layer: "image alpine:3.20 layer sha256:…"."""
+    return f"image {ref.familiar()} layer {digest}"
+
+
+class StartedWalk:
+    """A layer being walked in a child process since before the index was written to; leaving
+    it stops the child (if it still runs) and closes the download."""
+
+    def __init__(self, diff_id: str, walk: ChildWalk, stack: contextlib.ExitStack) -> None:
+        self.diff_id = diff_id
+        self.walk = walk
+        self._stack = stack
+
+    def __enter__(self) -> ChildWalk:
+        return self.walk
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._stack.close()
+
+
+class WalksAhead:
+    """The walks one ``Crawler.index`` call started before writing anything, by layer digest:
+    the layer's fetch takes its walk (or the error starting it met); leaving stops the rest."""
+
+    def __init__(self, permits: threading.BoundedSemaphore) -> None:
+        self._permits = permits  # the crawler's: WALKS_AHEAD across its threads
+        self._walks: dict[str, StartedWalk | LayerIndexError] = {}
+
+    def start(
+        self,
+        client: Registry,
+        ref: Reference,
+        layer: manifest.Descriptor,
+        diff_id: str,
+        *,
+        hash_files: bool,
+    ) -> bool:
+        """Start walking ``layer`` in a child process. False when no more may start: all the
+        permits are taken, or the download failed (the error is the layer's fetch's)."""
+        if not self._permits.acquire(blocking=False):
+            return False
+        with contextlib.ExitStack() as stack:
+            stack.callback(self._permits.release)  # when the walk is left
+            try:
+                walk = stack.enter_context(
+                    walk_download(
+                        client.open_blob(ref, layer.digest, layer.size),
+                        digest=layer.digest,
+                        diff_id=diff_id,
+                        hash_files=hash_files,
+                        where=layer_where(ref, layer.digest),
+                        in_child=True,
+                    )
+                )
+            except LayerIndexError as exc:  # the blob's request: not to be made twice
+                self._walks[layer.digest] = exc
+                return False
+            assert isinstance(walk, ChildWalk)
+            self._walks[layer.digest] = StartedWalk(diff_id, walk, stack.pop_all())
+        return True
+
+    def take(self, digest: str, diff_id: str | None) -> StartedWalk | None:
+        """The walk started for this layer, if any, now the caller's to leave; raises the
+        error its start met."""
+        started = self._walks.pop(digest, None)  # one pop: layers are fetched from threads
+        if isinstance(started, LayerIndexError):
+            raise started
+        if started is not None and started.diff_id != diff_id:
+            with started:  # recorded with another diff_id: walk it as recorded
+                return None
+        return started
+
+    def close(self) -> None:
+        while self._walks:
+            if isinstance(started := self._walks.popitem()[1], StartedWalk):
+                with started:
+                    pass
+
+    def __enter__(self) -> WalksAhead:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class _Target:
+    """A platform image of a reference to index, as the registry described it."""
+
+    image: manifest.ImageManifest | manifest.ImageIndex
+    index_digest: str | None
+    config_bytes: bytes = b""
+    config: manifest.ImageConfig | None = None
+    error: LayerIndexError | None = None  # what went wrong fetching it: the image's failure
+
+
+@dataclass
+class _Resolved:
+    """What the registry said a reference names, and what the index held of it, before
+    anything is written."""
+
+    digest: str | None = None  # the reference's manifest digest (its tag is recorded there)
+    targets: list[_Target | list[StoredImage]] = field(default_factory=list)  # or indexed
+    error: LayerIndexError | None = None  # what went wrong resolving it: the reference's
+
+
 class Crawler:
+    """Indexes images into the index through ``writer`` (a Writer, or a function opening it).
+
+    Each image is first resolved with the registry and checked against the index through the
+    plain DB-API reader (``index.known``), and the walks of its new big layers start at once;
+    the Engine (SQLAlchemy: 0.3-0.4 s of one core to import and open, or create) is needed
+    only when the image is recorded, so that a function given for it runs beside those walks.
+    ``db_url`` lets the index be read before that without SQLAlchemy.
+    """
+
     def __init__(
         self,
         client: Registry,
-        writer: Writer,
+        writer: Writer | Callable[[], Writer],
         *,
+        db_url: str | None = None,
         platform: str = "linux/amd64",
         hash_files: bool = False,
         layer_pool: Executor | None = None,
         respect_backoff: bool = False,
         exclusive: bool = False,
         lease_seconds: float = LEASE_SECONDS,
-        head_start: HeadStart | None = None,
     ) -> None:
         self.client = client
-        self.writer = writer
+        self._writer: Writer | None = None if callable(writer) else writer
+        self._open_writer: Callable[[], Writer] | None = writer if callable(writer) else None
+        self._opening = threading.Lock()
+        self.db_url = db_url
         self.platform = platform
         self.hash_files = hash_files
         self.layer_pool = layer_pool
         self.respect_backoff = respect_backoff
         self.exclusive = exclusive  # the caller holds the crawl lock: stale leases are void
         self.lease_seconds = lease_seconds
-        self.head_start = head_start  # layers whose walk began before the database was open
+        self._ahead = threading.BoundedSemaphore(WALKS_AHEAD)
         self._local = threading.local()
         self._stopping = threading.Event()
-        # SQLite has one writer at a time: threads take the writer's turns.
-        self._one_writer = writer.one_writer
-        self._write_lock = writer.turn
         if not has_fast_path():
             log.info(
                 "the tar walker's C fast path (layerindex.layer._tarscan) is not built: layers are "
@@ -171,12 +290,49 @@ class Crawler:
         return self._stopping.is_set()
 
     @property
+    def writer(self) -> Writer:
+        """The index's writing side, opened the first time it is asked for."""
+        return self._writer or self._open()
+
+    def _open(self) -> Writer:
+        with self._opening:
+            if self._writer is None:
+                assert self._open_writer is not None
+                self._writer = self._open_writer()
+            return self._writer
+
+    @property
+    def _one_writer(self) -> bool:
+        return self.writer.one_writer
+
+    @property
+    def _write_lock(self) -> AbstractContextManager[object]:
+        """SQLite has one writer at a time: threads take the writer's turns."""
+        return self.writer.turn
+
+    @property
     def store(self) -> Store:
         """A Store per thread: its interning caches belong to one transaction at a time."""
         store: Store | None = getattr(self._local, "store", None)
         if store is None:
             store = self._local.store = self.writer.new_store()
         return store
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Reader | None]:
+        """The index, to ask what it holds: through the plain DB-API reader (no SQLAlchemy)
+        until the Engine is open, then on one of its connections. None: no index yet."""
+        reader = None
+        if self._writer is None and self.db_url and reads_without_sqlalchemy(self.db_url):
+            with contextlib.suppress(NoIndex):  # a new database: nothing is known
+                reader = open_reader(self.db_url)
+        else:
+            reader = Reader.from_engine(self.writer.engine)
+        try:
+            yield reader
+        finally:
+            if reader is not None:
+                reader.close()
 
     def index(self, ref: Reference, *, incremental: bool = False) -> list[ImageOutcome]:
         """Index every image ``ref`` names (one per selected platform).
@@ -185,59 +341,104 @@ class Crawler:
         stop there when the digest is one already fully indexed. Image-level errors come back
         as a failed outcome.
         """
-        try:
-            if incremental and (unchanged := self._unchanged(ref)):
-                return unchanged
-            fetched = self.client.get_manifest(ref)
-            parsed = manifest.parse_manifest(fetched)
-            if ref.tag is not None:
-                with self._write_lock:
-                    self.store.record_tag(ref.registry, ref.repository, ref.tag, fetched.digest)
-            # (manifest, index digest) to index, or the outcomes of an image indexed before
-            targets_or_known: list[
-                tuple[manifest.ImageManifest | manifest.ImageIndex, str | None] | list[ImageOutcome]
-            ]
-            if isinstance(parsed, manifest.ImageIndex):
-                targets_or_known = []
-                for child in manifest.select_platforms(parsed, self.platform):
-                    if incremental and _complete(
-                        known := self.store.images_for(ref.registry, ref.repository, child.digest)
-                    ):
-                        targets_or_known.append(self._known(ref, known))  # no request for it
-                        continue
-                    child_manifest = self.client.get_manifest(ref.with_digest(child.digest))
-                    targets_or_known.append(
-                        (manifest.parse_manifest(child_manifest), fetched.digest)
-                    )
-            else:
-                targets_or_known = [(parsed, None)]
-        except LayerIndexError as exc:
-            not_tried = isinstance(exc, HostGivenUp)
-            return [ImageOutcome(reference=ref.familiar(), errors=[str(exc)], not_tried=not_tried)]
-        outcomes = []
-        for target in targets_or_known:
-            if isinstance(target, list):
-                outcomes += target
-                continue
-            image, index_digest = target
-            outcome = ImageOutcome(reference=ref.familiar(), manifest_digest=image.digest)
-            try:
-                if not isinstance(image, manifest.ImageManifest):
-                    raise UnsupportedManifest(
-                        f"{ref.familiar()}: index entry {image.digest} is itself an index"
-                    )
-                self._index_image(ref, image, index_digest, outcome)
-            except LayerIndexError as exc:
-                outcome.errors.append(str(exc))
-            outcomes.append(outcome)
-        return outcomes
+        with WalksAhead(self._ahead) as ahead:
+            resolved = _Resolved()
+            with self._reading() as reader:
+                try:
+                    self._resolve(reader, ref, resolved, ahead, incremental=incremental)
+                except LayerIndexError as exc:
+                    resolved.error = exc
+            return self._record(ref, resolved, ahead)
 
-    def _unchanged(self, ref: Reference) -> list[ImageOutcome]:
-        """Outcomes for a reference whose digest is fully indexed already; else []."""
-        digest = ref.digest or self.client.head_manifest(ref)
-        if digest is None:
-            return []
-        stored = self.store.images_for(ref.registry, ref.repository, digest)
+    def _resolve(
+        self,
+        reader: Reader | None,
+        ref: Reference,
+        resolved: _Resolved,
+        ahead: WalksAhead,
+        *,
+        incremental: bool,
+    ) -> None:
+        """Ask the registry for the images ``ref`` names and the index which it holds (into
+        ``resolved``); start the walks of their new big layers."""
+        if incremental:
+            digest = ref.digest or self.client.head_manifest(ref)
+            if digest is not None and (unchanged := self._unchanged(reader, ref, digest)):
+                resolved.digest = digest
+                resolved.targets.append(unchanged)
+                return
+        fetched = self.client.get_manifest(ref)
+        parsed = manifest.parse_manifest(fetched)
+        resolved.digest = fetched.digest
+        if isinstance(parsed, manifest.ImageIndex):
+            for child in manifest.select_platforms(parsed, self.platform):
+                if (
+                    incremental
+                    and reader is not None
+                    and _complete(
+                        known := images_for(reader, ref.registry, ref.repository, child.digest)
+                    )
+                ):
+                    resolved.targets.append(known)  # no request for it
+                    continue
+                child_manifest = self.client.get_manifest(ref.with_digest(child.digest))
+                resolved.targets.append(
+                    _Target(manifest.parse_manifest(child_manifest), fetched.digest)
+                )
+        else:
+            resolved.targets.append(_Target(parsed, None))
+        targets = [t for t in resolved.targets if isinstance(t, _Target)]
+        for target in targets:
+            try:
+                if not isinstance(target.image, manifest.ImageManifest):
+                    raise UnsupportedManifest(
+                        f"{ref.familiar()}: index entry {target.image.digest} is itself an index"
+                    )
+                config_digest = target.image.config.digest
+                target.config_bytes = self.client.get_blob_bytes(
+                    ref, config_digest, CONFIG_MAX_BYTES
+                )
+                target.config = manifest.parse_config(
+                    target.config_bytes, target.image, where=ref.familiar()
+                )
+            except LayerIndexError as exc:
+                target.error = exc
+        self._walk_ahead(reader, ref, targets, ahead)
+
+    def _walk_ahead(
+        self, reader: Reader | None, ref: Reference, targets: list[_Target], ahead: WalksAhead
+    ) -> None:
+        """Start walking the layers of ``walkproc.CHILD_WALK_MIN_BYTES`` or more whose contents
+        (diff_id) the index lacks, one walk per diff_id, before anything is written. Only for
+        a crawler that holds the crawl lock (``exclusive``): a worker fetches a layer only
+        under its lease, which is written in the index."""
+        if not self.exclusive or self.stopping:
+            return
+        wanted: dict[str, manifest.Descriptor] = {}  # by diff_id
+        for target in targets:
+            if target.config is None:
+                continue
+            assert isinstance(target.image, manifest.ImageManifest)
+            for layer, diff_id in zip(target.image.layers, target.config.diff_ids, strict=True):
+                if layer.size >= walkproc.CHILD_WALK_MIN_BYTES and not manifest.is_foreign(layer):
+                    wanted.setdefault(diff_id, layer)
+        if reader is not None and wanted:
+            for diff_id in indexed_diff_ids(reader, list(wanted)):
+                del wanted[diff_id]
+            if self.respect_backoff:  # a layer left alone for a while is the crawler's to tell
+                failing = failing_layers(reader, [layer.digest for layer in wanted.values()])
+                wanted = {d: layer for d, layer in wanted.items() if layer.digest not in failing}
+        began = 0
+        for diff_id, layer in wanted.items():
+            if not ahead.start(self.client, ref, layer, diff_id, hash_files=self.hash_files):
+                break
+            began += 1
+        log.debug("%s: %d layers walking before the index is written", ref.familiar(), began)
+
+    def _unchanged(self, reader: Reader | None, ref: Reference, digest: str) -> list[StoredImage]:
+        """The images of ``digest``, when every one ``platform`` asks for is fully indexed;
+        else []."""
+        stored = [] if reader is None else images_for(reader, ref.registry, ref.repository, digest)
         if self.platform == "all":
             if any(s.digest != digest for s in stored):
                 return []  # an index: only its manifest says whether every platform is here
@@ -248,12 +449,36 @@ class Crawler:
             ]
             if len(stored) < len(wanted):
                 return []
-        if not _complete(stored):
-            return []
-        if ref.tag is not None:
-            with self._write_lock:
-                self.store.record_tag(ref.registry, ref.repository, ref.tag, digest)
-        return self._known(ref, stored)
+        return stored if _complete(stored) else []
+
+    def _record(self, ref: Reference, resolved: _Resolved, ahead: WalksAhead) -> list[ImageOutcome]:
+        """Write what ``_resolve`` found, and index the new images' layers."""
+        # The Writer is opened here if it was not, even for an image that failed: a database
+        # that cannot be opened is the run's error, said before any image's.
+        self._open()
+        try:
+            if resolved.digest is not None and ref.tag is not None:
+                with self._write_lock:
+                    self.store.record_tag(ref.registry, ref.repository, ref.tag, resolved.digest)
+            if resolved.error is not None:
+                raise resolved.error
+        except LayerIndexError as exc:
+            not_tried = isinstance(exc, HostGivenUp)
+            return [ImageOutcome(reference=ref.familiar(), errors=[str(exc)], not_tried=not_tried)]
+        outcomes = []
+        for target in resolved.targets:
+            if isinstance(target, list):
+                outcomes += self._known(ref, target)
+                continue
+            outcome = ImageOutcome(reference=ref.familiar(), manifest_digest=target.image.digest)
+            try:
+                if target.error is not None:
+                    raise target.error
+                self._index_image(ref, target, outcome, ahead)
+            except LayerIndexError as exc:
+                outcome.errors.append(str(exc))
+            outcomes.append(outcome)
+        return outcomes
 
     def _known(self, ref: Reference, stored: list[StoredImage]) -> list[ImageOutcome]:
         """Outcomes for images indexed completely before, now seen as ``ref``."""
@@ -272,14 +497,12 @@ class Crawler:
         ]
 
     def _index_image(
-        self,
-        ref: Reference,
-        image: manifest.ImageManifest,
-        index_digest: str | None,
-        outcome: ImageOutcome,
+        self, ref: Reference, target: _Target, outcome: ImageOutcome, ahead: WalksAhead
     ) -> None:
-        config_bytes = self.client.get_blob_bytes(ref, image.config.digest, CONFIG_MAX_BYTES)
-        config = manifest.parse_config(config_bytes, image, where=ref.familiar())
+        from layerindex.index.store import ImageRecord, LayerRecord
+
+        image, config = target.image, target.config
+        assert isinstance(image, manifest.ImageManifest) and config is not None
         outcome.platform = config.platform
         with self._write_lock:
             image_id, states = self.store.record_image(
@@ -288,13 +511,13 @@ class Crawler:
                     repository=ref.repository,
                     digest=image.digest,
                     reference=ref.familiar(),
-                    index_digest=index_digest,
+                    index_digest=target.index_digest,
                     media_type=image.media_type,
                     platform=config.platform,
                     config_digest=image.config.digest,
                     created=config.created,
                     manifest=image.raw.decode("utf-8"),
-                    config=config_bytes.decode("utf-8"),
+                    config=target.config_bytes.decode("utf-8"),
                     layers=[
                         LayerRecord(d.digest, d.media_type, d.size, diff_id)
                         for d, diff_id in zip(image.layers, config.diff_ids, strict=True)
@@ -315,18 +538,23 @@ class Crawler:
         # several at once use several cores, and on SQLite only writing them takes turns.
         if self.layer_pool is not None:
             futures = [
-                self.layer_pool.submit(self._layer, ref, state, in_child=in_child, at_once=True)
+                self.layer_pool.submit(
+                    self._layer, ref, state, ahead, in_child=in_child, at_once=True
+                )
                 for state, in_child in pending
             ]
             results = [f.result() for f in futures]
         elif len(pending) > 1:
+            from concurrent.futures import ThreadPoolExecutor  # 5 ms not spent before the walks
+
             with ThreadPoolExecutor(
                 min(len(pending), IMAGE_LAYER_THREADS), thread_name_prefix="layerindex-layer"
             ) as pool:
                 try:
                     results = list(
                         pool.map(
-                            lambda p: self._layer(ref, p[0], in_child=p[1], at_once=True), pending
+                            lambda p: self._layer(ref, p[0], ahead, in_child=p[1], at_once=True),
+                            pending,
                         )
                     )
                 except BaseException:  # Ctrl-C: the threads' downloads must not hold it up
@@ -334,7 +562,7 @@ class Crawler:
                     raise
         else:
             results = [
-                self._layer(ref, state, in_child=in_child, at_once=False)
+                self._layer(ref, state, ahead, in_child=in_child, at_once=False)
                 for state, in_child in pending
             ]
         for result in results:
@@ -353,13 +581,21 @@ class Crawler:
                 self.store.finish_image(image_id)
 
     def _layer(
-        self, ref: Reference, layer: LayerState, *, in_child: bool, at_once: bool
+        self,
+        ref: Reference,
+        layer: LayerState,
+        ahead: WalksAhead,
+        *,
+        in_child: bool,
+        at_once: bool,
     ) -> _LayerResult:
         """Index one layer, unless its contents are known or another fetcher has it.
 
         ``in_child``: walk it in a child process; ``at_once``: other layers may be walking at
-        the same time.
+        the same time; ``ahead``: the walks started before the image was recorded.
         """
+        from layerindex.index.store import utcnow
+
         where = layer_where(ref, layer.digest)
         if self.stopping:
             return _LayerResult("failed", error=f"{where}: interrupted")
@@ -388,17 +624,26 @@ class Crawler:
             time.sleep(LEASE_WAIT_POLL)
         try:
             with self.writer.heartbeat(layer, owner, self.lease_seconds):
-                return self._fetch_and_walk(ref, layer, where, at_once=at_once, in_child=in_child)
+                return self._fetch_and_walk(
+                    ref, layer, where, ahead, at_once=at_once, in_child=in_child
+                )
         finally:
             with self._write_lock:
                 store.release_lease(layer, owner)
 
     def _fetch_and_walk(
-        self, ref: Reference, layer: LayerState, where: str, *, at_once: bool, in_child: bool
+        self,
+        ref: Reference,
+        layer: LayerState,
+        where: str,
+        ahead: WalksAhead,
+        *,
+        at_once: bool,
+        in_child: bool,
     ) -> _LayerResult:
         store = self.store
         try:
-            with self._walk(ref, layer, where, in_child=in_child) as walked:
+            with self._walk(ref, layer, where, ahead, in_child=in_child) as walked:
                 if isinstance(walked, ChildWalk) and at_once and self._one_writer:
                     walked.wait()  # walked to its end before it takes its turn at the writer
                 with self._write_lock:
@@ -424,11 +669,11 @@ class Crawler:
 
     @contextlib.contextmanager
     def _walk(
-        self, ref: Reference, layer: LayerState, where: str, *, in_child: bool
+        self, ref: Reference, layer: LayerState, where: str, ahead: WalksAhead, *, in_child: bool
     ) -> Iterator[LayerWalker | ChildWalk]:
-        """The layer's walk: the head start's, else a new one (in process: walked while
+        """The layer's walk: the one started ahead, else a new one (in process: walked while
         written); leaving it stops the walk and closes the download."""
-        started = self.head_start and self.head_start.take(layer.digest, layer.diff_id)
+        started = ahead.take(layer.digest, layer.diff_id)
         if started:
             with started as walk:
                 yield walk

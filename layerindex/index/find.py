@@ -28,6 +28,7 @@ from layerindex.layer.entries import (
     split_path,
     stored_path,
 )
+from layerindex.registry.platforms import names_platform
 
 if TYPE_CHECKING:
     from layerindex.reference import Reference
@@ -383,7 +384,7 @@ def _images(reader: Reader, filters: FindFilters) -> list[_Image]:
         if filters.repos and not {repository, f"{registry}/{repository}"} & set(filters.repos):
             continue
         wanted = filters.platform
-        if wanted and platform != wanted and not platform.startswith(wanted + "/"):
+        if wanted and not names_platform(wanted, platform):
             continue
         found.append(_Image(image_id, reference, digest, platform))
     return sorted(found, key=lambda i: (i.reference, i.platform, i.id))

@@ -22,6 +22,7 @@ from layerindex.index.resolve import IndexedImage, the_image
 from layerindex.layer import overlay
 from layerindex.layer.entries import (
     OPAQUE_MARKER,
+    TYPE_CODES,
     TYPE_NAMES,
     EntryType,
     split_path,
@@ -152,14 +153,26 @@ class Finder:
                     **payload,
                 }
             return
+        # A hard link is what a container sees there: its target's type and size.
+        linked = {
+            (link.position, link.path): (kind, link.target_size)
+            for link in hard_links(self.reader, image, prefix)
+            if (kind := link.target_type) is not None
+        }
         view = overlay.final_entries(image_paths(self.reader, image, prefix))
         for path, position, entry_type, entry in view:
-            yield {
+            if not _has_prefix(path, prefix):
+                continue  # an ancestor of the prefix, read for what it deletes
+            row = {
                 **_image_columns(image, position),
                 "path": path,
                 "type": entry_type.value,
                 **details(entry),
             }
+            if (position, path) in linked:
+                kind, size = linked[(position, path)]
+                row |= {"type": kind.value, "size": size}
+            yield row
 
 
 def _image_columns(image: IndexedImage, position: int) -> Row:
@@ -221,7 +234,8 @@ def image_paths(
     """Each path of the image's indexed layers with its entries there, as (position, type,
     row), base first; the paths in order (``overlay.by_path``), streamed from the database
     (sorted there: a big image's entries are never all in memory at once). ``details(row)``
-    makes a row's columns, for the few rows shown."""
+    makes a row's columns, for the few rows shown. Under a ``prefix``, its proper ancestors
+    come too: a whiteout of ``/usr`` deletes ``/usr/lib``."""
     path = (
         f"CASE WHEN (n.name = '{OPAQUE_MARKER}') THEN d.path "
         "ELSE rtrim(d.path, '/') || '/' || n.name END"
@@ -236,21 +250,75 @@ def image_paths(
         f"WHERE il.image_id = ?{under} ORDER BY {path}, il.position",
         [image.id, *params],
     )
+    above = set(overlay.ancestors(prefix))
     for found, group in itertools.groupby(rows, key=operator.itemgetter(0)):
-        if _has_prefix(found, prefix):
+        if _has_prefix(found, prefix) or found in above:
             yield found, [(r[1], TYPE_NAMES[r[2]], r) for r in group]
+
+
+@dataclass(frozen=True)
+class HardLink:
+    """A hard link of an image's layer and the entry it names in that layer (the bytes a
+    container sees at the link), if the layer has it."""
+
+    position: int
+    path: str
+    target: str
+    target_type: EntryType | None
+    target_size: int | None
+
+
+def hard_links(reader: Reader, image: IndexedImage, prefix: str = "/") -> list[HardLink]:
+    """The image's hard links under ``prefix``, each with its target in its own layer (where
+    tar writes the first name of a file's data, the later ones as links to it). Few in any
+    image: held."""
+    positions: dict[int, list[int]] = defaultdict(list)  # a layer may come twice
+    for position, diff_ref in reader.rows(
+        "SELECT il.position, l.diff_ref FROM image_layers il JOIN layers l ON l.id = il.layer_id "
+        "WHERE il.image_id = ? AND l.diff_ref IS NOT NULL",
+        [image.id],
+    ):
+        positions[diff_ref].append(position)
+    if not positions:
+        return []
+    sql, params = layer_entries_sql(reader.dialect, list(positions))
+    under, under_params = _under(prefix)
+    found = [
+        (r[0], stored_path(r[1], r[2]), details(r)["link_target"] or "")
+        for r in reader.rows(
+            f"{sql} AND e.type = ?{under}",
+            [*params, TYPE_CODES[EntryType.HARDLINK], *under_params],
+        )
+        if _has_prefix(stored_path(r[1], r[2]), prefix)
+    ]
+    targets: dict[tuple[int, str], tuple[EntryType, int]] = {}
+    pairs = sorted({split_path(target) for _, _, target in found})
+    sql, params = layer_entries_sql(reader.dialect, [d for d, _, _ in found])
+    for start in range(0, len(pairs), 500):  # bound the statement's parameters
+        chunk = pairs[start : start + 500]
+        wanted = " OR ".join(["(d.path = ? AND n.name = ?)"] * len(chunk))
+        for r in reader.rows(f"{sql} AND ({wanted})", [*params, *itertools.chain(*chunk)]):
+            targets[(r[0], stored_path(r[1], r[2]))] = (TYPE_NAMES[r[3]], details(r)["size"])
+    links: list[HardLink] = []
+    for diff_ref, path, target in found:
+        kind, size = targets.get((diff_ref, target), (None, None))
+        links.extend(HardLink(p, path, target, kind, size) for p in positions[diff_ref])
+    return sorted(links, key=lambda link: (link.position, link.path))
 
 
 def _under(prefix: str) -> tuple[str, list[object]]:
     """`` AND`` a condition narrowing a query to the dirs (``d``) that may hold paths under
-    ``prefix`` (the prefix itself sits in its parent), and its parameters; nothing for "/"."""
+    ``prefix`` or its ancestors (the prefix sits in its parent, an ancestor in its own parent;
+    a directory's opaque marker sits in it): a few directories' own entries more than the
+    prefix's; and its parameters; nothing for "/"."""
     if prefix == "/":
         return "", []
-    parent, _ = split_path(prefix)
+    above = list(overlay.ancestors(prefix))
     escaped = "".join("/" + c if c in "/%_" else c for c in prefix + "/")
+    within = ", ".join("?" * len(above))
     return (
-        " AND (d.path = ? OR d.path = ? OR d.path LIKE ? ESCAPE '/')",
-        [prefix, parent, escaped + "%"],
+        f" AND (d.path = ? OR d.path IN ({within}) OR d.path LIKE ? ESCAPE '/')",
+        [prefix, *above, escaped + "%"],
     )
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from layerindex.errors import NotFound, UsageError
 from layerindex.index.database import Reader, timestamp
+from layerindex.registry.platforms import pick_platforms
 
 if TYPE_CHECKING:
     from layerindex.reference import Reference
@@ -97,23 +98,20 @@ LISTING = Wording(
 def the_image(
     reader: Reader, ref: Reference, platform: str | None, wording: Wording = LISTING
 ) -> IndexedImage:
-    """The one indexed image ``ref`` names; ``platform`` ("linux/arm64" also picks
-    "linux/arm64/v8") picks one of an index's. None, or several, is an error worded by
+    """The one indexed image ``ref`` names; ``platform`` picks one of an index's as ``index``
+    does (``pick_platforms``: linux/amd64 by default). None, or several, is an error worded by
     ``wording``."""
     found = images_named(reader, ref)
     if not found:
         raise NotFound(f"{ref.familiar()} is not indexed; run: layerindex index {ref}")
     indexed = ", ".join(image.platform for image in found)
-    if platform is not None:
-        found = [
-            i for i in found if i.platform == platform or i.platform.startswith(platform + "/")
-        ]
-        if not found:
-            raise NotFound(
-                wording.no_platform.format(
-                    ref=ref.familiar(), reference=ref, platform=platform, platforms=indexed
-                )
+    found = pick_platforms(platform, found, lambda image: image.platform)
+    if not found:
+        raise NotFound(
+            wording.no_platform.format(
+                ref=ref.familiar(), reference=ref, platform=platform, platforms=indexed
             )
+        )
     if len(found) > 1:
         raise UsageError(
             wording.several.format(

@@ -17,8 +17,7 @@ from sqlalchemy import Engine, Table, func, select, text, true, update
 from sqlalchemy.engine import Connection
 
 from layerindex.errors import CrawlLocked
-from layerindex.index.database import Reader, among, aware_utc
-from layerindex.index.resolve import images_of
+from layerindex.index.database import aware_utc
 from layerindex.index.schema import (
     diffs,
     dirs,
@@ -115,15 +114,6 @@ class LayerState:
     last_attempt: dt.datetime | None = None
     last_error: str | None = None
     size: int | None = None  # the manifest's: the registry may not send more
-
-
-@dataclass(frozen=True)
-class StoredImage:
-    id: int
-    digest: str
-    platform: str
-    layers: int
-    complete: bool
 
 
 class Interner:
@@ -504,27 +494,6 @@ class Store:
                 .where(image_layers.c.image_id == image_id)
             ).scalar_one()
         return int(total)
-
-    def images_for(self, registry: str, repository: str, digest: str) -> list[StoredImage]:
-        """The images known for a manifest or index digest (``resolve.images_of``), and
-        whether each is complete."""
-        with Reader.from_engine(self.engine, find_messages=False) as reader:
-            found = images_of(reader, registry, repository, digest)
-            if not found:
-                return []
-            wanted, params = among(reader.dialect, "image_id", [i.id for i in found])
-            layer_counts = dict(
-                reader.rows(
-                    f"SELECT image_id, count(*) FROM image_layers WHERE {wanted} GROUP BY image_id",
-                    params,
-                )
-            )
-        return [
-            StoredImage(
-                i.id, i.digest, i.platform, layer_counts.get(i.id, 0), i.indexed_at is not None
-            )
-            for i in found
-        ]
 
     # -- leases: one fetcher per layer, across threads, processes and machines -----------------
 

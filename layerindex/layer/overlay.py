@@ -40,13 +40,12 @@ def effect(upper_path: str, upper_type: EntryType, lower_path: str) -> State | N
     if not lower_path.startswith(upper_path.rstrip("/") + "/"):
         return None
     # Below this point upper_path is a proper ancestor of lower_path.
-    if upper_type in (EntryType.WHITEOUT, EntryType.OPAQUE):
-        # Deleting a directory deletes what is in it; an opaque marker hides every lower child.
-        return "deleted"
-    if upper_type is not EntryType.DIR:
-        # A file or link where a directory was replaces the whole directory.
-        return "overwritten"
-    return None  # a directory over a directory: the contents merge
+    if upper_type is EntryType.DIR:
+        return None  # a directory over a directory: the contents merge
+    # Deleting a directory deletes what is in it; an opaque marker hides every lower child; a
+    # file or link where a directory was removes the directory with all in it. Nothing took
+    # lower_path's own place: it was deleted, not overwritten.
+    return "deleted"
 
 
 def fate(position: int, path: str, later: Iterable[tuple[int, str, EntryType]]) -> Fate:

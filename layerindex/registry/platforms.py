@@ -6,7 +6,9 @@ means v7), so "linux/arm64" and an index entry {"architecture": "arm64", "varian
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from layerindex.errors import UsageError
 
@@ -72,3 +74,24 @@ def parse_platform(spec: str) -> Platform:
             "linux/arm64/v8, or 'all'"
         )
     return Platform(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
+
+
+DEFAULT_PLATFORM = Platform("linux", "amd64")  # index's, skopeo's and dive's default
+T = TypeVar("T")
+
+
+def names_platform(spec: str, platform: str) -> bool:
+    """Whether ``--platform SPEC`` names an indexed image's ``platform`` ("linux/arm64/v8"):
+    containerd's matcher, as ``index`` picks platforms, for every command alike."""
+    return parse_platform(spec).matches(parse_platform(platform))
+
+
+def pick_platforms(
+    spec: str | None, items: Sequence[T], platform_of: Callable[[T], str]
+) -> list[T]:
+    """The items ``--platform SPEC`` names; without SPEC, linux/amd64 when it is one of several
+    (the default of index, skopeo and dive), else all of them."""
+    if spec is not None:
+        return [item for item in items if names_platform(spec, platform_of(item))]
+    default = [item for item in items if names_platform(str(DEFAULT_PLATFORM), platform_of(item))]
+    return default if len(items) > 1 and len(default) == 1 else list(items)

@@ -1,7 +1,8 @@
-"""`layerindex index` starts walking the first image's big layers before it opens the database
-(layerindex/crawl/headstart.py). These tests lower walkproc.CHILD_WALK_MIN_BYTES so that every layer
-is one, and check that the crawler takes those walks, that a run makes exactly the requests it
-made without a head start (errors included), and that nothing runs on after it."""
+"""The crawler starts walking an image's big new layers before it writes anything (and so, in
+`layerindex index`, before SQLAlchemy is imported and the database opened): crawl/crawler.py's
+WalksAhead. These tests lower walkproc.CHILD_WALK_MIN_BYTES so that every layer is one, and check
+that the crawler takes those walks, that a run makes exactly the requests it made before walks
+started ahead (errors included), and that nothing runs on after it."""
 
 from __future__ import annotations
 
@@ -9,19 +10,25 @@ import hashlib
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import Result
 from faults import FaultProxy
-from images import make_image, make_index, make_layer
+from images import Layer, make_image, make_index, make_layer
 from registry_server import RegistryServer
 
-from layerindex.crawl.headstart import HeadStart, StartedWalk
-from layerindex.reference import parse_reference
+from layerindex.crawl.crawler import Crawler, StartedWalk, WalksAhead
+from layerindex.errors import LayerIndexError
+from layerindex.index.database import open_database
+from layerindex.index.store import Writer
+from layerindex.reference import Reference, parse_reference
 from layerindex.registry.client import RegistryClient
+from layerindex.registry.manifest import Descriptor
 
 Run = Callable[..., Result]
 
@@ -39,23 +46,36 @@ def every_layer_is_big(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def started(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
-    """The layers each head start began walking, and those the crawler took."""
+    """The layers walked ahead, and those the crawler took."""
     seen: dict[str, list[str]] = {"started": [], "taken": []}
-    start, take = HeadStart._start, HeadStart.take
+    start, take = WalksAhead.start, WalksAhead.take
 
-    def recording_start(self: HeadStart, ref: object, digest: str, *args: object) -> None:
-        start(self, ref, digest, *args)  # type: ignore[arg-type]
-        seen["started"].append(digest)
+    def recording_start(
+        self: WalksAhead, client: Any, ref: Reference, layer: Descriptor, *args: Any, **kw: Any
+    ) -> bool:
+        began = start(self, client, ref, layer, *args, **kw)
+        if began:
+            seen["started"].append(layer.digest)
+        return began
 
-    def recording_take(self: HeadStart, digest: str, diff_id: str | None) -> StartedWalk | None:
+    def recording_take(self: WalksAhead, digest: str, diff_id: str | None) -> StartedWalk | None:
         walk = take(self, digest, diff_id)
         if walk is not None:
             seen["taken"].append(digest)
         return walk
 
-    monkeypatch.setattr(HeadStart, "_start", recording_start)
-    monkeypatch.setattr(HeadStart, "take", recording_take)
+    monkeypatch.setattr(WalksAhead, "start", recording_start)
+    monkeypatch.setattr(WalksAhead, "take", recording_take)
     return seen
+
+
+def descriptor(layer: Layer) -> Descriptor:
+    return Descriptor(layer.media_type, layer.digest, len(layer.blob))
+
+
+def as_started(walk: StartedWalk | LayerIndexError) -> StartedWalk:
+    assert isinstance(walk, StartedWalk)
+    return walk
 
 
 def requests_made(proxy: FaultProxy) -> list[tuple[str, str]]:
@@ -81,8 +101,8 @@ def test_the_crawler_takes_the_walks_and_asks_for_nothing_twice(
     assert "layers: 3 indexed, 0 known, 0 skipped, 0 failed  entries: 43" in result.stdout
     layers = [BASE.digest, MIDDLE.digest, TOP.digest]
     assert sorted(started["started"]) == sorted(started["taken"]) == sorted(layers)
-    # What a run without a head start asks: a ping, the tag's HEAD, the manifest, the config,
-    # each blob once.
+    # What a run asks, as before walks started ahead: a ping, the tag's HEAD, the manifest, the
+    # config, each blob once.
     assert requests_made(fault_proxy) == sorted(
         [
             ("GET", "/v2/"),
@@ -117,7 +137,7 @@ def test_layers_and_images_the_index_holds_are_not_walked_ahead(
     assert "layers: 1 indexed, 1 known, 0 skipped, 0 failed  entries: 41" in result.stdout
     assert started["started"] == [OTHER.layers[1].digest]  # BASE's diff_id is indexed
     assert len(fault_proxy.seen(f"/blobs/{BASE.digest}", "GET")) == 1
-    # An image the index holds: the head start stops at the HEAD, and so does the crawler.
+    # An image the index holds: the crawler stops at the HEAD.
     fault_proxy.requests.clear()
     again = run("--db", db_url, "index", f"{fault_proxy.host}/team/other:1")
     assert "unchanged" in again.stdout
@@ -188,7 +208,7 @@ def test_what_failed_ahead_is_reported_once_by_the_crawler_and_not_asked_again(
     assert result.stderr.count(f"image {ref} layer {MIDDLE.digest}") == 1
     assert "not found" in result.stderr
     assert len(fault_proxy.seen(f"/blobs/{MIDDLE.digest}", "GET")) == 1
-    assert started["taken"] == [BASE.digest]  # the head start ended at the failure
+    assert started["taken"] == [BASE.digest]  # walking ahead ended at the failure
     assert len(fault_proxy.seen(f"/blobs/{TOP.digest}", "GET")) == 1
     # An unknown tag: one HEAD, its 404 said once.
     fault_proxy.requests.clear()
@@ -214,7 +234,7 @@ def test_a_corrupt_blob_walked_ahead_fails_its_layer_alone(
 
 
 def test_walks_not_taken_are_stopped(
-    fault_proxy: FaultProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fault_proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fault_proxy.push("team/app", "1.0", APP)
     # A walk that cannot end by itself; stopping it must not wait for its read, however long
@@ -223,45 +243,145 @@ def test_walks_not_taken_are_stopped(
     monkeypatch.setattr("layerindex.layer.walkproc.STOP_FEED_WAIT", 60)
     began = time.monotonic()
     ref = parse_reference(f"{fault_proxy.host}/team/app:1.0")
-    head_start = HeadStart(RegistryClient())
-    with head_start:
-        head_start.begin(f"sqlite:///{tmp_path / 'new.db'}", ref, "linux/amd64", hash_files=False)
-        walks = {digest: walk.walk for digest, walk in head_start._walks.items()}
+    client = RegistryClient()
+    permits = threading.BoundedSemaphore(len(APP.layers))
+    with WalksAhead(permits) as ahead:
+        for layer in APP.layers:
+            assert ahead.start(client, ref, descriptor(layer), layer.diff_id, hash_files=False)
+        # As many walks as permits: the next one is the crawler's to start, later.
+        assert not ahead.start(client, ref, descriptor(OTHER.layers[1]), "x", hash_files=False)
+        walks = {digest: as_started(walk).walk for digest, walk in ahead._walks.items()}
         assert sorted(walks) == sorted([BASE.digest, MIDDLE.digest, TOP.digest])
         # A layer the index recorded with another diff_id is walked anew, as recorded.
-        assert head_start.take(MIDDLE.digest, "sha256:" + "0" * 64) is None
+        assert ahead.take(MIDDLE.digest, "sha256:" + "0" * 64) is None
         assert walks[MIDDLE.digest]._child.poll() is not None
-        taken = head_start.take(BASE.digest, BASE.diff_id)
+        taken = ahead.take(BASE.digest, BASE.diff_id)
         assert taken is not None
         with taken as walk:
             assert {e.path for e in walk} == {f"/usr/lib/base{i}" for i in range(40)}
         assert walks[TOP.digest]._child.poll() is None
     assert all(walk._child.poll() is not None for walk in walks.values())
-    assert head_start._walks == {}
+    assert ahead._walks == {}
+    assert all(permits.acquire(blocking=False) for _ in APP.layers)  # each given back
     assert time.monotonic() - began < 10
 
 
-def test_the_walks_start_before_sqlalchemy_is_imported(
-    registry: RegistryServer, run: Run, home: Path
+def test_a_worker_walks_a_layer_only_under_its_lease(
+    registry: RegistryServer, db_url: str, started: dict[str, list[str]]
 ) -> None:
-    """In a process of its own: `index` has imported SQLAlchemy by the time it writes."""
+    """Without the crawl lock (``crawl --worker``), a layer is fetched only once the crawler
+    holds its lease, which is written in the index: nothing is walked ahead."""
+    registry.push("team/app", "1.0", APP)
+    engine = open_database(db_url)
+    try:
+        crawler = Crawler(RegistryClient(), Writer(engine), exclusive=False)
+        [outcome] = crawler.index(parse_reference(f"{registry.host}/team/app:1.0"))
+    finally:
+        engine.dispose()
+    assert (outcome.indexed, outcome.errors) == (3, [])
+    assert started == {"started": [], "taken": []}
+
+
+def test_a_crawl_walks_ahead_and_a_worker_does_not(
+    registry: RegistryServer,
+    fault_proxy: FaultProxy,
+    postgres_url: str,
+    run: Run,
+    tmp_path: Path,
+    started: dict[str, list[str]],
+) -> None:
+    registry.push("team/app", "1.0", APP)
+    registry.push("team/other", "1", OTHER)
+    images = tmp_path / "images.txt"
+    images.write_text(f"{fault_proxy.host}/team/app:1.0\n")
+    result = run("--db", postgres_url, "crawl", "--images", str(images))
+    assert result.exit_code == 0, result.output
+    assert (
+        sorted(started["started"])
+        == sorted(started["taken"])
+        == sorted(layer.digest for layer in APP.layers)
+    )
+    assert all(
+        len(fault_proxy.seen(f"/blobs/{d}", "GET")) == 1
+        for d in [layer.digest for layer in APP.layers]
+    )
+    # A worker fetches a layer once it holds the layer's lease, never before.
+    started["started"].clear()
+    images.write_text(f"{fault_proxy.host}/team/other:1\n")
+    result = run("--db", postgres_url, "crawl", "--worker", "--images", str(images))
+    assert result.exit_code == 0, result.output
+    assert started["started"] == []
+    assert len(fault_proxy.seen(f"/blobs/{OTHER.layers[1].digest}", "GET")) == 1
+
+
+def test_a_layer_in_back_off_is_not_walked_ahead(
+    registry: RegistryServer, fault_proxy: FaultProxy, db_url: str, started: dict[str, list[str]]
+) -> None:
+    """A crawl (respecting back-off) walks ahead too, but not a layer it is leaving alone."""
+    registry.push("team/middle", "1", make_image([MIDDLE]))
+    registry.push("team/app", "1.0", APP)
+    fault_proxy.status(f"/blobs/{MIDDLE.digest}", 404, method="GET", times=None)
+    engine = open_database(db_url)
+    try:
+        crawler = Crawler(
+            RegistryClient(),
+            lambda: Writer(engine),
+            db_url=db_url,
+            respect_backoff=True,
+            exclusive=True,
+        )
+        for _ in range(2):  # two failures in a row: MIDDLE is left alone for a while
+            [failed] = crawler.index(parse_reference(f"{fault_proxy.host}/team/middle:1"))
+            assert failed.failed == 1
+        assert started["taken"] == []  # the walk ahead met the 404: the crawler reported it
+        started["started"].clear()
+        [outcome] = crawler.index(parse_reference(f"{fault_proxy.host}/team/app:1.0"))
+    finally:
+        engine.dispose()
+    assert (outcome.indexed, outcome.failed) == (2, 1)
+    assert "left alone until" in outcome.errors[0]
+    assert (
+        sorted(started["started"]) == sorted(started["taken"]) == sorted([BASE.digest, TOP.digest])
+    )
+    assert len(fault_proxy.seen(f"/blobs/{MIDDLE.digest}", "GET")) == 2
+
+
+def test_the_walks_start_before_sqlalchemy_is_imported(
+    registry: RegistryServer, home: Path
+) -> None:
+    """`layerindex index` in a process of its own, into a new database and then into one that
+    holds an image: SQLAlchemy is not imported yet when each walk ahead starts."""
     registry.push("team/app", "1.0", APP)
     registry.push("team/other", "1", OTHER)
     db = home / "index.db"
-    assert run("--db", f"sqlite:///{db}", "index", f"{registry.host}/team/app:1.0").exit_code == 0
-    script = f"""
+    script = """
 import sys
+from layerindex.cli.main import cli
+from layerindex.errors import LayerIndexError
+from layerindex.crawl.crawler import WalksAhead
 from layerindex.layer import walkproc
-from layerindex.crawl.headstart import HeadStart
-from layerindex.reference import parse_reference
-from layerindex.registry.client import RegistryClient
 walkproc.CHILD_WALK_MIN_BYTES = 0
-with HeadStart(RegistryClient()) as head_start:
-    ref = parse_reference({f"{registry.host}/team/other:1"!r})
-    head_start.begin({f"sqlite:///{db}"!r}, ref, "linux/amd64", hash_files=False)
-    print(sorted(head_start._walks), sorted(m for m in sys.modules if m.startswith("sqlalchemy")))
+start = WalksAhead.start
+def recording_start(self, client, ref, layer, *args, **kw):
+    loaded = sorted(m for m in sys.modules if m.startswith("sqlalchemy"))
+    began = start(self, client, ref, layer, *args, **kw)
+    print(layer.digest, began, loaded, file=sys.stderr)
+    return began
+WalksAhead.start = recording_start
+cli(sys.argv[1:])
 """
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert done.stdout.strip() == f"{[OTHER.layers[1].digest]} []"
+
+    def walks_ahead(ref: str) -> list[str]:
+        done = subprocess.run(
+            [sys.executable, "-c", script, "--db", f"sqlite:///{db}", "index", ref],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return [line for line in done.stderr.splitlines() if line.startswith("sha256:")]
+
+    new = walks_ahead(f"{registry.host}/team/app:1.0")
+    assert new == [f"{layer.digest} True []" for layer in APP.layers]
+    held = walks_ahead(f"{registry.host}/team/other:1")
+    assert held == [f"{OTHER.layers[1].digest} True []"]
