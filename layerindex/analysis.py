@@ -8,22 +8,19 @@ import itertools
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from sqlalchemy import select
 
 from layerindex.errors import UsageError
+from layerindex.index.history import current_tags
 from layerindex.index.images import (
     EntryRow,
     Finder,
-    IndexedImage,
     Row,
     details,
     hard_links,
     image_paths,
     size_of,
 )
-from layerindex.index.schema import repositories, tags
+from layerindex.index.resolve import IndexedImage
 from layerindex.layer import overlay
 from layerindex.layer.entries import EntryType
 from layerindex.output import human_size, terminal_text
@@ -49,24 +46,6 @@ def image_config(image: IndexedImage) -> ImageConfig:
     return parse_config(image.config.encode("utf-8"), manifest)
 
 
-def current_tags(finder: Finder, image: IndexedImage) -> list[str]:
-    """Tags of the image's repository whose latest digest is this image or its index."""
-    query = (
-        select(tags.c.tag, tags.c.digest, tags.c.first_seen, tags.c.last_seen)
-        .join(repositories, repositories.c.id == tags.c.repository_id)
-        .where(repositories.c.registry == image.registry, repositories.c.name == image.repository)
-    )
-    latest: dict[str, tuple[Any, Any, str]] = {}
-    with finder.engine.connect() as connection:
-        for r in connection.execute(query):
-            # A tag's history keeps every digest it pointed to; the one seen last is current.
-            seen = (r.last_seen, r.first_seen, r.digest)
-            if r.tag not in latest or seen > latest[r.tag]:
-                latest[r.tag] = seen
-    mine = {image.digest, image.index_digest}
-    return sorted(tag for tag, (_, _, digest) in latest.items() if digest in mine)
-
-
 def inspect(finder: Finder, image: IndexedImage) -> Row:
     """What ``skopeo inspect`` shows of an image, from the index."""
     config = image_config(image)
@@ -77,7 +56,7 @@ def inspect(finder: Finder, image: IndexedImage) -> Row:
         "index_digest": image.index_digest,
         "media_type": image.media_type,
         # Not skopeo's RepoTags (every tag of the repository): the tags that name this image.
-        "tags_here": current_tags(finder, image),
+        "tags_here": current_tags(finder.reader, image),
         "created": config.created,
         "architecture": config.architecture,
         "os": config.os,
@@ -260,13 +239,12 @@ def layer_report(finder: Finder, image: IndexedImage, top: int = 0) -> LayerRepo
                     added[position] += size
             yield path, sized
 
-    with finder.engine.connect() as connection:
-        links = [
-            (link.position, link.path, link.target)
-            for link in hard_links(connection, image)
-            if link.target_type is not None
-        ]
-        result = path_efficiency(sizes(image_paths(connection, image)), len(stack), top, links)
+    links = [
+        (link.position, link.path, link.target)
+        for link in hard_links(finder.reader, image)
+        if link.target_type is not None
+    ]
+    result = path_efficiency(sizes(image_paths(finder.reader, image)), len(stack), top, links)
     commands = _layer_commands(image_config(image), len(stack))
     rows = []
     for lr, command in zip(stack, commands, strict=True):
@@ -410,26 +388,25 @@ def diff(finder: Finder, old_image: IndexedImage, new_image: IndexedImage) -> It
     Changed: type, size, mode, owner, link target, or content where both sides were hashed
     (indexed with --hash-files); a file's mtime alone is no change. Both final filesystems are
     read in path order side by side, never held whole."""
-    with finder.engine.connect() as connection:
-        old = overlay.final_entries(image_paths(connection, old_image))
-        new = overlay.final_entries(image_paths(connection, new_image))
-        for path, old_entry, new_entry in _side_by_side(old, new):
-            before = _fields(*old_entry[2:]) if old_entry else None
-            after = _fields(*new_entry[2:]) if new_entry else None
-            if before is None:
-                change, details = "added", _describe(after)
-            elif after is None:
-                change, details = "removed", _describe(before)
-            else:
-                details = _changes(before, after)
-                if not details:
-                    continue
-                change = "changed"
-            row: Row = {"change": change, "path": path, "details": details}
-            for name in DIFF_FIELDS:
-                row[f"old_{name}"] = before[name] if before else None
-                row[f"new_{name}"] = after[name] if after else None
-            yield row
+    old = overlay.final_entries(image_paths(finder.reader, old_image))
+    new = overlay.final_entries(image_paths(finder.reader, new_image))
+    for path, old_entry, new_entry in _side_by_side(old, new):
+        before = _fields(*old_entry[2:]) if old_entry else None
+        after = _fields(*new_entry[2:]) if new_entry else None
+        if before is None:
+            change, details = "added", _describe(after)
+        elif after is None:
+            change, details = "removed", _describe(before)
+        else:
+            details = _changes(before, after)
+            if not details:
+                continue
+            change = "changed"
+        row: Row = {"change": change, "path": path, "details": details}
+        for name in DIFF_FIELDS:
+            row[f"old_{name}"] = before[name] if before else None
+            row[f"new_{name}"] = after[name] if after else None
+        yield row
 
 
 Shown = tuple[str, int, EntryType, EntryRow]  # a path of a final filesystem (overlay.final_entries)

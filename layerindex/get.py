@@ -23,6 +23,7 @@ to it, renamed over it only once every check passed, or to stdout once they pass
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import shutil
@@ -34,18 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, cast
 
-from sqlalchemy import Engine, select, tuple_
-from sqlalchemy.engine import Connection
-
 from layerindex.errors import DigestMismatch, LayerFormatError, NotFound, UsageError
-from layerindex.index.images import image_filter, layer_entries
-from layerindex.index.schema import (
-    dirs,
-    image_layers,
-    images,
-    layers,
-    names,
-)
+from layerindex.index.database import Reader
+from layerindex.index.images import layer_entries_sql
+from layerindex.index.resolve import Wording, the_image
 from layerindex.layer import overlay
 from layerindex.layer.entries import (
     OPAQUE_MARKER,
@@ -58,7 +51,6 @@ from layerindex.layer.entries import (
     stored_path,
 )
 from layerindex.layer.walker import LayerWalker
-from layerindex.registry.platforms import pick_platforms
 
 if TYPE_CHECKING:
     from layerindex.reference import Reference
@@ -70,6 +62,11 @@ MAX_SYMLINKS = 40  # Linux's MAXSYMLINKS: more links than this in one lookup is 
 COPY_CHUNK = 1 << 20
 STDOUT_SPOOL = 16 << 20  # bytes for stdout kept in memory until checked; beyond, a temp file
 _DELETIONS = (EntryType.WHITEOUT, EntryType.OPAQUE)
+GET_WORDING = Wording(
+    no_platform="{ref} is not indexed for {platform}; run: "
+    "layerindex index --platform {platform} {reference}",
+    several="{ref} is indexed for {platforms}; choose one with --platform",
+)
 
 
 @dataclass(frozen=True)
@@ -109,27 +106,10 @@ class ImageLayer:
 class ImageView:
     """Lookups in one indexed image's final filesystem, straight from the database."""
 
-    def __init__(self, connection: Connection, ref: Reference, platform: str | None) -> None:
-        self.connection = connection
+    def __init__(self, reader: Reader, ref: Reference, platform: str | None) -> None:
+        self.reader = reader
         self.ref = ref
-        found = connection.execute(
-            select(images.c.id, images.c.platform, images.c.indexed_at)
-            .where(image_filter(connection, [ref]))
-            .order_by(images.c.platform)
-        ).all()
-        if not found:
-            raise NotFound(f"{ref.familiar()} is not indexed; run: layerindex index {ref}")
-        if found:
-            found = pick_platforms(platform, found, lambda r: str(r.platform))
-            if not found:
-                raise NotFound(
-                    f"{ref.familiar()} is not indexed for {platform}; run: "
-                    f"layerindex index --platform {platform} {ref}"
-                )
-        if len(found) > 1:
-            have = ", ".join(r.platform for r in found)
-            raise UsageError(f"{ref.familiar()} is indexed for {have}; choose one with --platform")
-        image = found[0]
+        image = the_image(reader, ref, platform, GET_WORDING)
         if image.indexed_at is None:
             # A layer not indexed yet might replace or delete any path.
             raise NotFound(
@@ -138,12 +118,11 @@ class ImageView:
             )
         self.platform: str = image.platform
         self.layers = [
-            ImageLayer(r.position, r.digest, r.size, r.diff_ref)
-            for r in connection.execute(
-                select(image_layers.c.position, layers.c.digest, layers.c.size, layers.c.diff_ref)
-                .join(layers, layers.c.id == image_layers.c.layer_id)
-                .where(image_layers.c.image_id == image.id)
-                .order_by(image_layers.c.position)
+            ImageLayer(*row)
+            for row in reader.rows(
+                "SELECT il.position, l.digest, l.size, l.diff_ref FROM image_layers il "
+                "JOIN layers l ON l.id = il.layer_id WHERE il.image_id = ? ORDER BY il.position",
+                [image.id],
             )
         ]
 
@@ -155,22 +134,24 @@ class ImageView:
                 positions.setdefault(layer.diff_ref, []).append(layer)
         if not positions or not paths:
             return []
-        query = layer_entries(positions).where(
-            tuple_(dirs.c.path, names.c.name).in_(sorted(set(paths)))
-        )
+        pairs = sorted(set(paths))
+        sql, params = layer_entries_sql(self.reader.dialect, list(positions))
+        at = " OR ".join(["(d.path = ? AND n.name = ?)"] * len(pairs))
         return [
             Located(
-                stored_path(r.dir, r.name),
+                stored_path(directory, name),
                 layer.position,
                 layer.digest,
-                TYPE_NAMES[r.type],
-                r.size,
-                r.mode,
-                r.link_target,
-                r.sha256,
+                TYPE_NAMES[kind],
+                size,
+                mode,
+                link_target,
+                sha256,
             )
-            for r in self.connection.execute(query)
-            for layer in positions[r.diff_ref]  # the same layer may sit twice in an image
+            for diff_ref, directory, name, kind, size, mode, _uid, _gid, link_target, sha256 in (
+                self.reader.rows(f"{sql} AND ({at})", [*params, *itertools.chain(*pairs)])
+            )
+            for layer in positions[diff_ref]  # the same layer may sit twice in an image
         ]
 
     def lookup(self, path: str, below: int | None = None) -> Located | None:
@@ -254,35 +235,34 @@ class _Wanted:
 
 
 def locate(
-    engine: Engine, ref: Reference, path: str, *, platform: str | None = None, follow: bool = True
+    reader: Reader, ref: Reference, path: str, *, platform: str | None = None, follow: bool = True
 ) -> tuple[Located, Located, ImageLayer]:
     """(the entry ``path`` resolves to, the regular file holding its data, that file's layer);
     no network. The first two differ for a hard link. With ``follow=False`` a symlink at the end
     of ``path`` is returned as both."""
-    with engine.connect() as connection:
-        view = ImageView(connection, ref, platform)
-        entry = view.resolve(path, follow=follow)
-        data = entry
-        for _ in range(MAX_SYMLINKS):
-            if data.type is not EntryType.HARDLINK:
-                break
-            target = data.link_target or ""
-            in_layer = view.lookup(target, data.position + 1)
-            if in_layer is None or in_layer.position != data.position:
-                # Not in this layer: a link to the file the layers below have at that path.
-                in_layer = view.resolve(target, follow=False, below=data.position)
-            data = in_layer
-        else:
-            raise UsageError(f"{path}: a chain of hard links that does not end")
-        if data.type is EntryType.DIR:
-            raise UsageError(f"{path}: is a directory in {view.describe()}")
-        if data.type not in (EntryType.FILE, EntryType.SYMLINK):
-            raise UsageError(f"{path}: is a {data.type}, not a regular file, in {view.describe()}")
-        return entry, data, view.layer(data.position)
+    view = ImageView(reader, ref, platform)
+    entry = view.resolve(path, follow=follow)
+    data = entry
+    for _ in range(MAX_SYMLINKS):
+        if data.type is not EntryType.HARDLINK:
+            break
+        target = data.link_target or ""
+        in_layer = view.lookup(target, data.position + 1)
+        if in_layer is None or in_layer.position != data.position:
+            # Not in this layer: a link to the file the layers below have at that path.
+            in_layer = view.resolve(target, follow=False, below=data.position)
+        data = in_layer
+    else:
+        raise UsageError(f"{path}: a chain of hard links that does not end")
+    if data.type is EntryType.DIR:
+        raise UsageError(f"{path}: is a directory in {view.describe()}")
+    if data.type not in (EntryType.FILE, EntryType.SYMLINK):
+        raise UsageError(f"{path}: is a {data.type}, not a regular file, in {view.describe()}")
+    return entry, data, view.layer(data.position)
 
 
 def get(
-    engine: Engine,
+    reader: Reader,
     client: RegistryClient,
     ref: Reference,
     path_arg: str,
@@ -295,7 +275,7 @@ def get(
 
     ``out`` must be seekable: a member the index does not agree with is written again."""
     path = query_path(path_arg)
-    entry, data, layer = locate(engine, ref, path, platform=platform, follow=follow)
+    entry, data, layer = locate(reader, ref, path, platform=platform, follow=follow)
     if data.type is EntryType.SYMLINK:  # follow=False: the link's own content, its target
         target = path_bytes(data.link_target or "")
         out.write(target)
@@ -502,7 +482,7 @@ def _write_into(output: Path, checked: BinaryIO) -> None:
 
 
 def get_to(
-    engine: Engine,
+    reader: Reader,
     client: RegistryClient,
     ref: Reference,
     path: str,
@@ -517,7 +497,7 @@ def get_to(
     umask), or into stdout, a character device or a FIFO once every check passed."""
     if output is not None and _existing_kind(output) not in _STREAMS:
         with output_file(output, force=force) as stream:
-            fetched = get(engine, client, ref, path, stream, platform=platform, follow=follow)
+            fetched = get(reader, client, ref, path, stream, platform=platform, follow=follow)
             if fetched.source.type is EntryType.FILE:
                 umask = os.umask(0)
                 os.umask(umask)
@@ -525,7 +505,7 @@ def get_to(
         return fetched
     with tempfile.SpooledTemporaryFile(STDOUT_SPOOL) as spool:
         spool_io = cast(BinaryIO, spool)
-        fetched = get(engine, client, ref, path, spool_io, platform=platform, follow=follow)
+        fetched = get(reader, client, ref, path, spool_io, platform=platform, follow=follow)
         spool_io.seek(0)
         if output is not None:
             _write_into(output, spool_io)

@@ -12,11 +12,12 @@ import json
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, overload
 
 import click
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # Table headings where the field name is not what a person wants to read.
 TITLES = {
@@ -76,10 +77,12 @@ def json_text(value: Any, indent: int | None = None) -> str:
 
 
 @overload
-def output_options(function: F) -> F: ...
+def output_options(function: Callable[P, R], *, json_help: str = ...) -> Callable[P, R]: ...
 @overload
-def output_options(*, json_help: str) -> Callable[[F], F]: ...
-def output_options(function: F | None = None, *, json_help: str = "One JSON array.") -> Any:
+def output_options(*, json_help: str) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+def output_options(
+    function: Callable[P, R] | None = None, *, json_help: str = "One JSON array."
+) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
     """Add --json / --nl / --csv / --table to a command, passed on as ``output_format``
     (``@output_options``, or ``@output_options(json_help=...)`` where --json prints more)."""
     if function is None:
@@ -92,7 +95,7 @@ def output_options(function: F | None = None, *, json_help: str = "One JSON arra
         "--table", "output_format", flag_value="table", default=True, help="A table (default)."
     )
     @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         return function(*args, **kwargs)
 
     return wrapper

@@ -141,8 +141,9 @@ class Reference:
         return replace(self, digest=digest)
 
 
-def parse_reference(text: str) -> Reference:
-    """Parse ``[registry/]repository[:tag][@digest]``; InvalidReference says what is wrong."""
+def parse_reference(text: str, default_tag: str | None = DEFAULT_TAG) -> Reference:
+    """Parse ``[registry/]repository[:tag][@digest]``; InvalidReference says what is wrong.
+    Without a tag or digest the tag is ``default_tag`` (None: a repository, every tag)."""
 
     def bad(problem: str) -> InvalidReference:
         return InvalidReference(f"invalid reference {text!r}: {problem}")
@@ -197,5 +198,5 @@ def parse_reference(text: str) -> Reference:
     if len(repository) > _REPOSITORY_MAX:
         raise bad(f"repository name is longer than {_REPOSITORY_MAX} characters")
     if tag is None and not at:
-        tag = DEFAULT_TAG
+        tag = default_tag
     return Reference(registry, repository, tag, digest if at else None)

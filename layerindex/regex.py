@@ -10,9 +10,8 @@ look-around (https://github.com/google/re2/wiki/Syntax), and it counts repetitio
 from __future__ import annotations
 
 import re
-from typing import Any
 
-import re2  # type: ignore[import-untyped]
+import re2
 from re2 import _re2
 
 from layerindex.errors import UsageError
@@ -38,9 +37,9 @@ class Regex:
     """
 
     __slots__ = ("_compiled",)
-    _compiled: Any  # re2._re2.RE2
+    _compiled: _re2.RE2
 
-    def __init__(self, compiled: Any) -> None:
+    def __init__(self, compiled: _re2.RE2) -> None:
         self._compiled = compiled
 
     def search(self, text: str) -> bool:
@@ -51,7 +50,7 @@ class Regex:
         """Whether the pattern matches all of ``text``."""
         return self._match(_BOTH, text)
 
-    def _match(self, anchor: object, text: str) -> bool:
+    def _match(self, anchor: _re2.RE2.Anchor, text: str) -> bool:
         encoded = text.encode("utf-8", "surrogatepass")  # a tag from JSON may hold a lone one
         start, _end = self._compiled.Match(anchor, encoded, 0, len(encoded))[0]
         return bool(start >= 0)

@@ -31,7 +31,8 @@ from registry_server import (
 from token_server import TokenServer
 
 from layerindex.cli.main import cli
-from layerindex.index.database import open_database
+from layerindex.index.database import Reader, open_database
+from layerindex.index.images import Finder
 from layerindex.index.store import Store
 
 # --- registries ------------------------------------------------------------------------------
@@ -151,6 +152,13 @@ def store(db_url: str) -> Iterator[Store]:
     engine = open_database(db_url)
     yield Store(engine)
     engine.dispose()
+
+
+@pytest.fixture
+def finder(store: Store) -> Iterator[Finder]:
+    """The read API on one of the store's connections: what the store wrote is read."""
+    with Reader.from_engine(store.engine) as reader:
+        yield Finder(reader)
 
 
 # --- registry logs in failure reports --------------------------------------------------------

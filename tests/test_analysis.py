@@ -480,6 +480,11 @@ def test_multi_platform_defaults_to_linux_amd64(registry: RegistryServer, run: R
         f"Error: {other} names 2 indexed images (linux/arm/v7, linux/arm64/v8); "
         "pick one with --platform\n"
     )
+    missing = run("inspect", ref, "--platform", "linux/s390x")
+    assert (missing.exit_code, missing.stderr) == (
+        2,
+        f"Error: {ref} has no indexed linux/s390x image; indexed: linux/amd64, linux/arm64/v8\n",
+    )
 
 
 def test_not_indexed_is_an_error(registry: RegistryServer, run: Run) -> None:
@@ -745,3 +750,27 @@ def test_a_path_of_1001_components_reads_like_any_other(registry: RegistryServer
     assert changes.exit_code == 0
     added = [r["path"] for r in json.loads(changes.stdout) if r["change"] == "added"]
     assert added[-1] == leaf and len(added) == 1002
+
+
+def test_ls_and_diff_read_postgresql_through_its_reader(
+    registry: RegistryServer, run: Run, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # psycopg outside a transaction: diff reads two images' paths at once, each through its own
+    # server-side cursor held past its statement (single-row streams would refuse the second).
+    monkeypatch.setenv("LAYERINDEX_DB", postgres_url)
+    old = make_image([make_layer({"/etc/a": b"1", "/etc/b": b"2"})])
+    new = make_image([make_layer({"/etc/a": b"1", "/etc/b": b"2"}), make_layer({"/etc/c": b"3"})])
+    registry.push("team/pg", "1", old)
+    registry.push("team/pg", "2", new)
+    one, two = f"{registry.host}/team/pg:1", f"{registry.host}/team/pg:2"
+    assert run("index", one, two).exit_code == 0
+    listed = run("ls", two, "/etc", "--json")
+    assert (listed.exit_code, listed.stderr) == (0, "")
+    assert [(r["path"], r["layer_index"]) for r in json.loads(listed.stdout)] == [
+        ("/etc/a", 0),
+        ("/etc/b", 0),
+        ("/etc/c", 1),
+    ]
+    changed = run("diff", one, two, "--json")
+    assert (changed.exit_code, changed.stderr) == (0, "")
+    assert [(r["change"], r["path"]) for r in json.loads(changed.stdout)] == [("added", "/etc/c")]

@@ -21,11 +21,11 @@ from registry_server import RegistryServer
 from sqlalchemy import create_engine, text
 
 from layerindex.cli.main import cli
-from layerindex.crawl.crawler import backoff
+from layerindex.crawl.crawler import backoff, worker_name
 from layerindex.crawl.imagelist import parse_line, version_key
-from layerindex.crawl.job import crawl_lock
 from layerindex.errors import UsageError
 from layerindex.index.database import open_database
+from layerindex.index.store import Writer
 
 ONE = make_image([make_layer({"/bin/one": b"1"}), make_layer({"/etc/one.conf": b"one"}, "zstd")])
 TWO = make_image([make_layer({"/bin/two": b"22"})])
@@ -325,7 +325,7 @@ def test_second_crawl_on_the_same_sqlite_database_is_refused(
 ) -> None:
     registry.push("team/one", "1", ONE)
     engine = open_database(os.environ["LAYERINDEX_DB"])
-    with crawl_lock(engine):
+    with Writer(engine).crawl_lock(worker_name()):
         result = crawl(env, f"{registry.host}/team/one:1")
     engine.dispose()
     assert result.exit_code == 2

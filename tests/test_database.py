@@ -186,6 +186,27 @@ def test_every_read_command_reads_a_shared_index_it_cannot_write(
     )
 
 
+@pytest.mark.parametrize("command", READ_COMMANDS)
+def test_every_read_command_on_sqlite_imports_neither_sqlalchemy_nor_alembic(
+    registry: RegistryServer, run: Run, home: Path, command: str
+) -> None:
+    # The read commands go through index.database.Reader (stdlib sqlite3): ls on a big index
+    # starts as fast as find.
+    registry.push("team/fast", "1", SMALL)
+    ref = f"{registry.host}/team/fast:1"
+    url = f"sqlite:///{home / 'index.db'}"
+    assert run("--db", url, "index", ref).exit_code == 0
+    args = [sys.executable, "-X", "importtime", "-m", "layerindex", "--db", url]
+    done = subprocess.run(
+        [*args, *read_command(command, ref)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    # -X importtime writes a line per imported module: "import time: self | cumulative | name".
+    imported = {line.rpartition("|")[2].strip() for line in done.stderr.splitlines()}
+    assert "layerindex.index.database" in imported
+    assert not {m for m in imported if m.split(".")[0] in ("sqlalchemy", "alembic")}
+
+
 BAD_DB = [
     (
         "postgresql+psycopg://alice:s3cret@127.0.0.1:abc/db",

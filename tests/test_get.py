@@ -510,6 +510,12 @@ def test_multi_platform_defaults_to_linux_amd64(fault_proxy: FaultProxy, run: Ru
         2,
         f"Error: {other} is indexed for linux/arm/v7, linux/arm64/v8; choose one with --platform\n",
     )
+    missing = run("get", "--platform", "linux/s390x", ref, "/bin/tool")
+    assert (missing.exit_code, missing.stderr) == (
+        2,
+        f"Error: {ref} is not indexed for linux/s390x; run: "
+        f"layerindex index --platform linux/s390x {ref}\n",
+    )
 
 
 def test_get_reads_an_index_in_postgresql(

@@ -27,15 +27,6 @@ SOURCES = {"layerindex": ROOT / "layerindex", "layerindex.migrations": ROOT / "m
 
 DATABASE_LIBRARIES = {"sqlalchemy", "alembic", "psycopg", "sqlite3"}
 HTTP_STACK = {"requests", "urllib3", "layerindex.registry"}
-# Modules outside index/ that still import a database library, and exactly what they import.
-# Item 2 of issue 16 (one read API, the writer owning the crawl's SQL) moves their SQL into
-# index/ and empties this; the test fails as well when an entry is no longer needed.
-SQL_OUTSIDE_INDEX = {
-    "layerindex.analysis": {"sqlalchemy"},  # select() on repositories/tags for inspect
-    "layerindex.get": {"sqlalchemy", "sqlalchemy.engine"},  # get's lookups of entries
-    "layerindex.crawl.crawler": {"sqlalchemy"},  # the Engine type, handed to the Store
-    "layerindex.crawl.job": {"sqlalchemy"},  # the crawl lock's pg_try_advisory_lock
-}
 CLI_ENTRY_POINTS = {
     "layerindex.errors",
     "layerindex.output",
@@ -46,12 +37,12 @@ CLI_ENTRY_POINTS = {
     "layerindex.crawl.job",  # crawl (and index's crawl lock)
     "layerindex.crawl.imagelist",  # crawl --images
     "layerindex.crawl.progress",  # index, crawl: what they print
-    "layerindex.index.database",  # --db, db upgrade
+    "layerindex.index.database",  # --db, db upgrade, the readers
+    "layerindex.index.store",  # index, crawl: the writer
     "layerindex.index.find",  # find
     "layerindex.index.patterns",  # find: PATH, --name, --contains, --regex, --digest
     "layerindex.index.images",  # images, layers, ls, inspect, diff
-    "layerindex.index.runs",  # runs
-    "layerindex.index.tags",  # tags
+    "layerindex.index.history",  # runs, tags
     "layerindex.registry.client",  # index, crawl, get
     "layerindex.registry.credentials",  # the keychain the client is given
     "layerindex.layer.entries",  # find --type, ls: entry types and paths
@@ -125,7 +116,7 @@ def test_only_the_index_imports_a_database_library() -> None:
         for module, used in forbidden_imports("layerindex", DATABASE_LIBRARIES).items()
         if not (_in(module, "layerindex.index") or _in(module, "layerindex.migrations"))
     }
-    assert outside == SQL_OUTSIDE_INDEX
+    assert outside == {}
 
 
 # What sits above the registry and the layer code: neither may import any of it.

@@ -17,6 +17,7 @@ from test_store import e, find_all, image, index_image
 
 from layerindex.errors import LayerIndexError, SchemaOutOfDate
 from layerindex.index import database, find
+from layerindex.index.database import Reader
 from layerindex.index.images import Finder
 from layerindex.index.schema import include_name, metadata
 from layerindex.index.store import Store
@@ -207,7 +208,8 @@ def test_an_index_with_entries_is_upgraded_from_0005_and_finds_the_same(db_url: 
         ],
     )
     store.analyze()
-    before = find_all(Finder(store.engine), "/usr/bin/kubectl")
+    with Reader.from_engine(store.engine) as reader:
+        before = find_all(Finder(reader), "/usr/bin/kubectl")
     assert inspect(store.engine).get_foreign_keys("entries") == []
     store.engine.dispose()
     database.downgrade(url, "0005_name_layer_index")
@@ -222,7 +224,8 @@ def test_an_index_with_entries_is_upgraded_from_0005_and_finds_the_same(db_url: 
     assert database.upgrade(url) == ("0005_name_layer_index", database.head_revision())
     engine = database.open_database(url)
     assert inspect(engine).get_foreign_keys("entries") == []
-    assert find_all(Finder(engine), "/usr/bin/kubectl") == before
+    with Reader.from_engine(engine) as reader:
+        assert find_all(Finder(reader), "/usr/bin/kubectl") == before
     assert [(r["layer_index"], r["state"], r["changed_by_layer"]) for r in before] == [
         (0, "overwritten", 1),
         (1, "deleted", 2),  # with /usr/bin, replaced by a link

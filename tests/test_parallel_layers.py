@@ -18,7 +18,7 @@ from sqlalchemy import Engine, func, select
 from layerindex.crawl.crawler import Crawler, ImageOutcome
 from layerindex.index.database import open_database
 from layerindex.index.schema import diffs, dirs, entries, layers, names
-from layerindex.index.store import LayerState, Store, WalkedLayer
+from layerindex.index.store import LayerState, Store, WalkedLayer, Writer
 from layerindex.layer.walker import LayerWalker
 from layerindex.layer.walkproc import CHILD_WALK_MIN_BYTES, ChildWalk, walk_in_child
 from layerindex.reference import parse_reference
@@ -39,7 +39,7 @@ def walk_every_layer_in_a_child(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def index(engine: Engine, ref: str) -> list[ImageOutcome]:
-    return Crawler(RegistryClient(), engine).index(parse_reference(ref))
+    return Crawler(RegistryClient(), Writer(engine)).index(parse_reference(ref))
 
 
 def indexed_rows(engine: Engine) -> set[tuple[str, str, int]]:

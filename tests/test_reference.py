@@ -135,3 +135,10 @@ def test_bad_references(text: str, message: str) -> None:
     with pytest.raises(InvalidReference) as caught:
         parse_reference(text)
     assert str(caught.value) == f"invalid reference {text!r}: {message}"
+
+
+def test_a_repository_without_a_tag_can_stay_without_one() -> None:
+    # `layerindex tags alpine`: every tag of the repository, not "latest"'s.
+    assert parse_reference("alpine", default_tag=None) == Reference("docker.io", "library/alpine")
+    assert parse_reference("alpine:3.20", default_tag=None).tag == "3.20"
+    assert parse_reference("localhost:5000/app", default_tag=None).tag is None

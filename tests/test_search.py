@@ -19,6 +19,7 @@ from test_index import APP, KUBECTL, Run, db_path, table
 from test_store import e, image, index_image
 
 from layerindex.errors import UsageError
+from layerindex.index.database import Reader
 from layerindex.index.find import FindFilters
 from layerindex.index.images import Finder
 from layerindex.index.patterns import glob_regex, parse, regex_literal
@@ -324,14 +325,13 @@ def test_translations() -> None:
 # --- the trigram indexes, on SQLite and PostgreSQL ----------------------------------------------
 
 
-def test_search_indexes_follow_the_interned_names(store: Store) -> None:
+def test_search_indexes_follow_the_interned_names(store: Store, finder: Finder) -> None:
     index_image(
         store,
         image("sha256:i1", ["sha256:l0"]),
         [[e("/usr/lib/python3/site-packages/kubernetes/client.py"), e("/usr/bin/kubectl")]],
     )
     index_image(store, image("sha256:i2", ["sha256:l1"], "app:2"), [[e("/opt/kubeadm")]])
-    finder = Finder(store.engine)
 
     def paths(kind: str, value: str) -> list[tuple[str, str]]:
         rows = finder.find(parse(kind, value), FindFilters())  # type: ignore[arg-type]
@@ -373,12 +373,13 @@ def test_sqlite_substring_search_uses_the_trigram_index(tmp_path: Path) -> None:
         ).scalar_one()
         paths = connection.execute(select(func.count()).select_from(entries)).scalar_one()
     assert search_bytes / paths <= 110
-    rows = Finder(engine).find(parse("contains", "ubect"), FindFilters())
+    with Reader.from_engine(engine) as reader:
+        rows = Finder(reader).find(parse("contains", "ubect"), FindFilters())
     assert [r["path"] for r in rows] == ["/usr/bin/kubectl"]
     engine.dispose()
 
 
-def test_find_streams_in_order_and_stops_at_the_limit(store: Store) -> None:
+def test_find_streams_in_order_and_stops_at_the_limit(store: Store, finder: Finder) -> None:
     # Seven images: find reads them in growing batches and stops once the limit is reached;
     # every limit gives the first rows of the whole answer, fates and all.
     package = "/usr/lib/python3/dist-packages/pkg"
@@ -391,7 +392,6 @@ def test_find_streams_in_order_and_stops_at_the_limit(store: Store) -> None:
         base = [e(f"{package}/__init__.py"), e(f"{package}/core.py"), e("/opt/x/__init__.py")]
         layers = [f"sha256:a{n}", f"sha256:b{n}"]
         index_image(store, image(f"sha256:i{n}", layers, f"app:{n}"), [base, upper])
-    finder = Finder(store.engine)
 
     def rows(kind: str, value: str, **filters: Any) -> list[tuple[str, str, int, str]]:
         found = finder.find(parse(kind, value), FindFilters(**filters))  # type: ignore[arg-type]
@@ -424,7 +424,7 @@ def test_find_streams_in_order_and_stops_at_the_limit(store: Store) -> None:
                 ), (kind, value, all_layers, limit)
 
 
-def test_directories_read_in_path_order_give_the_same_rows(store: Store) -> None:
+def test_directories_read_in_path_order_give_the_same_rows(store: Store, finder: Finder) -> None:
     # --contains reads matching directories a few at a time in path order (with a limit);
     # paths of one dir sort among another's ("/srv/pkg1-x/a" < "/srv/pkg1/a" < "/srv/pkg10/a").
     layer = []
@@ -433,7 +433,6 @@ def test_directories_read_in_path_order_give_the_same_rows(store: Store) -> None
             layer += [e(folder, EntryType.DIR), e(f"{folder}/a"), e(f"{folder}/zz")]
     index_image(store, image("sha256:i1", ["sha256:l0", "sha256:l1"]), [layer, [e("/srv/pkg7")]])
     index_image(store, image("sha256:i2", ["sha256:l2"], "app:2"), [layer[::2]])
-    finder = Finder(store.engine)
     for all_layers in (False, True):
         everything = finder.find(parse("contains", "pkg"), FindFilters(all_layers=all_layers))
         assert [r["path"] for r in everything[:4]] == [
@@ -449,14 +448,13 @@ def test_directories_read_in_path_order_give_the_same_rows(store: Store) -> None
             assert limited == everything[:limit], (all_layers, limit)
 
 
-def test_an_opaque_root_deletes_every_lower_path(store: Store) -> None:
+def test_an_opaque_root_deletes_every_lower_path(store: Store, finder: Finder) -> None:
     # "/.wh..wh..opq" makes the root opaque: nothing of the layers below stays, even at "/x".
     index_image(
         store,
         image("sha256:i1", ["sha256:l0", "sha256:l1"]),
         [[e("/x"), e("/usr/bin/x")], [e("/", EntryType.OPAQUE, 0), e("/y")]],
     )
-    finder = Finder(store.engine)
     both = [("/usr/bin/x", "deleted", 1), ("/x", "deleted", 1)]
     for pattern, expected in [
         (parse("exact", "/x"), both[1:]),

@@ -21,8 +21,9 @@ from layerindex.index import find, patterns
 from layerindex.index import images as images_module
 from layerindex.index.database import Reader, open_database
 from layerindex.index.find import FindFilters
-from layerindex.index.images import Finder, IndexedImage, Row, image_paths, size_of
+from layerindex.index.images import Finder, Row, image_paths, size_of
 from layerindex.index.patterns import parse
+from layerindex.index.resolve import IndexedImage
 from layerindex.index.schema import diffs, dirs, entries, images, layers, names
 from layerindex.index.store import ImageRecord, LayerRecord, Store
 from layerindex.layer import overlay
@@ -89,7 +90,7 @@ def count(store: Store, table: FromClause) -> int:
         return int(connection.execute(select(func.count()).select_from(table)).scalar_one())
 
 
-def test_find_reports_present_overwritten_and_deleted(store: Store) -> None:
+def test_find_reports_present_overwritten_and_deleted(store: Store, finder: Finder) -> None:
     index_image(
         store,
         image("sha256:i1", ["sha256:l0", "sha256:l1", "sha256:l2"]),
@@ -99,7 +100,6 @@ def test_find_reports_present_overwritten_and_deleted(store: Store) -> None:
             [e("/etc/motd", EntryType.WHITEOUT, 0)],
         ],
     )
-    finder = Finder(store.engine)
     rows = find_all(finder, "/usr/bin/kubectl")
     assert [(r["layer_index"], r["size"], r["state"], r["changed_by_layer"]) for r in rows] == [
         (0, 1, "overwritten", 1),
@@ -114,7 +114,7 @@ def test_find_reports_present_overwritten_and_deleted(store: Store) -> None:
     assert find_all(finder, "/usr/bin/nothing") == []
 
 
-def test_opaque_directory_deletes_lower_contents(store: Store) -> None:
+def test_opaque_directory_deletes_lower_contents(store: Store, finder: Finder) -> None:
     index_image(
         store,
         image("sha256:i1", ["sha256:l0", "sha256:l1"]),
@@ -123,7 +123,6 @@ def test_opaque_directory_deletes_lower_contents(store: Store) -> None:
             [e("/opt", EntryType.DIR, 0), e("/opt", EntryType.OPAQUE, 0), e("/opt/new")],
         ],
     )
-    finder = Finder(store.engine)
     assert [(r["state"], r["changed_by_layer"]) for r in find_all(finder, "/opt/old")] == [
         ("deleted", 1)
     ]
@@ -137,7 +136,10 @@ def test_opaque_directory_deletes_lower_contents(store: Store) -> None:
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["read-at-once", "streamed"])
 def test_find_agrees_with_overlay_rules_on_random_images(
-    store: Store, streamed: bool, monkeypatch: pytest.MonkeyPatch
+    store: Store,
+    streamed: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    finder: Finder,
 ) -> None:
     # Images stacked from a pool of random layers (a layer may sit in several images, and
     # twice in one): every row find gives, and its state, must be what overlay.fate says over
@@ -169,7 +171,6 @@ def test_find_agrees_with_overlay_rules_on_random_images(
         index_image(
             store, image(f"sha256:i{n}", digests, f"app:{n:02}"), [pool[d] for d in digests]
         )
-    finder = Finder(store.engine)
     for kind, value in [
         *(("exact", path) for path in universe),
         ("name", "c"),
@@ -226,7 +227,9 @@ def test_layer_shared_by_images_is_indexed_once(store: Store) -> None:
     assert count(store, diffs) == 1
 
 
-def test_same_diff_id_under_another_digest_is_linked_not_downloaded(store: Store) -> None:
+def test_same_diff_id_under_another_digest_is_linked_not_downloaded(
+    store: Store, finder: Finder
+) -> None:
     index_image(store, image("sha256:i1", ["sha256:gz"]), [[e("/bin/sh")]])
     record = image("sha256:i2", ["sha256:zst"])
     record = ImageRecord(
@@ -245,7 +248,7 @@ def test_same_diff_id_under_another_digest_is_linked_not_downloaded(store: Store
     _, states = store.record_image(record)
     assert store.link_known_diff(states[0]) is True
     assert count(store, diffs) == 1
-    assert [r["layer_digest"] for r in find_all(Finder(store.engine), "/bin/sh")] == [
+    assert [r["layer_digest"] for r in find_all(finder, "/bin/sh")] == [
         "sha256:gz",
         "sha256:zst",
     ]
@@ -282,14 +285,14 @@ def test_failed_layer_commits_no_rows_and_stays_unindexed(store: Store) -> None:
     )
 
 
-def test_duplicate_path_in_one_layer_keeps_the_last(store: Store) -> None:
+def test_duplicate_path_in_one_layer_keeps_the_last(store: Store, finder: Finder) -> None:
     index_image(
         store, image("sha256:i1", ["sha256:l0"]), [[e("/etc/x", size=1), e("/etc/x", size=9)]]
     )
-    assert [r["size"] for r in find_all(Finder(store.engine), "/etc/x")] == [9]
+    assert [r["size"] for r in find_all(finder, "/etc/x")] == [9]
 
 
-def test_ls_image_shows_the_final_filesystem(store: Store) -> None:
+def test_ls_image_shows_the_final_filesystem(store: Store, finder: Finder) -> None:
     index_image(
         store,
         image("sha256:i1", ["sha256:l0", "sha256:l1"]),
@@ -298,7 +301,6 @@ def test_ls_image_shows_the_final_filesystem(store: Store) -> None:
             [e("/etc/b", EntryType.WHITEOUT, 0), e("/etc/c", EntryType.SYMLINK, 0, "a")],
         ],
     )
-    finder = Finder(store.engine)
     rows = list(finder.ls_layer("sha256:l1"))
     assert [(r["path"], r["type"]) for r in rows] == [("/etc/b", "whiteout"), ("/etc/c", "symlink")]
     assert [
@@ -307,7 +309,9 @@ def test_ls_image_shows_the_final_filesystem(store: Store) -> None:
 
 
 def test_whole_images_are_read_in_path_order_one_path_at_a_time(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+    finder: Finder,
 ) -> None:
     # ls, diff and layers read an image's entries sorted by path in the database (PostgreSQL
     # too: code point order, not the locale's) and apply the layers path by path: the same
@@ -330,7 +334,6 @@ def test_whole_images_are_read_in_path_order_one_path_at_a_time(
     stacks = [rng.choices(list(pool), k=rng.randint(2, 6)) for _ in range(6)]
     for n, digests in enumerate(stacks):
         index_image(store, image(f"sha256:i{n}", digests, f"app:{n}"), [pool[d] for d in digests])
-    finder = Finder(store.engine)
     read: list[str] = []
 
     def counted(*args: object) -> Iterator[tuple[str, object]]:
@@ -353,14 +356,13 @@ def test_whole_images_are_read_in_path_order_one_path_at_a_time(
         got += [(r["path"], r["layer_index"], r["type"]) for r in rows]
         assert got == [(p, position, kind.value) for p, (position, kind, _) in sorted(view.items())]
         sizes = [[(x.path, x.type, x.size) for x in pool[d]] for d in digests]
-        with store.engine.connect() as connection:
-            streamed = path_efficiency(
-                (
-                    (path, [(position, kind, size_of(row)) for position, kind, row in held])
-                    for path, held in image_paths(connection, img)
-                ),
-                len(digests),
-            )
+        streamed = path_efficiency(
+            (
+                (path, [(position, kind, size_of(row)) for position, kind, row in held])
+                for path, held in image_paths(finder.reader, img)
+            ),
+            len(digests),
+        )
         assert streamed == efficiency(sizes)
     old, new = _indexed(store, "sha256:i0"), _indexed(store, "sha256:i1")
     changes = {r["path"]: r["change"] for r in diff(finder, old, new)}
@@ -370,7 +372,9 @@ def test_whole_images_are_read_in_path_order_one_path_at_a_time(
 
 
 def test_a_path_in_every_layer_is_one_sweep_for_all_layers(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+    finder: Finder,
 ) -> None:
     # find --all-layers on a path each of 200 layers writes: every version's fate comes from
     # one pass over the path's later entries, not one pass per version (40,000 looked at).
@@ -393,7 +397,7 @@ def test_a_path_in_every_layer_is_one_sweep_for_all_layers(
         monkeypatch.setattr(
             overlay, name, counting(getattr(overlay, name, overlay.fate)), raising=False
         )
-    rows = Finder(store.engine).find(parse("exact", "/etc/motd"), FindFilters(all_layers=True))
+    rows = finder.find(parse("exact", "/etc/motd"), FindFilters(all_layers=True))
     assert [(r["layer_index"], r["state"], r["changed_by_layer"]) for r in rows] == [
         *((n, "overwritten", n + 1) for n in range(count - 1)),
         (count - 1, "present", None),
@@ -456,7 +460,9 @@ def test_a_path_in_thousands_of_layers_is_one_seek_per_layer(tmp_path: Path) -> 
 
 
 def test_a_limit_stops_a_pattern_naming_no_dir_or_name_early(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+    finder: Finder,
 ) -> None:
     # A regex without a literal can match any path: under a limit its image is read a few
     # dirs at a time in path order (PostgreSQL's dirs sorted as code points), not whole.
@@ -464,7 +470,6 @@ def test_a_limit_stops_a_pattern_naming_no_dir_or_name_early(
         e(f"/srv/{name}{n}/{f}") for n in range(100) for name in ("a", "A", "é", "a-") for f in "xy"
     ]
     index_image(store, image("sha256:i1", ["sha256:l0", "sha256:l1"]), [layer, [e("/srv/a7/x")]])
-    finder = Finder(store.engine)
     everything = finder.find(parse("regex", "[xz]$"), FindFilters())
     assert len(everything) == 400  # /srv/a7/x once: layer 1 overwrites it
     fetched = 0
@@ -522,7 +527,7 @@ def test_indexing_into_sqlite_imports_no_postgresql_dialect(tmp_path: Path) -> N
     assert "postgresql" not in result.stdout
 
 
-def test_find_by_digest_names_every_path_holding_the_content(store: Store) -> None:
+def test_find_by_digest_names_every_path_holding_the_content(store: Store, finder: Finder) -> None:
     digest = "sha256:" + "ab" * 32
     hashed = Entry("/usr/bin/kubectl", EntryType.FILE, 3, 0o755, 0, 0, 1700000000, None, digest)
     copied = hashed._replace(path="/opt/kubectl")
@@ -532,7 +537,7 @@ def test_find_by_digest_names_every_path_holding_the_content(store: Store) -> No
         image("sha256:i1", ["sha256:l0", "sha256:l1"]),
         [[hashed, other], [copied, e("/usr/bin/kubectl", EntryType.WHITEOUT, 0)]],
     )
-    rows = Finder(store.engine).find(parse("digest", digest), FindFilters(all_layers=True))
+    rows = finder.find(parse("digest", digest), FindFilters(all_layers=True))
     assert [(r["path"], r["layer_index"], r["state"], r["sha256"]) for r in rows] == [
         ("/opt/kubectl", 1, "present", digest),
         ("/usr/bin/kubectl", 0, "deleted", digest),

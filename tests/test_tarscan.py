@@ -17,6 +17,7 @@ from tarcorpus import checksum, fix_checksum, member
 from layerindex.crawl.crawler import Crawler
 from layerindex.errors import LayerFormatError
 from layerindex.index.database import open_database
+from layerindex.index.store import Writer
 from layerindex.layer import walker as walker_module
 from layerindex.layer.entries import Entry, EntryType
 from layerindex.layer.walker import SCAN_TYPES, LayerWalker
@@ -213,7 +214,7 @@ def test_crawler_says_when_the_fast_path_is_missing(
         monkeypatch.setattr(walker_module, "_scan", None)
     engine = open_database(f"sqlite:///{tmp_path / 'index.db'}")
     with caplog.at_level(logging.INFO, logger="layerindex"):
-        Crawler(RegistryClient(), engine)
+        Crawler(RegistryClient(), Writer(engine))
     engine.dispose()
     said = [r.getMessage() for r in caplog.records if "_tarscan" in r.getMessage()]
     assert len(said) == (0 if built else 1)

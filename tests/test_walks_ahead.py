@@ -25,6 +25,7 @@ from registry_server import RegistryServer
 from layerindex.crawl.crawler import Crawler, StartedWalk, WalksAhead
 from layerindex.errors import LayerIndexError
 from layerindex.index.database import open_database
+from layerindex.index.store import Writer
 from layerindex.reference import Reference, parse_reference
 from layerindex.registry.client import RegistryClient
 from layerindex.registry.manifest import Descriptor
@@ -273,7 +274,7 @@ def test_a_worker_walks_a_layer_only_under_its_lease(
     registry.push("team/app", "1.0", APP)
     engine = open_database(db_url)
     try:
-        crawler = Crawler(RegistryClient(), engine, exclusive=False)
+        crawler = Crawler(RegistryClient(), Writer(engine), exclusive=False)
         [outcome] = crawler.index(parse_reference(f"{registry.host}/team/app:1.0"))
     finally:
         engine.dispose()
@@ -323,7 +324,11 @@ def test_a_layer_in_back_off_is_not_walked_ahead(
     engine = open_database(db_url)
     try:
         crawler = Crawler(
-            RegistryClient(), lambda: engine, db_url=db_url, respect_backoff=True, exclusive=True
+            RegistryClient(),
+            lambda: Writer(engine),
+            db_url=db_url,
+            respect_backoff=True,
+            exclusive=True,
         )
         for _ in range(2):  # two failures in a row: MIDDLE is left alone for a while
             [failed] = crawler.index(parse_reference(f"{fault_proxy.host}/team/middle:1"))

@@ -11,15 +11,23 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 import click
 
 from layerindex.errors import DatabaseError, LayerIndexError
 from layerindex.output import echo, output_options
 
-F = TypeVar("F", bound=Callable[..., Any])
+if TYPE_CHECKING:
+    from layerindex.index.database import Reader
+    from layerindex.index.store import Writer
+    from layerindex.reference import Reference
+    from layerindex.registry.client import RegistryClient
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 EXIT_NOT_FOUND = 1
 EXIT_ERROR = 2
@@ -41,14 +49,14 @@ def _terminate(_signum: int, _frame: object) -> NoReturn:
     raise Terminated
 
 
-def handle_errors(function: F, *, writes_layers: bool = False) -> F:
+def handle_errors(function: Callable[P, R], *, writes_layers: bool = False) -> Callable[P, R]:
     """Every LayerIndexError becomes ``Error: …`` and exit 2: a user never sees a traceback.
     Ctrl-C and SIGTERM end a command cleanly, with 130 and 143 (128 + the signal). Only a
     command that ``writes_layers`` says that nothing of an unfinished layer was kept."""
     kept = "; nothing of an unfinished layer was kept" if writes_layers else ""
 
     @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         in_main = threading.current_thread() is threading.main_thread()  # signal's rule
         previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
         try:
@@ -69,10 +77,10 @@ def handle_errors(function: F, *, writes_layers: bool = False) -> F:
             if in_main:
                 signal.signal(signal.SIGTERM, previous)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
-def handle_layer_errors(function: F) -> F:
+def handle_layer_errors(function: Callable[P, R]) -> Callable[P, R]:
     """``handle_errors`` for the commands that write layers (index, crawl)."""
     return handle_errors(function, writes_layers=True)
 
@@ -87,16 +95,25 @@ class Context:
 
         return database_url(self._db_url)
 
-    def engine(self, *, read_only: bool = False) -> Any:
-        """The database's engine; ``read_only`` for the commands that only read: a database
-        that does not exist is then an error (never made empty), a SQLite file opened
-        read-only."""
+    def writer(self) -> Writer:
+        """The index's writer, for the commands that write (a new database is made)."""
         from layerindex.index.database import open_database
+        from layerindex.index.store import Writer
 
-        engine = open_database(self.db_url, create_empty=not read_only)
+        writer = Writer(open_database(self.db_url))
         # Pooled connections close with the command, not whenever the collector gets to them.
-        click.get_current_context().call_on_close(engine.dispose)
-        return engine
+        click.get_current_context().call_on_close(writer.dispose)
+        return writer
+
+    def reader(self, *, find_messages: bool = False) -> Reader:
+        """The index, read-only, for the commands that only read: a database that does not
+        exist is an error (never made empty), a SQLite file is read through the stdlib
+        (SQLAlchemy is never imported). Closed with the command."""
+        from layerindex.index.database import open_reader
+
+        reader = open_reader(self.db_url, find_messages=find_messages)
+        click.get_current_context().call_on_close(reader.close)
+        return reader
 
 
 pass_context = click.make_pass_decorator(Context)
@@ -151,9 +168,9 @@ class _StderrHandler(logging.Handler):
         echo(f"{label}: {record.getMessage()}", err=True)  # the current stderr, always
 
 
-def _client(insecure: Iterable[str], **options: Any) -> Any:
+def _client(insecure: Iterable[str], **options: Any) -> RegistryClient:
     """A registry client with the user's credentials and insecure registries; ``options``
-    go to RegistryClient."""
+    go to RegistryClient (tests give it a clock)."""
     from layerindex.registry.client import RegistryClient
     from layerindex.registry.credentials import default_keychain
 
@@ -179,7 +196,7 @@ platform_option = click.option(
 hash_option = click.option("--hash-files", is_flag=True, help="Record each regular file's sha256.")
 
 
-def _parse_refs(texts: Iterable[str]) -> list[Any]:
+def _parse_refs(texts: Iterable[str]) -> list[Reference]:
     from layerindex.reference import parse_reference
 
     return [parse_reference(t) for t in texts]
@@ -217,15 +234,15 @@ def index(
     failed = False
     with contextlib.ExitStack() as held:
 
-        def open_index() -> Any:
-            """The Engine, under the crawl lock: opened when the first image is recorded, so
-            that SQLAlchemy loads while that image's first layers walk."""
-            from layerindex.crawl.job import crawl_lock
+        def open_index() -> Writer:
+            """The index's writer, under the crawl lock: opened when the first image is
+            recorded, so that SQLAlchemy loads while that image's first layers walk."""
+            from layerindex.crawl.crawler import worker_name
 
-            engine = context.engine()
-            held.enter_context(crawl_lock(engine))
+            writer = context.writer()
+            held.enter_context(writer.crawl_lock(worker_name()))
             _imports_done()
-            return engine
+            return writer
 
         crawler = Crawler(
             _client(insecure),
@@ -338,21 +355,25 @@ def find(
     same path) or 'deleted' (a whiteout, an opaque directory, or its directory deleted or
     replaced by a later layer). Exits 0 when found, 1 when not, 2 on error.
     """
-    from layerindex.index.database import open_reader
     from layerindex.index.find import FindFilters
     from layerindex.index.find import find as find_rows
-    from layerindex.index.patterns import is_glob, parse
+    from layerindex.index.patterns import Kind, is_glob, parse
     from layerindex.layer.entries import EntryType
     from layerindex.output import human_size, octal_mode, short_digest, write_rows
 
-    given = {"name": name, "contains": contains, "regex": regex, "digest": digest}
+    given: dict[Kind, str | None] = {
+        "name": name,
+        "contains": contains,
+        "regex": regex,
+        "digest": digest,
+    }
     chosen = [(kind, value) for kind, value in given.items() if value is not None]
     if path is not None:
         chosen.insert(0, ("glob" if is_glob(path) and not exact else "exact", path))
     if len(chosen) != 1:
         raise click.UsageError("give one of PATH, --name, --contains, --regex or --digest")
     kind, value = chosen[0]
-    pattern = parse(kind, value)  # type: ignore[arg-type]
+    pattern = parse(kind, value)
     filters = FindFilters(
         image_refs=_parse_refs(image_refs),
         repos=repos,
@@ -364,15 +385,16 @@ def find(
         limit=limit,
     )
     shown = ("image", "platform", "layer_index", "layer_digest", "type", "size", "mode")
-    # Plain SQL through the stdlib on SQLite: find starts without importing SQLAlchemy.
-    with open_reader(context.db_url) as reader:
-        written = write_rows(
-            (_with_state_text(row) for row in find_rows(reader, pattern, filters)),
-            output_format,
-            FIND_COLUMNS,
-            table_columns=(*shown, "state_text", "path") if all_layers else (*shown, "path"),
-            formatters={"layer_digest": short_digest, "size": human_size, "mode": octal_mode},
-        )
+    written = write_rows(
+        (
+            _with_state_text(row)
+            for row in find_rows(context.reader(find_messages=True), pattern, filters)
+        ),
+        output_format,
+        FIND_COLUMNS,
+        table_columns=(*shown, "state_text", "path") if all_layers else (*shown, "path"),
+        formatters={"layer_digest": short_digest, "size": human_size, "mode": octal_mode},
+    )
     if not written:
         echo(f"{pattern.describe()}: not found in any indexed image", err=True)
         sys.exit(EXIT_NOT_FOUND)
@@ -401,7 +423,7 @@ def images(context: Context, output_format: str) -> None:
     from layerindex.output import short_digest, write_rows
 
     write_rows(
-        Finder(context.engine(read_only=True)).images(),
+        (asdict(image) for image in Finder(context.reader()).images()),
         output_format,
         ("image", "manifest_digest", "platform", "layers", "entries", "indexed_at"),
         formatters={"manifest_digest": short_digest},
@@ -478,7 +500,7 @@ def layers(
     from layerindex.output import human_size, short_digest, write_json, write_rows
 
     rules = parse_gate(fail_on) if fail_on is not None else []
-    finder = Finder(context.engine(read_only=True))
+    finder = Finder(context.reader())
     (reference,) = _parse_refs([ref])
     report = layer_report(finder, finder.image(reference, platform), top)
     if output_format == "json":
@@ -558,7 +580,7 @@ def ls(
 
     if tree and output_format != "table":
         raise click.UsageError("--tree draws text; leave out --json, --nl and --csv")
-    finder = Finder(context.engine(read_only=True))
+    finder = Finder(context.reader())
     path_prefix = query_path(prefix)
     base = ("type", "mode", "uid", "gid", "size", "path", "link_target", "sha256")
     if target.startswith("sha256:"):
@@ -644,7 +666,7 @@ def get(
 
     (reference,) = _parse_refs([ref])
     get_to(
-        context.engine(read_only=True),
+        context.reader(),
         _client(insecure),
         reference,
         path,
@@ -684,7 +706,7 @@ def inspect(
 
     if as_json + raw + show_config > 1:
         raise click.UsageError("give at most one of --json, --raw and --config")
-    finder = Finder(context.engine(read_only=True))
+    finder = Finder(context.reader())
     (reference,) = _parse_refs([ref])
     image = finder.image(reference, platform)
     if raw or show_config:
@@ -735,7 +757,7 @@ def diff_command(
     if len(platforms) > 2:
         raise click.UsageError("give --platform once (both images) or twice (REF1's, REF2's)")
     old_platform, new_platform = (platforms * 2)[:2] if platforms else (None, None)
-    finder = Finder(context.engine(read_only=True))
+    finder = Finder(context.reader())
     old, new = _parse_refs([old_ref, new_ref])
     old_image, new_image = finder.image(old, old_platform), finder.image(new, new_platform)
     changed = [f"{side}_{name}" for name in DIFF_FIELDS for side in ("old", "new")]
@@ -868,7 +890,7 @@ def crawl(
     read_list(path)  # a bad list fails now, before anything runs
     progress = Progress(quiet=quiet)
     job = CrawlJob(
-        context.engine(),
+        context.writer(),
         _client(insecure, give_up_after=parse_duration(give_up_after)),
         platform=platform,
         hash_files=hash_files,
@@ -896,34 +918,17 @@ def crawl(
 @handle_errors
 def runs_command(context: Context, limit: int, output_format: str) -> None:
     """Recorded crawl runs, newest first."""
-    from layerindex.index.runs import list_runs
+    from layerindex.index.history import RUN_COLUMNS, list_runs
     from layerindex.output import human_size, write_rows
 
-    rows = list_runs(context.engine(read_only=True), limit)
-    for row in rows:
-        row["error_count"] = len(row["errors"])
+    rows = [
+        {**asdict(run), "error_count": len(run.errors)}
+        for run in list_runs(context.reader(), limit)
+    ]
     write_rows(
         rows,
         output_format,
-        (
-            "id",
-            "started_at",
-            "finished_at",
-            "status",
-            "worker",
-            "images",
-            "images_unchanged",
-            "images_failed",
-            "images_deferred",
-            "deferred_until",
-            "lists_failed",
-            "layers_indexed",
-            "layers_known",
-            "layers_skipped",
-            "layers_failed",
-            "bytes",
-            "errors",
-        ),
+        RUN_COLUMNS,
         table_columns=(
             "id",
             "started_at",
@@ -952,13 +957,14 @@ def runs_command(context: Context, limit: int, output_format: str) -> None:
 @handle_errors
 def tags_command(context: Context, repository: str, output_format: str) -> None:
     """The history of a repository's tags: each digest a tag pointed to, first and last seen."""
-    from layerindex.index.tags import tag_history
+    from layerindex.index.history import tag_history
     from layerindex.output import short_digest, write_rows
+    from layerindex.reference import parse_reference
 
-    (reference,) = _parse_refs([repository])
-    tag = reference.tag if ":" in repository.rsplit("/", 1)[-1] else None
+    reference = parse_reference(repository, default_tag=None)  # no tag: every tag
+    seen = tag_history(context.reader(), reference.registry, reference.repository, reference.tag)
     write_rows(
-        tag_history(context.engine(read_only=True), reference.registry, reference.repository, tag),
+        (asdict(digest) for digest in seen),
         output_format,
         ("repository", "tag", "digest", "first_seen", "last_seen"),
         table_columns=("tag", "digest", "first_seen", "last_seen"),

@@ -37,9 +37,7 @@ from layerindex.registry.transport import BlobReader
 if TYPE_CHECKING:  # SQLAlchemy is imported when the index is first written to, not before
     from concurrent.futures import Executor
 
-    from sqlalchemy import Engine
-
-    from layerindex.index.store import LayerState, Store
+    from layerindex.index.store import LayerState, Store, Writer
 
 log = logging.getLogger("layerindex")
 
@@ -238,7 +236,7 @@ class _Resolved:
 
 
 class Crawler:
-    """Indexes images into the database ``engine`` (an Engine, or a function opening it).
+    """Indexes images into the index through ``writer`` (a Writer, or a function opening it).
 
     Each image is first resolved with the registry and checked against the index through the
     plain DB-API reader (``index.known``), and the walks of its new big layers start at once;
@@ -250,7 +248,7 @@ class Crawler:
     def __init__(
         self,
         client: Registry,
-        engine: Engine | Callable[[], Engine],
+        writer: Writer | Callable[[], Writer],
         *,
         db_url: str | None = None,
         platform: str = "linux/amd64",
@@ -261,8 +259,8 @@ class Crawler:
         lease_seconds: float = LEASE_SECONDS,
     ) -> None:
         self.client = client
-        self._engine: Engine | None = None if callable(engine) else engine
-        self._open_engine: Callable[[], Engine] | None = engine if callable(engine) else None
+        self._writer: Writer | None = None if callable(writer) else writer
+        self._open_writer: Callable[[], Writer] | None = writer if callable(writer) else None
         self._opening = threading.Lock()
         self.db_url = db_url
         self.platform = platform
@@ -274,7 +272,6 @@ class Crawler:
         self._ahead = threading.BoundedSemaphore(WALKS_AHEAD)
         self._local = threading.local()
         self._stopping = threading.Event()
-        self._sqlite_turns = threading.RLock()
         if not has_fast_path():
             log.info(
                 "the tar walker's C fast path (layerindex.layer._tarscan) is not built: layers are "
@@ -293,34 +290,32 @@ class Crawler:
         return self._stopping.is_set()
 
     @property
-    def engine(self) -> Engine:
-        """The index's Engine, opened the first time it is asked for."""
-        return self._engine or self._open()
+    def writer(self) -> Writer:
+        """The index's writing side, opened the first time it is asked for."""
+        return self._writer or self._open()
 
-    def _open(self) -> Engine:
+    def _open(self) -> Writer:
         with self._opening:
-            if self._engine is None:
-                assert self._open_engine is not None
-                self._engine = self._open_engine()
-            return self._engine
+            if self._writer is None:
+                assert self._open_writer is not None
+                self._writer = self._open_writer()
+            return self._writer
 
     @property
     def _one_writer(self) -> bool:
-        return self.engine.dialect.name == "sqlite"
+        return self.writer.one_writer
 
     @property
     def _write_lock(self) -> AbstractContextManager[object]:
-        """SQLite has one writer at a time: threads take turns instead of timing out on its lock."""
-        return self._sqlite_turns if self._one_writer else contextlib.nullcontext()
+        """SQLite has one writer at a time: threads take the writer's turns."""
+        return self.writer.turn
 
     @property
     def store(self) -> Store:
         """A Store per thread: its interning caches belong to one transaction at a time."""
-        from layerindex.index.store import Store
-
         store: Store | None = getattr(self._local, "store", None)
         if store is None:
-            store = self._local.store = Store(self.engine)
+            store = self._local.store = self.writer.new_store()
         return store
 
     @contextlib.contextmanager
@@ -328,11 +323,11 @@ class Crawler:
         """The index, to ask what it holds: through the plain DB-API reader (no SQLAlchemy)
         until the Engine is open, then on one of its connections. None: no index yet."""
         reader = None
-        if self._engine is None and self.db_url and reads_without_sqlalchemy(self.db_url):
+        if self._writer is None and self.db_url and reads_without_sqlalchemy(self.db_url):
             with contextlib.suppress(NoIndex):  # a new database: nothing is known
                 reader = open_reader(self.db_url)
         else:
-            reader = Reader.from_engine(self.engine)
+            reader = Reader.from_engine(self.writer.engine)
         try:
             yield reader
         finally:
@@ -458,7 +453,7 @@ class Crawler:
 
     def _record(self, ref: Reference, resolved: _Resolved, ahead: WalksAhead) -> list[ImageOutcome]:
         """Write what ``_resolve`` found, and index the new images' layers."""
-        # The Engine is opened here if it was not, even for an image that failed: a database
+        # The Writer is opened here if it was not, even for an image that failed: a database
         # that cannot be opened is the run's error, said before any image's.
         self._open()
         try:
@@ -628,34 +623,13 @@ class Crawler:
                 return _LayerResult("failed", error=f"{where}: interrupted")
             time.sleep(LEASE_WAIT_POLL)
         try:
-            with self._heartbeat(layer, owner):
+            with self.writer.heartbeat(layer, owner, self.lease_seconds):
                 return self._fetch_and_walk(
                     ref, layer, where, ahead, at_once=at_once, in_child=in_child
                 )
         finally:
             with self._write_lock:
                 store.release_lease(layer, owner)
-
-    @contextlib.contextmanager
-    def _heartbeat(self, layer: LayerState, owner: str) -> Iterator[None]:
-        """Keep the lease alive while a long layer downloads."""
-        stop = threading.Event()
-
-        def renew() -> None:
-            from layerindex.index.store import Store
-
-            store = Store(self.engine)
-            while not stop.wait(self.lease_seconds / 3):
-                with contextlib.suppress(Exception), self._write_lock:
-                    store.renew_lease(layer, owner, self.lease_seconds)
-
-        thread = threading.Thread(target=renew, name="layerindex-lease", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
 
     def _fetch_and_walk(
         self,

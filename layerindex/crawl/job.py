@@ -8,18 +8,13 @@ between them through leases.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
-import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
-
-from sqlalchemy import Engine, text
 
 from layerindex.crawl import imagelist
 from layerindex.crawl.crawler import LEASE_SECONDS, Crawler, ImageOutcome, worker_name
@@ -32,58 +27,11 @@ from layerindex.index.runs import (
     deferred_until,
     target_done,
 )
-from layerindex.index.store import Store
+from layerindex.index.store import Writer
 from layerindex.reference import Reference
 from layerindex.registry.client import RegistryClient
 
 log = logging.getLogger("layerindex")
-
-ADVISORY_LOCK_KEY = 0x6C61796572  # "layer"
-
-
-@contextlib.contextmanager
-def crawl_lock(engine: Engine) -> Iterator[None]:
-    """Hold the database's crawl lock, or fail at once saying who holds it."""
-    if engine.dialect.name == "sqlite":
-        database = engine.url.database
-        if not database or database == ":memory:":
-            yield
-            return
-        path = Path(database).with_name(Path(database).name + ".lock")
-        with open(path, "a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                holder = handle.read().strip() or "another process"
-                raise CrawlLocked(
-                    f"another crawl is running on {database} ({holder}); wait for it to "
-                    "finish, or stop it — two crawls on one SQLite database would only queue"
-                ) from None
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"pid {os.getpid()} on {worker_name()}, since {time.ctime()}\n")
-            handle.flush()
-            try:
-                yield
-            finally:
-                handle.truncate(0)
-                fcntl.flock(handle, fcntl.LOCK_UN)
-        return
-    with engine.connect() as connection:
-        held = connection.execute(
-            text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_LOCK_KEY}
-        ).scalar_one()
-        if not held:
-            raise CrawlLocked(
-                "another crawl is running on this database; wait for it, or run every crawl "
-                "with --worker to share the work between them"
-            )
-        try:
-            yield
-        finally:
-            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_LOCK_KEY})
-            connection.commit()
 
 
 @dataclass
@@ -99,7 +47,7 @@ class CrawlJob:
 
     def __init__(
         self,
-        engine: Engine,
+        writer: Writer,
         client: RegistryClient,
         *,
         platform: str = "linux/amd64",
@@ -111,7 +59,7 @@ class CrawlJob:
         on_total: Callable[[int], None] | None = None,
         on_error: Callable[[str], None] | None = None,
     ) -> None:
-        self.engine = engine
+        self.writer = writer
         self.client = client
         self.platform = platform
         self.hash_files = hash_files
@@ -123,14 +71,14 @@ class CrawlJob:
         self.on_error = on_error or (lambda _message: None)  # what failed outside an image
 
     def run(self, entries: list[ListEntry]) -> RunSummary:
-        lock = contextlib.nullcontext() if self.worker else crawl_lock(self.engine)
+        lock = contextlib.nullcontext() if self.worker else self.writer.crawl_lock(worker_name())
         with lock:
             return self._run(entries)
 
     def _run(self, entries: list[ListEntry]) -> RunSummary:
         started = time.monotonic()
         self.client.reachability.reset()  # a registry given up last run gets its chance again
-        recorder = RunRecorder(self.engine, worker_name())
+        recorder = RunRecorder(self.writer.engine, worker_name())
         owner = f"{worker_name()}:run{recorder.run_id}"
         status = None
         try:
@@ -140,7 +88,7 @@ class CrawlJob:
             ):
                 crawler = Crawler(
                     self.client,
-                    self.engine,
+                    self.writer,
                     platform=self.platform,
                     hash_files=self.hash_files,
                     layer_pool=layers,
@@ -156,7 +104,7 @@ class CrawlJob:
                     if crawler.stopping:
                         return
                     if not claim_target(
-                        self.engine,
+                        self.writer.engine,
                         key,
                         owner,
                         seconds=self.lease_seconds,
@@ -164,13 +112,13 @@ class CrawlJob:
                         force=not self.worker,
                     ):
                         # Another worker has it, or it is in back-off: then the run says so.
-                        if (until := deferred_until(self.engine, key)) is not None:
+                        if (until := deferred_until(self.writer.engine, key)) is not None:
                             recorder.deferred(until)
                         return
                     outcomes = crawler.index(ref, incremental=True)
                     if crawler.stopping:
                         return  # interrupted: neither done nor failed
-                    target_done(self.engine, key, outcomes, owner)
+                    target_done(self.writer.engine, key, outcomes, owner)
                     for outcome in outcomes:
                         recorder.add(outcome)
                         self.on_image(outcome)
@@ -183,7 +131,7 @@ class CrawlJob:
                     images.shutdown(wait=False, cancel_futures=True)
                     layers.shutdown(wait=False, cancel_futures=True)
                     raise
-            Store(self.engine).analyze()
+            self.writer.new_store().analyze()
         except BaseException:
             status = "interrupted"
             raise

@@ -8,6 +8,7 @@ imports SQLAlchemy or Alembic (0.3 s of start-up here). Everything else opens an
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import re
 import sqlite3
@@ -28,7 +29,7 @@ from layerindex.errors import (
 
 if TYPE_CHECKING:
     from alembic.config import Config
-    from sqlalchemy import Engine
+    from sqlalchemy import URL, Engine
     from sqlalchemy.engine import Connection, ExceptionContext
     from sqlalchemy.exc import DBAPIError
 
@@ -99,8 +100,8 @@ def head_revision() -> str:
     return max(p.stem for p in (MIGRATIONS_DIR / "versions").glob("[0-9]*.py"))
 
 
-def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
-    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+    cursor = dbapi_connection.cursor()
     # WAL: readers (find) never wait for the crawler's write transaction.
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
@@ -109,8 +110,8 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
     cursor.close()
 
 
-def _read_only_pragmas(dbapi_connection: object, _record: object) -> None:
-    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+def _read_only_pragmas(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+    cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
 
@@ -120,17 +121,10 @@ def create(url: str, *, read_only: bool = False) -> Engine:
     ``read_only``, an existing plain SQLite file is opened read-only (``mode=ro``: SQLite
     itself refuses any write, so a shared index the user cannot write is read as well)."""
     from sqlalchemy import create_engine, event
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+    from sqlalchemy.exc import NoSuchModuleError
     from sqlalchemy.pool import QueuePool
 
-    try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
-        raise UsageError(
-            f"--db {shown_url(url)!r} is not a database URL: give sqlite:///PATH, "
-            "postgresql+psycopg://USER@HOST[:PORT]/NAME or a SQLite file's path"
-        ) from exc
+    parsed = _parsed_url(url)
     path = _sqlite_file(url)
     if read_only and path is not None:
         # Its URI made here, not by SQLAlchemy: make_url decodes %23 into a #, which ends it.
@@ -162,6 +156,20 @@ def create(url: str, *, read_only: bool = False) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def _parsed_url(url: str) -> URL:
+    """``url`` as SQLAlchemy reads it; one it cannot read is a UsageError."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url)
+    except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
+        raise UsageError(
+            f"--db {shown_url(url)!r} is not a database URL: give sqlite:///PATH, "
+            "postgresql+psycopg://USER@HOST[:PORT]/NAME or a SQLite file's path"
+        ) from exc
 
 
 def current_revision(connection: Connection) -> str | None:
@@ -262,7 +270,7 @@ def _schema_change(engine: Engine, url: str) -> Iterator[Connection]:
         yield connection
 
 
-SCHEMA_LOCK = 0x736368656D61  # "schema"; job.ADVISORY_LOCK_KEY is the crawl's
+SCHEMA_LOCK = 0x736368656D61  # "schema"; store.CRAWL_LOCK_KEY is the crawl's
 
 
 def _create_at_head(engine: Engine, url: str) -> str | None:
@@ -322,9 +330,13 @@ def check_revision(shown_url: str, revision: str | None) -> None:
     )
 
 
+STREAM_ROWS = 2000  # rows a PostgreSQL server-side cursor sends at a time
+
+
 class Reader:
     """A read-only DB-API connection: SQL is written once, with ``?`` placeholders, and adapted
-    here to the driver's style (psycopg's ``%s``). The driver's errors become LayerIndexError."""
+    here to the driver's style (psycopg's ``%s``). The driver's errors become DatabaseError
+    (``find``'s reader, ``find_messages``: LayerIndexError, "cannot read the index: …")."""
 
     def __init__(
         self,
@@ -332,31 +344,74 @@ class Reader:
         dialect: str,
         errors: type[Exception] = sqlite3.Error,
         engine: Engine | None = None,
+        *,
+        find_messages: bool = True,
     ) -> None:
         self.connection = connection
         self.dialect = dialect  # "sqlite" or "postgresql"
         self.errors = errors  # the driver's DB-API Error class
         self._engine = engine  # disposed on close when the reader made it
+        self.find_messages = find_messages
+        self._cursors = 0  # server-side cursors opened: their names
 
     @classmethod
-    def from_engine(cls, engine: Engine, owned: bool = False) -> Reader:
+    def from_engine(
+        cls, engine: Engine, owned: bool = False, *, find_messages: bool = True
+    ) -> Reader:
         """A reader on one of ``engine``'s pooled connections (closing returns it; with
         ``owned``, closing disposes of the engine too)."""
         errors = engine.dialect.loaded_dbapi.Error
-        return cls(engine.raw_connection(), engine.dialect.name, errors, engine if owned else None)
+        return cls(
+            engine.raw_connection(),
+            engine.dialect.name,
+            errors,
+            engine if owned else None,
+            find_messages=find_messages,
+        )
 
     def rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
-        if self.dialect != "sqlite":
-            sql = sql.replace("?", "%s")
+        """Every row ``sql`` answers, at once: for answers of a bounded size."""
         try:
             cursor = self.connection.cursor()
             try:
-                cursor.execute(sql, tuple(params))
+                cursor.execute(self._placeholders(sql), tuple(params))
                 return list(cursor.fetchall())
             finally:
                 cursor.close()
         except self.errors as exc:
-            raise LayerIndexError(f"cannot read the index: {exc}") from exc
+            raise self._failed(exc) from exc
+
+    def stream(self, sql: str, params: Sequence[object] = ()) -> Iterator[tuple[Any, ...]]:
+        """The rows ``sql`` answers, as the database sends them: a big answer (an image's
+        every path) is never held whole. SQLite steps its statement as rows are taken;
+        psycopg reads the server's rows one at a time (``Cursor.stream``)."""
+        try:
+            if self.dialect == "sqlite":
+                cursor = self.connection.cursor()
+            else:
+                # A server-side cursor: another may read beside it (diff reads two images at
+                # once), which psycopg's single-row streams would not allow. Outside a
+                # transaction (autocommit) it must be held past the statement's end.
+                self._cursors += 1
+                cursor = self.connection.cursor(
+                    name=f"layerindex_{self._cursors}", withhold=self.connection.autocommit
+                )
+                cursor.itersize = STREAM_ROWS
+            try:
+                yield from cursor.execute(self._placeholders(sql), tuple(params))
+            finally:
+                cursor.close()
+        except self.errors as exc:
+            raise self._failed(exc) from exc
+
+    def _failed(self, exc: Exception) -> Exception:
+        if self.find_messages:
+            return LayerIndexError(f"cannot read the index: {exc}")
+        said = str(exc).strip()
+        return DatabaseError(said.splitlines()[0] if said else repr(exc))
+
+    def _placeholders(self, sql: str) -> str:
+        return sql if self.dialect == "sqlite" else sql.replace("?", "%s")
 
     def close(self) -> None:
         self.connection.close()
@@ -379,18 +434,45 @@ def among(dialect: str, expression: str, values: Sequence[object]) -> tuple[str,
     return f"{expression} = ANY(?)", [list(values)]
 
 
+def aware_utc(value: dt.datetime | None) -> dt.datetime | None:
+    """SQLite hands timestamps back without their UTC zone; PostgreSQL keeps it."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value
+
+
+def iso_utc(value: dt.datetime | None) -> str | None:
+    """A timestamp as ISO 8601 in UTC, to the second (None stays None)."""
+    when = aware_utc(value)
+    return when.isoformat(timespec="seconds") if when else None
+
+
+def timestamp(value: dt.datetime | str | None) -> dt.datetime | None:
+    """A timestamp column as the DB-API hands it over: psycopg gives a datetime (in UTC),
+    sqlite3 the text SQLAlchemy wrote (``2026-01-02 03:04:05.678901``, UTC without a zone)."""
+    if isinstance(value, str):
+        return dt.datetime.fromisoformat(value)
+    return value
+
+
 READER_MMAP_BYTES = 1 << 30
 
 
-def open_reader(url: str) -> Reader:
+def open_reader(url: str, *, find_messages: bool = True) -> Reader:
     """Open ``url`` for reading at the latest schema. A missing or empty database is NoIndex
     (there is nothing to read), never created. A SQLite file is read through the stdlib, a
-    PostgreSQL database through psycopg: SQLAlchemy, 0.15 s of a `find` call, stays unloaded."""
-    if _plain_postgres(url) and (reader := _postgres_reader(url)) is not None:
-        return reader
+    PostgreSQL database through psycopg: SQLAlchemy, 0.15 s of a `find` call, stays unloaded.
+    Without ``find_messages`` (the readers but ``find``), a URL is read by SQLAlchemy first
+    (which says what is wrong with it) unless it is a SQLite file's, and the driver's errors
+    are DatabaseError."""
     path = _sqlite_file(url)
+    if path is None and not find_messages:
+        _parsed_url(url)
+    if _plain_postgres(url) and (reader := _postgres_reader(url, find_messages)) is not None:
+        return reader
     if path is None:
-        return Reader.from_engine(open_database(url, create_empty=False), owned=True)
+        engine = open_database(url, create_empty=False)
+        return Reader.from_engine(engine, owned=True, find_messages=find_messages)
     shown = url
     if not path.is_file():
         raise _no_sqlite_index(path)
@@ -406,7 +488,8 @@ def open_reader(url: str) -> Reader:
             revision = found[0] if found else None
     except sqlite3.DatabaseError as exc:
         raise LayerIndexError(f"cannot open database {shown}: {exc}") from exc
-    return _checked(Reader(connection, "sqlite"), shown, tables, revision)
+    reader = Reader(connection, "sqlite", find_messages=find_messages)
+    return _checked(reader, shown, tables, revision)
 
 
 PSYCOPG_SCHEME = "postgresql+psycopg://"
@@ -428,7 +511,7 @@ def libpq_url(url: str) -> str:
     return "postgresql://" + url.removeprefix(PSYCOPG_SCHEME)
 
 
-def _postgres_reader(url: str) -> Reader | None:
+def _postgres_reader(url: str, find_messages: bool) -> Reader | None:
     """A reader on a psycopg connection to ``url``; None without psycopg (the SQLAlchemy path
     then says what to install)."""
     try:
@@ -440,7 +523,7 @@ def _postgres_reader(url: str) -> Reader | None:
         connection = psycopg.connect(libpq_url(url), autocommit=True)
     except psycopg.Error as exc:
         raise _cannot_open(url, exc) from exc
-    reader = Reader(connection, "postgresql", psycopg.Error)
+    reader = Reader(connection, "postgresql", psycopg.Error, find_messages=find_messages)
     try:
         tables = {
             r[0]

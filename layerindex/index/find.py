@@ -16,9 +16,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from layerindex.errors import NotFound
 from layerindex.index.database import Reader, among
 from layerindex.index.patterns import ID_CHUNK, Branch, Candidates, PathPattern, chunks
+from layerindex.index.resolve import image_ids
 from layerindex.layer import overlay
 from layerindex.layer.entries import (
     OPAQUE_MARKER,
@@ -367,33 +367,6 @@ def _row(m: _Match, fate: overlay.Fate) -> Row:
         "state": fate.state,
         "changed_by_layer": fate.by_position,
     }
-
-
-def image_ids(reader: Reader, refs: Sequence[Reference]) -> list[int]:
-    """The images a list of references names: a digest, or the digest a tag last pointed to
-    (a platform image, or an index whose platform images were indexed)."""
-    found: list[int] = []
-    for ref in refs:
-        digest = ref.digest
-        if digest is None:
-            latest = reader.rows(
-                "SELECT t.digest FROM tags t JOIN repositories r ON r.id = t.repository_id "
-                "WHERE r.registry = ? AND r.name = ? AND t.tag = ? "
-                "ORDER BY t.last_seen DESC LIMIT 1",
-                [ref.registry, ref.repository, ref.tag],
-            )
-            if not latest:
-                raise NotFound(f"{ref.familiar()} is not indexed; run: layerindex index {ref}")
-            digest = latest[0][0]
-        found += [
-            i
-            for (i,) in reader.rows(
-                "SELECT i.id FROM images i JOIN repositories r ON r.id = i.repository_id "
-                "WHERE r.registry = ? AND r.name = ? AND (i.digest = ? OR i.index_digest = ?)",
-                [ref.registry, ref.repository, digest, digest],
-            )
-        ]
-    return found
 
 
 def _images(reader: Reader, filters: FindFilters) -> list[_Image]:

@@ -1,32 +1,24 @@
-"""Reading the index: find a path, list images, an image's layers, a layer's or image's files."""
+"""Reading the index: list images, an image's layers, a layer's or image's files.
+
+Plain SQL over a ``database.Reader`` (the stdlib's sqlite3 or psycopg): the commands that read
+the index start without SQLAlchemy. Big answers (an image's every path) are streamed.
+"""
 
 from __future__ import annotations
 
 import itertools
 import operator
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, Engine, case, func, or_, select, tuple_
-from sqlalchemy.engine import Connection
-
 from layerindex.errors import NotFound, UsageError
 from layerindex.index import find
-from layerindex.index.database import Reader
-from layerindex.index.find import FindFilters, image_ids
+from layerindex.index.database import Reader, among, timestamp
+from layerindex.index.find import FindFilters
 from layerindex.index.patterns import PathPattern
-from layerindex.index.schema import (
-    diffs,
-    dirs,
-    entries,
-    image_layers,
-    images,
-    layers,
-    names,
-    repositories,
-)
+from layerindex.index.resolve import IndexedImage, the_image
 from layerindex.layer import overlay
 from layerindex.layer.entries import (
     OPAQUE_MARKER,
@@ -36,28 +28,11 @@ from layerindex.layer.entries import (
     split_path,
     stored_path,
 )
-from layerindex.registry.platforms import pick_platforms
 
 if TYPE_CHECKING:
     from layerindex.reference import Reference
 
 Row = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class IndexedImage:
-    """One platform-specific image as the index holds it."""
-
-    id: int
-    reference: str
-    registry: str
-    repository: str
-    digest: str
-    index_digest: str | None
-    media_type: str
-    platform: str
-    manifest: str  # the raw JSON, exactly as fetched
-    config: str
 
 
 @dataclass(frozen=True)
@@ -85,134 +60,77 @@ class ImageLayer:
         return f"failed: {self.last_error}" if self.last_error else "pending"
 
 
-def image_filter(connection: Connection, refs: Sequence[Reference]) -> Any:
-    """A WHERE clause on ``images`` for the images a list of references names (None: all)."""
-    if not refs:
-        return None
-    errors = connection.dialect.loaded_dbapi.Error
-    reader = Reader(connection.connection, connection.dialect.name, errors)
-    return images.c.id.in_(image_ids(reader, refs))
+@dataclass(frozen=True)
+class ImageSummary:
+    """An indexed image as ``images`` lists it."""
+
+    image: str  # the reference it was indexed as
+    manifest_digest: str
+    platform: str
+    layers: int
+    entries: int  # of its indexed layers
+    indexed_at: str | None  # ISO 8601; None until every layer is indexed or skipped
 
 
 class Finder:
-    """Queries. Read-only: nothing here writes to the database."""
+    """Queries on one open reader. Read-only: nothing here writes to the database."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, reader: Reader) -> None:
+        self.reader = reader
 
     def find(self, pattern: PathPattern, filters: FindFilters | None = None) -> list[Row]:
-        """``find.find`` on one of the engine's connections, as a list."""
-        with Reader.from_engine(self.engine) as reader:
-            return list(find.find(reader, pattern, filters or FindFilters()))
+        """``find.find``, as a list."""
+        return list(find.find(self.reader, pattern, filters or FindFilters()))
 
-    def images(self) -> list[Row]:
-        layer_count = (
-            select(func.count())
-            .where(image_layers.c.image_id == images.c.id)
-            .correlate(images)
-            .scalar_subquery()
+    def images(self) -> Iterator[ImageSummary]:
+        rows = self.reader.stream(
+            "SELECT i.reference, i.digest, i.platform, "
+            "(SELECT count(*) FROM image_layers il WHERE il.image_id = i.id), "
+            "(SELECT coalesce(sum(d.entry_count), 0) FROM image_layers il "
+            "JOIN layers l ON l.id = il.layer_id JOIN diffs d ON d.id = l.diff_ref "
+            "WHERE il.image_id = i.id), "
+            "i.indexed_at FROM images i ORDER BY i.reference, i.platform"
         )
-        entry_count = (
-            select(func.coalesce(func.sum(diffs.c.entry_count), 0))
-            .select_from(image_layers)
-            .join(layers, layers.c.id == image_layers.c.layer_id)
-            .join(diffs, diffs.c.id == layers.c.diff_ref)
-            .where(image_layers.c.image_id == images.c.id)
-            .correlate(images)
-            .scalar_subquery()
-        )
-        query = select(
-            images.c.reference.label("image"),
-            images.c.digest.label("manifest_digest"),
-            images.c.platform,
-            layer_count.label("layers"),
-            entry_count.label("entries"),
-            images.c.indexed_at,
-        ).order_by(images.c.reference, images.c.platform)
-        with self.engine.connect() as connection:
-            return [
-                {**row._asdict(), "indexed_at": _iso(row.indexed_at)}
-                for row in connection.execute(query)
-            ]
+        for reference, digest, platform, layer_count, entry_count, indexed_at in rows:
+            yield ImageSummary(
+                reference,
+                digest,
+                platform,
+                layer_count,
+                int(entry_count),
+                _iso(timestamp(indexed_at)),
+            )
 
     def image(self, ref: Reference, platform: str | None = None) -> IndexedImage:
         """The one indexed image ``ref`` names (``platform`` picks one of an index's)."""
-        with self.engine.connect() as connection:
-            query = select(images, repositories.c.registry, repositories.c.name).join(
-                repositories, repositories.c.id == images.c.repository_id
-            )
-            found = connection.execute(
-                query.where(image_filter(connection, [ref])).order_by(images.c.platform)
-            ).all()
-        if not found:
-            raise NotFound(f"{ref.familiar()} is not indexed; run: layerindex index {ref}")
-        chosen = pick_platforms(platform, found, lambda r: str(r.platform))
-        if not chosen:
-            available = ", ".join(r.platform for r in found)
-            raise NotFound(
-                f"{ref.familiar()} has no indexed {platform} image; indexed: {available}"
-            )
-        found = chosen
-        if len(found) > 1:
-            available = ", ".join(r.platform for r in found)
-            raise UsageError(
-                f"{ref.familiar()} names {len(found)} indexed images ({available}); "
-                "pick one with --platform"
-            )
-        r = found[0]
-        return IndexedImage(
-            id=r.id,
-            reference=r.reference,
-            registry=r.registry,
-            repository=r.name,
-            digest=r.digest,
-            index_digest=r.index_digest,
-            media_type=r.media_type,
-            platform=r.platform,
-            manifest=r.manifest,
-            config=r.config,
-        )
+        return the_image(self.reader, ref, platform)
 
     def image_layers(self, image: IndexedImage) -> list[ImageLayer]:
         """An image's layers, base first, with what the index knows of each."""
-        query = (
-            select(
-                image_layers.c.position,
-                layers.c.digest,
-                layers.c.diff_id,
-                layers.c.media_type,
-                layers.c.size,
-                layers.c.diff_ref,
-                diffs.c.size.label("uncompressed_size"),
-                diffs.c.entry_count,
-                layers.c.skip_reason,
-                layers.c.last_error,
+        return [
+            ImageLayer(*row)
+            for row in self.reader.rows(
+                "SELECT il.position, l.digest, l.diff_id, l.media_type, l.size, l.diff_ref, "
+                "d.size, d.entry_count, l.skip_reason, l.last_error "
+                "FROM image_layers il JOIN layers l ON l.id = il.layer_id "
+                "LEFT OUTER JOIN diffs d ON d.id = l.diff_ref "
+                "WHERE il.image_id = ? ORDER BY il.position",
+                [image.id],
             )
-            .select_from(image_layers)
-            .join(layers, layers.c.id == image_layers.c.layer_id)
-            .outerjoin(diffs, diffs.c.id == layers.c.diff_ref)
-            .where(image_layers.c.image_id == image.id)
-            .order_by(image_layers.c.position)
-        )
-        with self.engine.connect() as connection:
-            return [ImageLayer(**row._asdict()) for row in connection.execute(query)]
+        ]
 
     def layer_entries(
         self, diff_refs: Sequence[int | None], prefix: str = "/"
     ) -> list[list[tuple[str, EntryType, Row]]]:
         """Each layer's own rows as (path, type, details); a layer not indexed gives none."""
-        with self.engine.connect() as connection:
-            return entries_of(connection, diff_refs, prefix)
+        return entries_of(self.reader, diff_refs, prefix)
 
     def ls_layer(self, digest: str, prefix: str = "/") -> Iterator[Row]:
         """A layer's own entries (whiteouts and opaque markers included), sorted by path."""
-        with self.engine.connect() as connection:
-            diff_ref = connection.execute(
-                select(layers.c.diff_ref).where(layers.c.digest == digest)
-            ).first()
-            if diff_ref is None or diff_ref[0] is None:
-                raise NotFound(f"layer {digest} is not indexed")
-            rows = entries_of(connection, [diff_ref[0]], prefix)
+        diff_ref = self.reader.rows("SELECT diff_ref FROM layers WHERE digest = ?", [digest])
+        if not diff_ref or diff_ref[0][0] is None:
+            raise NotFound(f"layer {digest} is not indexed")
+        rows = entries_of(self.reader, [diff_ref[0][0]], prefix)
         for path, entry_type, payload in sorted(rows[0], key=lambda r: r[0]):
             yield {"path": path, "type": entry_type.value, **payload}
 
@@ -235,27 +153,26 @@ class Finder:
                     **payload,
                 }
             return
-        with self.engine.connect() as connection:
-            # A hard link is what a container sees there: its target's type and size.
-            linked = {
-                (link.position, link.path): (kind, link.target_size)
-                for link in hard_links(connection, image, prefix)
-                if (kind := link.target_type) is not None
+        # A hard link is what a container sees there: its target's type and size.
+        linked = {
+            (link.position, link.path): (kind, link.target_size)
+            for link in hard_links(self.reader, image, prefix)
+            if (kind := link.target_type) is not None
+        }
+        view = overlay.final_entries(image_paths(self.reader, image, prefix))
+        for path, position, entry_type, entry in view:
+            if not _has_prefix(path, prefix):
+                continue  # an ancestor of the prefix, read for what it deletes
+            row = {
+                **_image_columns(image, position),
+                "path": path,
+                "type": entry_type.value,
+                **details(entry),
             }
-            view = overlay.final_entries(image_paths(connection, image, prefix))
-            for path, position, entry_type, entry in view:
-                if not _has_prefix(path, prefix):
-                    continue  # an ancestor of the prefix, read for what it deletes
-                row = {
-                    **_image_columns(image, position),
-                    "path": path,
-                    "type": entry_type.value,
-                    **details(entry),
-                }
-                if (position, path) in linked:
-                    kind, size = linked[(position, path)]
-                    row |= {"type": kind.value, "size": size}
-                yield row
+            if (position, path) in linked:
+                kind, size = linked[(position, path)]
+                row |= {"type": kind.value, "size": size}
+            yield row
 
 
 def _image_columns(image: IndexedImage, position: int) -> Row:
@@ -283,67 +200,56 @@ DETAILS = ("size", "mode", "uid", "gid", "link_target", "sha256")
 EntryRow = Sequence[Any]  # a row of entry columns ending in DETAILS
 
 
-def layer_entries(diff_refs: Iterable[int | None]) -> Any:
-    """A SELECT of the entries of these layer contents, with their dir and name text;
-    callers add their own filters."""
-    return (
-        select(
-            entries.c.diff_ref,
-            dirs.c.path.label("dir"),
-            names.c.name,
-            entries.c.type,
-            *(entries.c[name] for name in DETAILS),
-        )
-        .join(dirs, dirs.c.id == entries.c.dir_id)
-        .join(names, names.c.id == entries.c.name_id)
-        .where(entries.c.diff_ref.in_(sorted({d for d in diff_refs if d is not None})))
+ENTRY_DETAILS = ", ".join(f"e.{name}" for name in DETAILS)
+
+
+def layer_entries_sql(dialect: str, diff_refs: Sequence[int | None]) -> tuple[str, list[object]]:
+    """A SELECT of the entries of these layer contents (diff_ref, dir, name, type, DETAILS),
+    and its parameters; callers add their own conditions with ``AND``."""
+    wanted, params = among(dialect, "e.diff_ref", sorted({d for d in diff_refs if d is not None}))
+    sql = (
+        f"SELECT e.diff_ref, d.path, n.name, e.type, {ENTRY_DETAILS} FROM entries e "
+        f"JOIN dirs d ON d.id = e.dir_id JOIN names n ON n.id = e.name_id WHERE {wanted}"
     )
+    return sql, params
 
 
 def entries_of(
-    connection: Connection, diff_refs: Sequence[int | None], prefix: str
+    reader: Reader, diff_refs: Sequence[int | None], prefix: str
 ) -> list[list[tuple[str, EntryType, Row]]]:
     """Each layer's rows as (path, type, details); a layer not indexed gives no rows."""
-    query = _under(layer_entries(diff_refs), prefix)
+    sql, params = layer_entries_sql(reader.dialect, diff_refs)
+    under, under_params = _under(prefix)
     by_diff: dict[int, list[tuple[str, EntryType, Row]]] = defaultdict(list)
-    for r in connection.execute(query):
-        path = stored_path(r.dir, r.name)
+    for r in reader.stream(sql + under, params + under_params):
+        path = stored_path(r[1], r[2])
         if _has_prefix(path, prefix):
-            by_diff[r.diff_ref].append((path, TYPE_NAMES[r.type], details(r)))
+            by_diff[r[0]].append((path, TYPE_NAMES[r[3]], details(r)))
     return [by_diff.get(d, []) if d is not None else [] for d in diff_refs]
 
 
 def image_paths(
-    connection: Connection, image: IndexedImage, prefix: str = "/"
+    reader: Reader, image: IndexedImage, prefix: str = "/"
 ) -> Iterator[tuple[str, overlay.Held[EntryRow]]]:
     """Each path of the image's indexed layers with its entries there, as (position, type,
     row), base first; the paths in order (``overlay.by_path``), streamed from the database
     (sorted there: a big image's entries are never all in memory at once). ``details(row)``
     makes a row's columns, for the few rows shown. Under a ``prefix``, its proper ancestors
     come too: a whiteout of ``/usr`` deletes ``/usr/lib``."""
-    path: ColumnElement[str] = case(
-        (names.c.name == OPAQUE_MARKER, dirs.c.path),
-        else_=func.rtrim(dirs.c.path, "/") + "/" + names.c.name,
+    path = (
+        f"CASE WHEN (n.name = '{OPAQUE_MARKER}') THEN d.path "
+        "ELSE rtrim(d.path, '/') || '/' || n.name END"
     )
-    if connection.dialect.name == "postgresql":
-        path = path.collate("C")  # the order of Python's strings (code points), not the locale's
-    query = _under(
-        select(
-            path.label("path"),
-            image_layers.c.position,
-            entries.c.type,
-            *(entries.c[name] for name in DETAILS),
-        )
-        .select_from(image_layers)
-        .join(layers, layers.c.id == image_layers.c.layer_id)
-        .join(entries, entries.c.diff_ref == layers.c.diff_ref)
-        .join(dirs, dirs.c.id == entries.c.dir_id)
-        .join(names, names.c.id == entries.c.name_id)
-        .where(image_layers.c.image_id == image.id)
-        .order_by(path, image_layers.c.position),
-        prefix,
+    if reader.dialect == "postgresql":
+        path = f'({path}) COLLATE "C"'  # the order of Python's strings (code points)
+    under, params = _under(prefix)
+    rows = reader.stream(
+        f"SELECT {path} AS path, il.position, e.type, {ENTRY_DETAILS} FROM image_layers il "
+        "JOIN layers l ON l.id = il.layer_id JOIN entries e ON e.diff_ref = l.diff_ref "
+        "JOIN dirs d ON d.id = e.dir_id JOIN names n ON n.id = e.name_id "
+        f"WHERE il.image_id = ?{under} ORDER BY {path}, il.position",
+        [image.id, *params],
     )
-    rows = connection.execution_options(stream_results=True).execute(query)
     above = set(overlay.ancestors(prefix))
     for found, group in itertools.groupby(rows, key=operator.itemgetter(0)):
         if _has_prefix(found, prefix) or found in above:
@@ -362,34 +268,37 @@ class HardLink:
     target_size: int | None
 
 
-def hard_links(connection: Connection, image: IndexedImage, prefix: str = "/") -> list[HardLink]:
+def hard_links(reader: Reader, image: IndexedImage, prefix: str = "/") -> list[HardLink]:
     """The image's hard links under ``prefix``, each with its target in its own layer (where
     tar writes the first name of a file's data, the later ones as links to it). Few in any
     image: held."""
     positions: dict[int, list[int]] = defaultdict(list)  # a layer may come twice
-    for r in connection.execute(
-        select(image_layers.c.position, layers.c.diff_ref)
-        .join(layers, layers.c.id == image_layers.c.layer_id)
-        .where(image_layers.c.image_id == image.id, layers.c.diff_ref.is_not(None))
+    for position, diff_ref in reader.rows(
+        "SELECT il.position, l.diff_ref FROM image_layers il JOIN layers l ON l.id = il.layer_id "
+        "WHERE il.image_id = ? AND l.diff_ref IS NOT NULL",
+        [image.id],
     ):
-        positions[r.diff_ref].append(r.position)
+        positions[diff_ref].append(position)
+    if not positions:
+        return []
+    sql, params = layer_entries_sql(reader.dialect, list(positions))
+    under, under_params = _under(prefix)
     found = [
-        (r.diff_ref, stored_path(r.dir, r.name), r.link_target or "")
-        for r in connection.execute(
-            _under(layer_entries(positions), prefix).where(
-                entries.c.type == TYPE_CODES[EntryType.HARDLINK]
-            )
+        (r[0], stored_path(r[1], r[2]), details(r)["link_target"] or "")
+        for r in reader.rows(
+            f"{sql} AND e.type = ?{under}",
+            [*params, TYPE_CODES[EntryType.HARDLINK], *under_params],
         )
-        if _has_prefix(stored_path(r.dir, r.name), prefix)
+        if _has_prefix(stored_path(r[1], r[2]), prefix)
     ]
     targets: dict[tuple[int, str], tuple[EntryType, int]] = {}
     pairs = sorted({split_path(target) for _, _, target in found})
+    sql, params = layer_entries_sql(reader.dialect, [d for d, _, _ in found])
     for start in range(0, len(pairs), 500):  # bound the statement's parameters
-        query = layer_entries({d for d, _, _ in found}).where(
-            tuple_(dirs.c.path, names.c.name).in_(pairs[start : start + 500])
-        )
-        for r in connection.execute(query):
-            targets[(r.diff_ref, stored_path(r.dir, r.name))] = (TYPE_NAMES[r.type], r.size)
+        chunk = pairs[start : start + 500]
+        wanted = " OR ".join(["(d.path = ? AND n.name = ?)"] * len(chunk))
+        for r in reader.rows(f"{sql} AND ({wanted})", [*params, *itertools.chain(*chunk)]):
+            targets[(r[0], stored_path(r[1], r[2]))] = (TYPE_NAMES[r[3]], details(r)["size"])
     links: list[HardLink] = []
     for diff_ref, path, target in found:
         kind, size = targets.get((diff_ref, target), (None, None))
@@ -397,18 +306,19 @@ def hard_links(connection: Connection, image: IndexedImage, prefix: str = "/") -
     return sorted(links, key=lambda link: (link.position, link.path))
 
 
-def _under(query: Any, prefix: str) -> Any:
-    """``query`` narrowed to the dirs that may hold paths under ``prefix`` or its ancestors
-    (the prefix sits in its parent, an ancestor in its own parent; a directory's opaque
-    marker sits in it): a few directories' own entries more than the prefix's."""
+def _under(prefix: str) -> tuple[str, list[object]]:
+    """`` AND`` a condition narrowing a query to the dirs (``d``) that may hold paths under
+    ``prefix`` or its ancestors (the prefix sits in its parent, an ancestor in its own parent;
+    a directory's opaque marker sits in it): a few directories' own entries more than the
+    prefix's; and its parameters; nothing for "/"."""
     if prefix == "/":
-        return query
-    return query.where(
-        or_(
-            dirs.c.path == prefix,
-            dirs.c.path.in_(list(overlay.ancestors(prefix))),
-            dirs.c.path.startswith(prefix + "/", autoescape=True),
-        )
+        return "", []
+    above = list(overlay.ancestors(prefix))
+    escaped = "".join("/" + c if c in "/%_" else c for c in prefix + "/")
+    within = ", ".join("?" * len(above))
+    return (
+        f" AND (d.path = ? OR d.path IN ({within}) OR d.path LIKE ? ESCAPE '/')",
+        [prefix, *above, escaped + "%"],
     )
 
 

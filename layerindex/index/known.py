@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from layerindex.index.database import Reader, among
+from layerindex.index.resolve import images_of
 
 
 @dataclass(frozen=True)
@@ -19,16 +20,22 @@ class StoredImage:
 
 
 def images_for(reader: Reader, registry: str, repository: str, digest: str) -> list[StoredImage]:
-    """The images known for a manifest or index digest, and whether each is complete."""
-    rows = reader.rows(
-        "SELECT i.id, i.digest, i.platform, i.indexed_at IS NOT NULL,"
-        " (SELECT count(*) FROM image_layers il WHERE il.image_id = i.id)"
-        " FROM images i JOIN repositories r ON r.id = i.repository_id"
-        " WHERE r.registry = ? AND r.name = ? AND (i.digest = ? OR i.index_digest = ?)"
-        " ORDER BY i.platform",
-        (registry, repository, digest, digest),
+    """The images known for a manifest or index digest (``resolve.images_of``), and whether
+    each is complete."""
+    found = images_of(reader, registry, repository, digest)
+    if not found:
+        return []
+    wanted, params = among(reader.dialect, "image_id", [i.id for i in found])
+    layer_counts = dict(
+        reader.rows(
+            f"SELECT image_id, count(*) FROM image_layers WHERE {wanted} GROUP BY image_id",
+            params,
+        )
     )
-    return [StoredImage(i, d, p, int(n), bool(c)) for i, d, p, c, n in rows]
+    return [
+        StoredImage(i.id, i.digest, i.platform, layer_counts.get(i.id, 0), i.indexed_at is not None)
+        for i in found
+    ]
 
 
 def indexed_diff_ids(reader: Reader, diff_ids: list[str]) -> set[str]:

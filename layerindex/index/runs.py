@@ -1,4 +1,5 @@
-"""What scheduled crawls remember: the runs, and each target's last check, failures and lease."""
+"""What scheduled crawls record: the runs, and each target's last check, failures and lease
+(``history.list_runs`` reads the runs)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from typing import Any
 from sqlalchemy import Connection, Engine, insert, select, true, update
 
 from layerindex.crawl.crawler import ImageOutcome, backoff, worker_gone
+from layerindex.index.database import aware_utc
 from layerindex.index.schema import runs, targets
-from layerindex.index.store import aware_utc, dialect_insert, iso_utc, utcnow
+from layerindex.index.store import dialect_insert, utcnow
 
 
 @dataclass
@@ -109,19 +111,6 @@ def _mark_killed_runs(connection: Connection) -> None:
                 .where(runs.c.id == run_id, runs.c.status == "running")
                 .values(status="killed", finished_at=utcnow())
             )
-
-
-def list_runs(engine: Engine, limit: int) -> list[dict[str, Any]]:
-    with engine.connect() as connection:
-        rows = connection.execute(select(runs).order_by(runs.c.id.desc()).limit(limit)).all()
-    out = []
-    for row in rows:
-        values = row._asdict()
-        for key in ("started_at", "finished_at", "deferred_until"):
-            values[key] = iso_utc(values[key])
-        values["errors"] = json.loads(values["errors"]) if values["errors"] else []
-        out.append(values)
-    return out
 
 
 def claim_target(

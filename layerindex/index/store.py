@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
+import os
+import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, Table, func, select, true, update
+from sqlalchemy import Engine, Table, func, select, text, true, update
 from sqlalchemy.engine import Connection
 
+from layerindex.errors import CrawlLocked
+from layerindex.index.database import aware_utc
 from layerindex.index.schema import (
     diffs,
     dirs,
@@ -57,19 +64,6 @@ UPSERT_STAGED_ENTRIES = _upsert_entries_sql(
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def aware_utc(value: dt.datetime | None) -> dt.datetime | None:
-    """SQLite hands timestamps back without their UTC zone; PostgreSQL keeps it."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value
-
-
-def iso_utc(value: dt.datetime | None) -> str | None:
-    """A timestamp as ISO 8601 in UTC, to the second (None stays None)."""
-    when = aware_utc(value)
-    return when.isoformat(timespec="seconds") if when else None
 
 
 @dataclass(frozen=True)
@@ -565,3 +559,98 @@ class Store:
         with self.engine.begin() as connection:
             connection.exec_driver_sql("PRAGMA analysis_limit=1000")
             connection.exec_driver_sql("ANALYZE")
+
+
+CRAWL_LOCK_KEY = 0x6C61796572  # "layer": the crawl's advisory lock (database.SCHEMA_LOCK: DDL's)
+
+
+class Writer:
+    """The index's writing side for one process: the engine, a new Store for each thread that
+    writes (a Store's caches belong to one transaction at a time), SQLite's one writer at a time
+    (``turn``: threads take turns instead of timing out on its lock), the crawl lock, and the
+    heartbeat that keeps a layer's lease alive. The driver's errors come out as DatabaseError
+    (``database.open_database``'s engines)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.one_writer = engine.dialect.name == "sqlite"
+        self.turn: contextlib.AbstractContextManager[object] = (
+            threading.RLock() if self.one_writer else contextlib.nullcontext()
+        )
+
+    def new_store(self) -> Store:
+        return Store(self.engine)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextlib.contextmanager
+    def crawl_lock(self, holder: str) -> Iterator[None]:
+        """Hold the database's crawl lock, or fail at once (CrawlLocked) saying who holds it;
+        ``holder`` names this process to the next one that asks."""
+        if self.engine.dialect.name == "sqlite":
+            with _sqlite_crawl_lock(self.engine.url.database, holder):
+                yield
+            return
+        with self.engine.connect() as connection:
+            held = connection.execute(
+                text("SELECT pg_try_advisory_lock(:key)"), {"key": CRAWL_LOCK_KEY}
+            ).scalar_one()
+            if not held:
+                raise CrawlLocked(
+                    "another crawl is running on this database; wait for it, or run every crawl "
+                    "with --worker to share the work between them"
+                )
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": CRAWL_LOCK_KEY})
+                connection.commit()
+
+    @contextlib.contextmanager
+    def heartbeat(self, layer: LayerState, owner: str, seconds: float) -> Iterator[None]:
+        """Keep ``owner``'s lease of ``layer`` alive (renewed every third of ``seconds``) while
+        a long layer downloads."""
+        stop = threading.Event()
+
+        def renew() -> None:
+            store = self.new_store()
+            while not stop.wait(seconds / 3):
+                with contextlib.suppress(Exception), self.turn:
+                    store.renew_lease(layer, owner, seconds)
+
+        thread = threading.Thread(target=renew, name="layerindex-lease", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+
+@contextlib.contextmanager
+def _sqlite_crawl_lock(database: str | None, holder: str) -> Iterator[None]:
+    """The crawl lock of a SQLite file: ``flock`` on ``FILE.lock``, which says who holds it."""
+    if not database or database == ":memory:":
+        yield
+        return
+    path = Path(database).with_name(Path(database).name + ".lock")
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            held_by = handle.read().strip() or "another process"
+            raise CrawlLocked(
+                f"another crawl is running on {database} ({held_by}); wait for it to "
+                "finish, or stop it — two crawls on one SQLite database would only queue"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {holder}, since {time.ctime()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.truncate(0)
+            fcntl.flock(handle, fcntl.LOCK_UN)
