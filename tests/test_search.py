@@ -168,6 +168,13 @@ def test_platform_filter(registry: RegistryServer, run: Run) -> None:
     assert [(r["platform"], r["size"]) for r in rows] == [("linux/arm64/v8", 6)]
     none = run("find", "/bin/tool", "--platform", "linux/s390x")
     assert (none.exit_code, none.stdout) == (1, "")
+    # index's grammar in find too: "all", and a comma-separated list
+    for spec in ("all", "linux/s390x,linux/arm64/v8,linux/amd64"):
+        rows = json.loads(run("find", "/bin/tool", "--platform", spec, "--json").stdout)
+        assert sorted((r["platform"], r["size"]) for r in rows) == [
+            ("linux/amd64", 5),
+            ("linux/arm64/v8", 6),
+        ]
 
 
 def test_find_by_file_digest(indexed: tuple[str, str], run: Run) -> None:

@@ -82,8 +82,12 @@ T = TypeVar("T")
 
 def names_platform(spec: str, platform: str) -> bool:
     """Whether ``--platform SPEC`` names an indexed image's ``platform`` ("linux/arm64/v8"):
-    containerd's matcher, as ``index`` picks platforms, for every command alike."""
-    return parse_platform(spec).matches(parse_platform(platform))
+    the grammar of ``index`` ("all", or comma-separated os/arch[/variant]) and containerd's
+    matcher, for every command alike."""
+    if spec.strip() == "all":
+        return True
+    image = parse_platform(platform)
+    return any(parse_platform(part).matches(image) for part in spec.split(","))
 
 
 def pick_platforms(
